@@ -1,0 +1,64 @@
+"""Fused GPT kernels: the functional API.
+
+Every op takes `backend=` ("torch", "triton", "cuda" or "auto"), validates its
+arguments once here (the same errors on every backend), then dispatches. See
+shared docs api.md for the contract; README.md for the backends table.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from ._backend import (BACKENDS, OPS, available_backends, choose, implementation, missing_ops,
+                       unavailable_reason)
+
+__all__ = [
+    "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear",
+    "available_backends", "missing_ops", "unavailable_reason", "BACKENDS", "OPS",
+]
+
+
+def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
+    """softmax(x / temperature) along `dim`; temperature must be finite and > 0."""
+    backend = _choose("softmax", backend, x=x)
+    temperature, dim = _checks.softmax(x, temperature, dim, backend)
+    return implementation("softmax", backend, x.device)(x, temperature, dim)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
+    """Layer norm over the last dim; weight and bias may each be None."""
+    backend = _choose("layer_norm", backend, x=x)
+    eps = _checks.layer_norm(x, weight, bias, eps, backend)
+    return implementation("layer_norm", backend, x.device)(x, weight, bias, eps)
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5, *, backend="auto"):
+    """(layer_norm(x + residual), x + residual): a pre-LN block's residual add fused into its norm."""
+    backend = _choose("add_layer_norm", backend, x=x)
+    eps = _checks.add_layer_norm(x, residual, weight, bias, eps, backend)
+    return implementation("add_layer_norm", backend, x.device)(x, residual, weight, bias, eps)
+
+
+def attention(q, k, v, *, causal=True, scale=None, backend="auto"):
+    """Scaled dot-product attention; q (B, H, Tq, D), k/v (B, H, Tk, D), queries end-aligned.
+
+    With causal=True query i sits at absolute position Tk - Tq + i (KV-cache decode:
+    Tq=1). Same result as F.scaled_dot_product_attention with that mask.
+    """
+    backend = _choose("attention", backend, q=q)
+    scale = _checks.attention(q, k, v, causal, scale, backend)
+    return implementation("attention", backend, q.device)(q, k, v, bool(causal), scale)
+
+
+def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
+    """gelu(x @ weight.T + bias), weight shaped (out_features, in_features) like nn.Linear."""
+    backend = _choose("gelu_linear", backend, x=x)
+    _checks.gelu_linear(x, weight, bias, approximate, backend)
+    return implementation("gelu_linear", backend, x.device)(x, weight, bias, approximate)
+
+
+def _choose(op, backend, **first):
+    (name, t), = first.items()
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return choose(op, backend, t.device, t.dtype)

@@ -1,0 +1,132 @@
+"""Backend resolution: which implementation of an op runs for a given device.
+
+Every backend is a package (`kernels.reference` for "torch", `kernels.triton`,
+`kernels.cuda`) exposing one function per op with the functional API's signature
+(minus `backend=`). A backend never silently falls back to another: asking for one
+that cannot run raises a RuntimeError that says why and what to do.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear")
+BACKENDS = ("torch", "triton", "cuda")
+
+# Each op of each backend, loaded on first use by a literal import (torch.compile traces
+# an import statement, not importlib). An op absent here is not implemented on that
+# backend: it is reported as such, never replaced by another backend.
+def _triton_softmax():
+    from .triton import softmax as module
+    return module.softmax
+
+
+_LOADERS = {
+    "triton": {
+        "softmax": _triton_softmax,
+    },
+    "cuda": {},
+}
+_IMPLS: dict = {}
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:  # pragma: no cover - triton ships with Linux torch
+        return f"triton is not installed ({e}); pip install triton"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and triton_interpreting():
+        return None
+    if device.type == "cpu":
+        return ("the triton backend runs on CUDA tensors; on CPU tensors it runs only under "
+                "the Triton interpreter (set TRITON_INTERPRET=1 before importing kernels)")
+    return f"the triton backend does not support device type {device.type!r}"
+
+
+def _cuda_unavailable_reason(device: torch.device) -> str | None:
+    if device.type not in ("cpu", "cuda"):
+        return f"the cuda backend does not support device type {device.type!r}"
+    if not _LOADERS["cuda"]:
+        return "the C++/CUDA backend is not part of this build yet"
+    from . import cuda as ext
+    return ext.unavailable_reason(device)
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run on `device`, otherwise a sentence saying why not."""
+    device = torch.device(device)
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        return _triton_unavailable_reason(device)
+    if backend == "cuda":
+        return _cuda_unavailable_reason(device)
+    return f"unknown backend {backend!r}; choose one of {BACKENDS + ('auto',)}"
+
+
+def available_backends(device="cpu") -> list[str]:
+    """The backends that can run on `device`, fastest first among the compiled ones."""
+    device = torch.device(device)
+    order = ("triton", "cuda", "torch") if device.type == "cuda" else ("cuda", "triton", "torch")
+    return [b for b in order if unavailable_reason(b, device) is None]
+
+
+def missing_ops(backend: str, ops=OPS) -> list[str]:
+    """The ops among `ops` that `backend` does not implement (independent of device)."""
+    if backend == "torch":
+        return []
+    if backend not in _LOADERS:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    return [op for op in ops if _find_impl(backend, op) is None]
+
+
+def _find_impl(backend: str, op: str):
+    key = (backend, op)
+    if key not in _IMPLS:
+        loader = _LOADERS[backend].get(op)
+        _IMPLS[key] = loader() if loader is not None else None
+    return _IMPLS[key]
+
+
+def choose(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend name that `backend` (possibly "auto") means for this call."""
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a string, got {type(backend).__name__}")
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+        return backend
+    # On a GPU the compiled backends win; on the CPU PyTorch's own kernels are the
+    # fastest thing available (the interpreter and our C++ CPU code are for testing).
+    # float64 only runs on the reference.
+    if device.type == "cuda" and dtype != torch.float64:
+        for candidate in ("triton", "cuda"):
+            if unavailable_reason(candidate, device) is None and _find_impl(candidate, op) is not None:
+                return candidate
+    return "torch"
+
+
+def implementation(op: str, backend: str, device: torch.device):
+    """The function implementing `op` on the concrete `backend` for tensors on `device`."""
+    if backend == "torch":
+        from . import reference
+        return getattr(reference, op)
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"backend={backend!r} cannot run on {device}: {reason}")
+    impl = _find_impl(backend, op)
+    if impl is None:
+        raise RuntimeError(f"backend={backend!r} does not implement {op!r} yet; "
+                           f"use backend='torch' (ops it has: {_implemented(backend)})")
+    return impl
+
+
+def _implemented(backend: str) -> list[str]:
+    return [op for op in OPS if _find_impl(backend, op) is not None]

@@ -1,0 +1,148 @@
+"""Input checks shared by every backend: each raises an error naming the argument and the rule.
+
+Dtype errors are TypeError; shape, value and device errors are ValueError. The
+functional API runs these before dispatch, so every backend sees validated input
+and the error for the same mistake reads the same on every backend.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The torch backend is the reference: it also takes float64 (the tests' ground truth).
+REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
+ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+_NAMES = "float32, float16 or bfloat16"
+
+
+def tensor(name: str, t, backend: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor ({_NAMES}), got {t.dtype}")
+    allowed = REFERENCE_DTYPES if backend == "torch" else KERNEL_DTYPES
+    if t.dtype not in allowed:
+        raise TypeError(f"{name} has dtype {t.dtype}, which backend={backend!r} does not support; "
+                        f"use {_NAMES}" + (" (float64 runs on backend='torch')" if t.dtype == torch.float64 else ""))
+
+
+def same(names: tuple[str, ...], tensors: tuple, *, dtype: bool = True) -> None:
+    """All non-None tensors share the first one's device (and dtype)."""
+    pairs = [(n, t) for n, t in zip(names, tensors) if t is not None]
+    first_name, first = pairs[0]
+    for name, t in pairs[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             f"move them to one device")
+        if dtype and t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            f"they must match")
+
+
+def finite(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def positive_finite(name: str, value) -> float:
+    value = finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def dim_index(dim, ndim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise ValueError(f"dim must be an int, got {dim!r}")
+    size = max(ndim, 1)
+    if not -size <= dim < size:
+        raise ValueError(f"dim={dim} is out of range for a tensor with {ndim} dims")
+    return dim % size
+
+
+def softmax(x, temperature, dim, backend):
+    tensor("x", x, backend)
+    temperature = positive_finite("temperature", temperature)
+    return temperature, dim_index(dim, x.dim())
+
+
+def norm_params(x, weight, bias, eps, backend):
+    tensor("x", x, backend)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dim (the normalized one), got a 0-d tensor")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        tensor(name, p, backend)
+        if tuple(p.shape) != tuple(x.shape[-1:]):
+            raise ValueError(f"{name} must have shape {tuple(x.shape[-1:])} (x.shape[-1:]), "
+                             f"got {tuple(p.shape)}")
+    same(("x", "weight", "bias"), (x, weight, bias))
+    return positive_finite("eps", eps)
+
+
+def layer_norm(x, weight, bias, eps, backend):
+    return norm_params(x, weight, bias, eps, backend)
+
+
+def add_layer_norm(x, residual, weight, bias, eps, backend):
+    eps = norm_params(x, weight, bias, eps, backend)
+    tensor("residual", residual, backend)
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    same(("x", "residual"), (x, residual))
+    return eps
+
+
+def attention(q, k, v, causal, scale, backend):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        tensor(name, t, backend)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, T, D), got shape {tuple(t.shape)}")
+    same(("q", "k", "v"), (q, k, v))
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    for i, what in ((0, "batch size B"), (1, "head count H"), (3, "head dim D")):
+        if q.shape[i] != k.shape[i]:
+            raise ValueError(f"q and k must have the same {what} (dim {i}), "
+                             f"got {q.shape[i]} and {k.shape[i]}")
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"causal attention needs Tq <= Tk (queries align to the end of the keys), "
+                         f"got Tq={q.shape[2]} > Tk={k.shape[2]}")
+    if backend != "torch" and q.shape[3] not in ATTENTION_HEAD_DIMS:
+        raise ValueError(f"head dim D={q.shape[3]} is not supported by backend={backend!r}; "
+                         f"supported: {ATTENTION_HEAD_DIMS}")
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[3]) if q.shape[3] > 0 else 1.0
+    return finite("scale", scale)
+
+
+def gelu_linear(x, weight, bias, approximate, backend):
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
+    tensor("x", x, backend)
+    tensor("weight", weight, backend)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dim (in_features), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"in_features mismatch: x.shape[-1]={x.shape[-1]} but "
+                         f"weight.shape[1]={weight.shape[1]}")
+    if bias is not None:
+        tensor("bias", bias, backend)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) (out_features), "
+                             f"got {tuple(bias.shape)}")
+    same(("x", "weight", "bias"), (x, weight, bias))

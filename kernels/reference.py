@@ -1,0 +1,53 @@
+"""Plain-PyTorch implementations of every op: the "torch" backend and the tests' ground truth.
+
+Each takes already-validated arguments (see kernels._checks), computes in at least
+fp32 and returns the input dtype. Called with float64 tensors they are the fp64
+references the parity tests compare against.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def softmax(x, temperature=1.0, dim=-1):
+    return torch.softmax(x.to(_compute_dtype(x)) / temperature, dim=dim).to(x.dtype)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    total = x + residual
+    return F.layer_norm(total, total.shape[-1:], weight, bias, eps), total
+
+
+def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
+    """(Tq, Tk) boolean mask, True where query i (at absolute position Tk - Tq + i) may attend."""
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
+
+
+def attention(q, k, v, causal=True, scale=None):
+    tq, tk = q.shape[2], k.shape[2]
+    if causal and tq == tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    mask = causal_mask(tq, tk, q.device) if causal else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def attention_explicit(q, k, v, causal=True, scale=None):
+    """softmax(Q K^T * scale) V written out, in q's dtype: the fp64 ground truth for tests."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def gelu_linear(x, weight, bias=None, approximate="tanh"):
+    return F.gelu(F.linear(x, weight, bias), approximate=approximate)

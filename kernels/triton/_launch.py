@@ -1,0 +1,57 @@
+"""Launch helpers shared by the Triton ops: row views, block sizes, warp counts."""
+from __future__ import annotations
+
+import torch
+import triton
+
+# Elements one program keeps on chip for a single-pass row kernel. Past this the row
+# streams through in chunks (more passes over memory, but no register spills).
+MAX_ROW_BLOCK = 16384
+
+
+def as_rows(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """`t` as a 2-D (rows, n) view with `dim` last, copying only when the kernel needs it.
+
+    The kernels take a row stride but need unit stride along the row; a copy is made
+    only when the rows cannot be expressed that way (dim not innermost, or a stride
+    pattern reshape cannot flatten).
+    """
+    if t.dim() == 0:
+        return t.reshape(1, 1)
+    moved = t.movedim(dim, -1)
+    n = moved.shape[-1]
+    rows = moved.reshape(-1, n) if moved.numel() else moved.new_empty((0, n))
+    if n > 1 and rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    return rows
+
+
+def empty_rows_like(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(result, result_rows): a fresh tensor shaped like `t` whose `dim` is innermost and
+    contiguous, plus its 2-D row view. Real and fake kernels both allocate through this,
+    so their strides agree."""
+    if t.dim() == 0:
+        out = torch.empty((), dtype=t.dtype, device=t.device)
+        return out, out.view(1, 1)
+    moved_shape = t.movedim(dim, -1).shape
+    buf = torch.empty(moved_shape, dtype=t.dtype, device=t.device)
+    rows = buf.view(-1, moved_shape[-1]) if buf.numel() else buf.new_empty((0, moved_shape[-1]))
+    return buf.movedim(-1, dim), rows
+
+
+def row_block(n_cols: int) -> int:
+    return triton.next_power_of_2(max(int(n_cols), 1))
+
+
+def row_warps(block_elems: int) -> int:
+    """Warps for a program holding `block_elems` values: about 8-16 fp32 values per thread."""
+    if block_elems <= 1024:
+        return 4
+    if block_elems <= 4096:
+        return 8
+    return 16
+
+
+def rows_per_program(block_n: int, target: int = 2048, cap: int = 64) -> int:
+    """Short rows share a program (a 2-D tile) so each program still moves enough bytes."""
+    return max(1, min(cap, target // block_n))

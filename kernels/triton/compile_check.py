@@ -1,0 +1,121 @@
+"""Compile Triton kernels for real GPUs without one: sm_80 and sm_90, via triton.compile.
+
+Each op module exposes `compile_cases()`: (kernel, runtime-arg signature, constexprs,
+num_warps) for every configuration its launcher can pick. For each we compile for
+both targets and read shared memory from the metadata, registers and spill bytes
+from cuobjdump. The interpreter replaces @triton.jit with a Python shim, so this runs
+in a child process without TRITON_INTERPRET:
+
+    python -m kernels.triton.compile_check kernels.triton.softmax [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# Opt-in shared memory per block (bytes): A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
+SHARED_LIMIT = {80: 166912, 90: 232448}
+TARGETS = (80, 90)
+
+
+def _cuobjdump() -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and local-memory (spill) bytes per kernel, from `cuobjdump --dump-resource-usage`."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    regs = re.search(r"REG:(\d+)", out)
+    local = re.search(r"LOCAL:(\d+)", out)
+    return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": int(local.group(1)) if local else -1}
+
+
+def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int,
+                 num_stages: int = 3) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    full_signature = dict(signature)
+    for name in constexprs:
+        full_signature[name] = "constexpr"
+    src = ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    usage = resource_usage(compiled.asm["cubin"])
+    ptx = compiled.asm["ptx"]
+    return {
+        "kernel": kernel.__name__, "arch": arch, "num_warps": num_warps, "num_stages": num_stages,
+        "signature": signature, "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) else str(v))
+                                               for k, v in constexprs.items()},
+        "shared_bytes": int(compiled.metadata.shared), "shared_limit": SHARED_LIMIT[arch],
+        "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx, **usage,
+    }
+
+
+def check_module(module_name: str) -> list[dict]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("compile_check needs real @triton.jit kernels: unset TRITON_INTERPRET")
+    module = importlib.import_module(module_name)
+    results = []
+    for case in module.compile_cases():
+        kernel, signature, constexprs, num_warps, *rest = case
+        num_stages = rest[0] if rest else 3
+        for arch in TARGETS:
+            try:
+                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages))
+            except Exception as e:  # reported, and failed on, by the test
+                results.append({"kernel": getattr(kernel, "__name__", str(kernel)), "arch": arch,
+                                "num_warps": num_warps, "constexprs": {k: str(v) for k, v in constexprs.items()},
+                                "error": f"{type(e).__name__}: {str(e)[:2000]}"})
+    return results
+
+
+def problems(results: list[dict]) -> list[str]:
+    bad = []
+    for r in results:
+        where = f"{r['kernel']} sm_{r['arch']} warps={r['num_warps']} {r.get('constexprs')}"
+        if "error" in r:
+            bad.append(f"{where}: compile failed: {r['error']}")
+            continue
+        if r["shared_bytes"] > r["shared_limit"]:
+            bad.append(f"{where}: {r['shared_bytes']} B shared memory > {r['shared_limit']} B limit")
+        if r["spill_bytes"] != 0:
+            bad.append(f"{where}: {r['spill_bytes']} B of register spills (registers {r['registers']})")
+    return bad
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="+", help="op modules exposing compile_cases()")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    args = parser.parse_args(argv)
+    results = [r for m in args.modules for r in check_module(m)]
+    if args.json:
+        json.dump(results, sys.stdout)
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['kernel']:<32} sm_{r['arch']} ERROR {r['error'][:200]}")
+        else:
+            print(f"{r['kernel']:<32} sm_{r['arch']} warps={r['num_warps']:<2} regs={r['registers']:<4} "
+                  f"spill={r['spill_bytes']:<4} smem={r['shared_bytes']:<6} {r['constexprs']}")
+    bad = problems(results)
+    for b in bad:
+        print("PROBLEM:", b)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
