@@ -1,6 +1,8 @@
 """Launch helpers shared by the Triton ops: row views, block sizes, warp counts."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -37,6 +39,20 @@ def empty_rows_like(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch
     buf = torch.empty(moved_shape, dtype=t.dtype, device=t.device)
     rows = buf.view(-1, moved_shape[-1]) if buf.numel() else buf.new_empty((0, moved_shape[-1]))
     return buf.movedim(-1, dim), rows
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def persistent_programs(n_work: int, device: torch.device, per_sm: int = 1) -> int:
+    """Grid size for a persistent kernel: per_sm programs per SM (a few under the interpreter,
+    enough to exercise the row loop), never more than the work items."""
+    if device.type == "cuda":
+        return max(1, min(n_work, per_sm * _sm_count(device.index if device.index is not None
+                                                    else torch.cuda.current_device())))
+    return max(1, min(n_work, 3))
 
 
 def row_block(n_cols: int) -> int:

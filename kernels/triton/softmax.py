@@ -47,33 +47,35 @@ def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride
 
 
 @triton.jit
-def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_cols, x_row_stride, y_row_stride, scale_log2,
+def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
                              BLOCK_N: tl.constexpr):
-    """One row per program, streamed in BLOCK_N chunks: pass 1 keeps a per-lane running
-    max and sum (online softmax), pass 2 re-reads x and writes y."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_row_stride
-    y_row = y_ptr + row * y_row_stride
+    """Rows too long for the chip, streamed in BLOCK_N chunks: pass 1 keeps a per-lane
+    running max and sum (online softmax), pass 2 re-reads x and writes y. The grid is
+    persistent (one program per SM, looping over rows) so the rows in flight fit in L2
+    and pass 2's re-read comes from L2 rather than HBM."""
     cols = tl.arange(0, BLOCK_N)
-    run_max = tl.full([BLOCK_N], -float("inf"), tl.float32)
-    run_sum = tl.zeros([BLOCK_N], tl.float32)
-    for start in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
-        new_max = tl.maximum(run_max, x)
-        # Lanes that have seen only -inf keep a zero sum; shifting by 0 avoids inf - inf.
-        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        run_sum = run_sum * tl.exp2((run_max - shift) * scale_log2) + tl.exp2((x - shift) * scale_log2)
-        run_max = new_max
-    row_max = tl.max(run_max, axis=0)
-    shift = tl.where(run_max == -float("inf"), 0.0, run_max)
-    row_sum = tl.sum(run_sum * tl.exp2((shift - row_max) * scale_log2), axis=0)
-    # NaN anywhere in the row reaches run_sum (exp2(NaN) = NaN) and so every output.
-    inv_sum = 1.0 / row_sum
-    for start in range(0, n_cols, BLOCK_N):
-        mask = start + cols < n_cols
-        x = tl.load(x_row + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
-        y = tl.exp2((x - row_max) * scale_log2) * inv_sum
-        tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+        x_row = x_ptr + tl.cast(row, tl.int64) * x_row_stride
+        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
+        run_max = tl.full([BLOCK_N], -float("inf"), tl.float32)
+        run_sum = tl.zeros([BLOCK_N], tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, x)
+            # Lanes that have seen only -inf keep a zero sum; shifting by 0 avoids inf - inf.
+            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp2((run_max - shift) * scale_log2) + tl.exp2((x - shift) * scale_log2)
+            run_max = new_max
+        row_max = tl.max(run_max, axis=0)
+        shift = tl.where(run_max == -float("inf"), 0.0, run_max)
+        row_sum = tl.sum(run_sum * tl.exp2((shift - row_max) * scale_log2), axis=0)
+        # NaN anywhere in the row reaches run_sum (exp2(NaN) = NaN) and so every output.
+        inv_sum = 1.0 / row_sum
+        for start in range(0, n_cols, BLOCK_N):
+            mask = start + cols < n_cols
+            x = tl.load(x_row + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
+            y = tl.exp2((x - row_max) * scale_log2) * inv_sum
+            tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -92,24 +94,27 @@ def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy
 
 
 @triton.jit
-def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_cols, dx_row_stride, dy_row_stride, y_row_stride,
+def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride, y_row_stride,
                              inv_temperature, BLOCK_N: tl.constexpr):
-    """Long rows: pass 1 accumulates sum(dy * y) per lane, pass 2 writes dx."""
-    row = tl.program_id(0).to(tl.int64)
+    """Long rows, persistent grid: pass 1 accumulates sum(dy * y) per lane, pass 2 writes dx."""
     cols = tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_N], tl.float32)
-    for start in range(0, n_cols, BLOCK_N):
-        mask = start + cols < n_cols
-        y = tl.load(y_ptr + row * y_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * dy_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
-        acc += dy * y
-    dot = tl.sum(acc, axis=0)
-    for start in range(0, n_cols, BLOCK_N):
-        mask = start + cols < n_cols
-        y = tl.load(y_ptr + row * y_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * dy_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
-        dx = y * (dy - dot) * inv_temperature
-        tl.store(dx_ptr + row * dx_row_stride + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
+        dy_row = dy_ptr + tl.cast(row, tl.int64) * dy_row_stride
+        dx_row = dx_ptr + tl.cast(row, tl.int64) * dx_row_stride
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            mask = start + cols < n_cols
+            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += dy * y
+        dot = tl.sum(acc, axis=0)
+        for start in range(0, n_cols, BLOCK_N):
+            mask = start + cols < n_cols
+            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dx = y * (dy - dot) * inv_temperature
+            tl.store(dx_row + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # -----------------------------------------------------------------------------------------
@@ -145,8 +150,9 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
                                   scale_log2, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                   num_warps=cfg["num_warps"])
     else:
-        _softmax_fwd_long_kernel[(n_rows,)](y_rows, x_rows, n_cols, x_rows.stride(0), y_rows.stride(0),
-                                            scale_log2, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        _softmax_fwd_long_kernel[(_launch.persistent_programs(n_rows, x.device),)](
+            y_rows, x_rows, n_rows, n_cols, x_rows.stride(0), y_rows.stride(0), scale_log2,
+            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return y
 
 
@@ -166,8 +172,9 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
         _softmax_bwd_kernel[grid](dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
                                   BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     else:
-        _softmax_bwd_long_kernel[(n_rows,)](dx_rows, dy_rows, y_rows, n_cols, *strides, inv_t,
-                                            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        _softmax_bwd_long_kernel[(_launch.persistent_programs(n_rows, y.device),)](
+            dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
+            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return dx
 
 
@@ -186,10 +193,11 @@ def compile_cases():
                           "y_row_stride": "i32", "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
         cfg = launch_config(_launch.MAX_ROW_BLOCK + 1)
         meta = {"BLOCK_N": cfg["BLOCK_N"]}
-        cases.append((_softmax_fwd_long_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_cols": "i32",
+        cases.append((_softmax_fwd_long_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_rows": "i32",
+                      "n_cols": "i32",
                       "x_row_stride": "i32", "y_row_stride": "i32", "scale_log2": "fp32"}, meta, cfg["num_warps"]))
         cases.append((_softmax_bwd_long_kernel, {"dx_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                      "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32", "y_row_stride": "i32",
+                      "n_rows": "i32", "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32", "y_row_stride": "i32",
                       "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
     return cases
 
