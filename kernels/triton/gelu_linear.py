@@ -146,28 +146,32 @@ def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
     offs_k = tl.arange(0, BLOCK_K)
     rows_left = M - pid_m * BLOCK_M
     cols_left = N - pid_n * BLOCK_N
-    # 64-bit tile bases; offsets inside a tile stay 32-bit.
-    x_tile = x_ptr + (pid_m.to(tl.int64) * BLOCK_M) * stride_xm
-    w_tile = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wn
-    x_ptrs = x_tile + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_tile + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn  # W^T tile (BLOCK_K, BLOCK_N)
+    # 64-bit scalar tile bases that walk along K; loop-invariant 32-bit offsets inside a tile
+    # (a loop-carried tensor of 64-bit pointers would double the registers per element).
+    x_base = x_ptr + (pid_m.to(tl.int64) * BLOCK_M) * stride_xm
+    w_base = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wn
+    x_offs = offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_offs = offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn  # W^T tile (BLOCK_K, BLOCK_N)
+    row_ok = offs_m[:, None] < rows_left
+    col_ok = offs_n[None, :] < cols_left
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=(offs_m[:, None] < rows_left) & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < cols_left), other=0.0)
+        a = tl.load(x_base + x_offs, mask=row_ok & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(w_base + w_offs, mask=(offs_k[:, None] < k_left) & col_ok, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+        x_base += BLOCK_K * stride_xk
+        w_base += BLOCK_K * stride_wk
     if HAS_BIAS:
         bias = tl.load(b_ptr + pid_n * BLOCK_N + offs_n, mask=offs_n < cols_left, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    out_mask = (offs_m[:, None] < rows_left) & (offs_n[None, :] < cols_left)
-    out_offs = (pid_m.to(tl.int64) * BLOCK_M) * N + pid_n * BLOCK_N + offs_m[:, None] * N + offs_n[None, :]
+    out_mask = row_ok & col_ok
+    out_base = (pid_m.to(tl.int64) * BLOCK_M) * N + pid_n * BLOCK_N
+    out_offs = offs_m[:, None] * N + offs_n[None, :]
     if STORE_Z:
-        tl.store(z_ptr + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(z_ptr + out_base + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
     y = _gelu(acc, APPROX_TANH)
-    tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(y_ptr + out_base + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -184,39 +188,45 @@ def _gelu_linear_bwd_kernel(dy_ptr, z_ptr, w_ptr, dx_ptr, dz_ptr, dbp_ptr, M, N,
 
     Here BLOCK_N tiles K (the output columns) and BLOCK_K tiles N (the reduction), so the
     forward's autotune configs mean the same thing: output tile, then reduction chunk."""
-    pid_m, pid_n = _grouped_tile(M, K, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = _grouped_tile(M, tl.maximum(K, 1), BLOCK_M, BLOCK_N, GROUP_M)  # K = 0: one column, for dZ
     offs_m = tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_K)   # out-feature (reduction) chunk
     offs_k = tl.arange(0, BLOCK_N)   # in-feature (output column) tile
     rows_left = M - pid_m * BLOCK_M
     cols_left = K - pid_n * BLOCK_N
     row_base = pid_m.to(tl.int64) * BLOCK_M
-    dy_ptrs = dy_ptr + row_base * stride_dym + offs_m[:, None] * stride_dym + offs_c[None, :] * stride_dyn
-    z_offs = row_base * N + offs_m[:, None] * N + offs_c[None, :]  # Z and dZ: contiguous (M, N)
-    w_ptrs = (w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wk
-              + offs_c[:, None] * stride_wn + offs_k[None, :] * stride_wk)
+    dy_base = dy_ptr + row_base * stride_dym
+    z_base = z_ptr + row_base * N        # Z and dZ: contiguous (M, N)
+    dz_base = dz_ptr + row_base * N
+    w_base = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wk
+    dbp_base = dbp_ptr + pid_m.to(tl.int64) * N
+    dy_offs = offs_m[:, None] * stride_dym + offs_c[None, :] * stride_dyn
+    z_offs = offs_m[:, None] * N + offs_c[None, :]
+    w_offs = offs_c[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    row_ok = offs_m[:, None] < rows_left
+    col_ok = offs_k[None, :] < cols_left
     writer = pid_n == 0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for c in range(0, tl.cdiv(N, BLOCK_K)):
         c_left = N - c * BLOCK_K
-        tile_mask = (offs_m[:, None] < rows_left) & (offs_c[None, :] < c_left)
+        tile_mask = row_ok & (offs_c[None, :] < c_left)
         # Padding loads dY = 0, so padded dZ is 0 whatever gelu'(0) is.
-        dy = tl.load(dy_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + z_offs, mask=tile_mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_base + dy_offs, mask=tile_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_base + z_offs, mask=tile_mask, other=0.0).to(tl.float32)
         dz = dy * _gelu_grad(z, APPROX_TANH)
         dz_low = dz.to(dz_ptr.dtype.element_ty)
-        tl.store(dz_ptr + z_offs, dz_low, mask=tile_mask & writer)
+        tl.store(dz_base + z_offs, dz_low, mask=tile_mask & writer)
         if HAS_BIAS:
-            tl.store(dbp_ptr + pid_m.to(tl.int64) * N + c * BLOCK_K + offs_c, tl.sum(dz, axis=0),
-                     mask=(offs_c < c_left) & writer)
-        w = tl.load(w_ptrs, mask=(offs_c[:, None] < c_left) & (offs_k[None, :] < cols_left), other=0.0)
+            tl.store(dbp_base + offs_c, tl.sum(dz, axis=0), mask=(offs_c < c_left) & writer)
+        w = tl.load(w_base + w_offs, mask=(offs_c[:, None] < c_left) & col_ok, other=0.0)
         acc = tl.dot(dz_low, w, acc, input_precision=INPUT_PRECISION)
-        dy_ptrs += BLOCK_K * stride_dyn
-        z_offs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wn
-    out_mask = (offs_m[:, None] < rows_left) & (offs_k[None, :] < cols_left)
-    out_offs = row_base * K + pid_n * BLOCK_N + offs_m[:, None] * K + offs_k[None, :]
-    tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty), mask=out_mask)
+        dy_base += BLOCK_K * stride_dyn
+        z_base += BLOCK_K
+        dz_base += BLOCK_K
+        dbp_base += BLOCK_K
+        w_base += BLOCK_K * stride_wn
+    dx_base = dx_ptr + row_base * K + pid_n * BLOCK_N
+    tl.store(dx_base + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=row_ok & col_ok)
 
 
 
@@ -230,27 +240,39 @@ def _cfg(bm, bn, bk, stages, warps, group_m=8):
                          num_stages=stages, num_warps=warps)
 
 
-# Per operand kind: 16-bit tensor-core tiles (BLOCK_K 64 feeds wgmma well), and fp32 with
-# half the BLOCK_K (twice the bytes per element) so the pipelined tiles fit sm_80's shared
-# memory. Every entry is compiled for sm_80 and sm_90 by compile_cases().
-# The backward stages two left-operand tiles (dY and Z) per step, hence its lighter lists.
+# Per (operand kind, alignment). "aligned": 16-byte-aligned pointers, N, K and the row
+# strides multiples of 16, the common case, where Triton vectorises the tile loads and
+# pipelines them through shared memory (cp.async). Otherwise each element is its own
+# load held in registers, so those lists use 8 warps and 2 stages to stay spill-free.
+# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). The
+# backward stages two left-operand tiles (dY and Z) and runs gelu' on them, hence its
+# lighter lists. Every entry is compiled for sm_80 and sm_90 by compile_cases().
 CONFIGS = {
     "fwd": {
-        "16bit": [_cfg(128, 256, 64, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 4, 8),
-                  _cfg(128, 128, 32, 4, 4), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
-                  _cfg(64, 64, 64, 4, 4)],
-        "fp32": [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 4, 4), _cfg(64, 128, 32, 4, 4),
-                 _cfg(64, 64, 32, 4, 4)],
+        ("16bit", True): [_cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
+                          _cfg(64, 64, 64, 4, 4)],
+        ("16bit", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32", True): [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 3, 4), _cfg(64, 128, 32, 3, 4),
+                         _cfg(64, 64, 32, 3, 4)],
+        ("fp32", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
     },
     "bwd": {
-        "16bit": [_cfg(128, 256, 64, 2, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 4),
-                  _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4)],
-        "fp32": [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 3, 4), _cfg(64, 128, 32, 3, 4),
-                 _cfg(64, 64, 32, 4, 4)],
+        ("16bit", True): [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 64, 3, 8), _cfg(64, 128, 64, 3, 8),
+                          _cfg(64, 64, 64, 3, 8)],
+        ("16bit", False): [_cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32", True): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
+        ("fp32", False): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
     },
 }
 # Small tiles under the interpreter: several tiles and groups even at test shapes.
 INTERPRET_CONFIG = _cfg(32, 32, 32, 1, 4, group_m=2)
+
+# Per kernel: the pointer arguments, and the integer arguments whose divisibility by 16
+# decides whether Triton can vectorise (M only masks rows, so it does not matter).
+_POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr"),
+             "bwd": ("dy_ptr", "z_ptr", "w_ptr", "dx_ptr", "dz_ptr", "dbp_ptr")}
+_ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk"),
+               "bwd": ("N", "K", "stride_dym", "stride_dyn", "stride_wn", "stride_wk")}
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -264,19 +286,28 @@ def input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _prune_by_dtype(direction):
-    def prune(configs, named_args, **kwargs):
-        return CONFIGS[direction][_kind(named_args["w_ptr"].dtype)]
-    return prune
+def _aligned(direction: str, args: dict) -> bool:
+    # Unit strides are fine too: Triton specialises a 1 into a constant.
+    return (all(args[p].data_ptr() % 16 == 0 for p in _POINTERS[direction])
+            and all(args[i] % 16 == 0 or (i.startswith("stride") and args[i] == 1)
+                    for i in _ALIGN_INTS[direction]))
+
+
+def _configs_for(direction: str, dtype: torch.dtype, args: dict):
+    return CONFIGS[direction][(_kind(dtype), _aligned(direction, args))]
 
 
 def _tuned(kernel, direction, **kw):
     if triton_interpreting():  # multi-config autotune needs a driver
         return triton.autotune(configs=[INTERPRET_CONFIG], key=[])(kernel)
-    # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, ...).
-    return triton.autotune(configs=CONFIGS[direction]["16bit"] + CONFIGS[direction]["fp32"],
-                           key=["M", "N", "K", "HAS_BIAS", "APPROX_TANH", "INPUT_PRECISION"],
-                           prune_configs_by={"early_config_prune": _prune_by_dtype(direction)}, **kw)(kernel)
+
+    def prune(configs, named_args, **kwargs):
+        return _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+
+    # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, layout, flags).
+    every = [c for lst in CONFIGS[direction].values() for c in lst]
+    key = ["M", "N", "K", *_ALIGN_INTS[direction][2:], "HAS_BIAS", "APPROX_TANH", "INPUT_PRECISION"]
+    return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
 
 
 _fwd_tuned = _tuned(_gelu_linear_fwd_kernel, "fwd")
@@ -286,9 +317,11 @@ _bwd_tuned = _tuned(_gelu_linear_bwd_kernel, "bwd", reset_to_zero=["dbp_ptr"])
 
 
 def _min_block_m(dtype: torch.dtype) -> int:
+    """Rows of the db-partials buffer follow the chosen BLOCK_M: size it for the smallest."""
     if triton_interpreting():
         return INTERPRET_CONFIG.kwargs["BLOCK_M"]
-    return min(c.kwargs["BLOCK_M"] for c in CONFIGS["bwd"][_kind(dtype)])
+    return min(c.kwargs["BLOCK_M"] for (kind, _), lst in CONFIGS["bwd"].items() if kind == _kind(dtype)
+               for c in lst)
 
 
 def _out_shape(x: torch.Tensor, n: int) -> tuple:
@@ -298,8 +331,8 @@ def _out_shape(x: torch.Tensor, n: int) -> tuple:
 def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
     """(y, z): y = gelu(x W^T + b); z the pre-activation when save_preact, else an empty tensor."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
+    m = math.prod(x.shape[:-1])
+    x2 = x.reshape(m, k)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     z = torch.empty((m, n) if save_preact else (0,), dtype=x.dtype, device=x.device)
     if m > 0 and n > 0:
@@ -314,8 +347,8 @@ def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
 def gelu_linear_backward(dy, x, weight, z, has_bias: bool, approximate: str):
     """(dx, dw, db) from dY and the saved Z; db is an empty tensor when there is no bias."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
+    m = math.prod(x.shape[:-1])
+    x2 = x.reshape(m, k)
     dy2 = dy.reshape(m, n)
     dx = torch.empty((m, k), dtype=x.dtype, device=x.device)
     dz = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -342,24 +375,29 @@ def _compile_signature(kernel, dtype):
             "N": "i32", "K": "i32", "stride_dym": "i32", "stride_wn": "i32"}
 
 
-# Every autotune configuration, for the sm_80/sm_90 compile test: each config of each kind
-# with the heaviest epilogue (bias, Z stored, both GELU forms across dtypes), for fp16,
-# bf16, fp32 as TF32 and as IEEE fp32. Unit inner strides are specialised to 1, as Triton
-# does for contiguous tensors at launch.
+# Every autotune configuration, for the sm_80/sm_90 compile test: each list in CONFIGS
+# with the heaviest epilogue (bias, Z stored), the GELU forms alternating across dtypes,
+# for fp16, bf16, fp32 as TF32 and as IEEE fp32. Aligned lists compile with Triton's
+# launch-time specialisation of aligned arguments (divisibility by 16; M left odd, as
+# B * T often is), unaligned lists with none. Unit inner strides are the constant 1, as
+# Triton specialises them for contiguous tensors.
 def compile_cases():
     cases = []
     variants = (("fp16", "ieee", True), ("bf16", "ieee", False), ("fp32", "tf32", True), ("fp32", "ieee", False))
     for dtype, precision, tanh in variants:
         kind = "fp32" if dtype == "fp32" else "16bit"
         for kernel, direction in ((_gelu_linear_fwd_kernel, "fwd"), (_gelu_linear_bwd_kernel, "bwd")):
-            for cfg in CONFIGS[direction][kind]:
-                flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision}
-                if direction == "fwd":
-                    flags.update(STORE_Z=True, stride_xk=1, stride_wk=1)
-                else:
-                    flags.update(stride_dyn=1, stride_wk=1)
-                cases.append((kernel, _compile_signature(kernel, dtype), {**flags, **cfg.kwargs},
-                              cfg.num_warps, cfg.num_stages))
+            signature = _compile_signature(kernel, dtype)
+            unit = {"stride_xk": 1, "stride_wk": 1} if direction == "fwd" else {"stride_dyn": 1, "stride_wk": 1}
+            flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision, **unit}
+            if direction == "fwd":
+                flags["STORE_Z"] = True
+            for aligned in (True, False):
+                divisible = [a for a in _POINTERS[direction] + _ALIGN_INTS[direction] if a in signature] \
+                    if aligned else []
+                for cfg in CONFIGS[direction][(kind, aligned)]:
+                    cases.append((kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
+                                  divisible))
     return cases
 
 
