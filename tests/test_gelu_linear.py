@@ -70,16 +70,10 @@ def _check_against_fp64(backend, lead, k, n, dtype, bias, approximate, grads):
 @pytest.mark.parametrize("approximate", APPROX)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("lead,k,n", SHAPES, ids=str)
-def test_fp32_forward_and_all_gradients(backend, lead, k, n, bias, approximate):
-    _check_against_fp64(backend, lead, k, n, torch.float32, bias, approximate, grads=True)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("approximate", APPROX)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("lead,k,n", SHAPES, ids=str)
-def test_fp16_forward(backend, lead, k, n, bias, approximate):
-    _check_against_fp64(backend, lead, k, n, torch.float16, bias, approximate, grads=False)
+@pytest.mark.parametrize("dtype,grads", [(torch.float32, True), (torch.float16, False)],
+                         ids=["fp32-fwd-bwd", "fp16-fwd"])
+def test_parity_with_fp64(backend, lead, k, n, bias, approximate, dtype, grads):
+    _check_against_fp64(backend, lead, k, n, dtype, bias, approximate, grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
