@@ -22,9 +22,15 @@ def _triton_softmax():
     return module.softmax
 
 
+def _triton_gelu_linear():
+    from .triton import gelu_linear as module
+    return module.gelu_linear
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
+        "gelu_linear": _triton_gelu_linear,
     },
     "cuda": {},
 }

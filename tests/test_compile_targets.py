@@ -4,6 +4,7 @@ it must compile, fit shared memory, and not spill registers.
 The interpreter swaps @triton.jit for a Python shim, so the compile runs in a child
 process without TRITON_INTERPRET (kernels.triton.compile_check).
 """
+import functools
 import json
 import os
 import subprocess
@@ -14,9 +15,10 @@ import pytest
 pytest.importorskip("triton")
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
-MODULES = ["kernels.triton.softmax"]
+MODULES = ["kernels.triton.softmax", "kernels.triton.gelu_linear"]
 
 
+@functools.lru_cache(maxsize=None)  # one compile run per module, shared by the tests below
 def _run(module):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kernels.triton.compile_check", module, "--json"],
@@ -33,3 +35,16 @@ def test_compiles_for_sm80_sm90_without_spills(module):
     assert {r["arch"] for r in results} == {80, 90}
     bad = problems(results)
     assert not bad, "\n".join(bad)
+
+
+def test_gelu_linear_uses_wgmma_on_sm90():
+    # Tensor-core operands (fp16, bf16, fp32 as TF32) must lower to Hopper's wgmma, not the
+    # sm_80 mma.sync path; IEEE fp32 has no tensor-core form and runs on FMA units.
+    results = _run("kernels.triton.gelu_linear")
+    tensor_core = [r for r in results if r["arch"] == 90 and "error" not in r
+                   and (r["constexprs"]["INPUT_PRECISION"] == "tf32" or "fp32" not in r["signature"]["w_ptr"])]
+    assert tensor_core, "no sm_90 tensor-core cases compiled"
+    missing = [f"{r['kernel']} {r['signature']['w_ptr']} {r['constexprs']}" for r in tensor_core if not r["wgmma"]]
+    assert not missing, "sm_90 PTX without wgmma:\n" + "\n".join(missing)
+    assert all(r["mma_sync"] for r in results if r["arch"] == 80 and "error" not in r
+               and (r["constexprs"]["INPUT_PRECISION"] == "tf32" or "fp32" not in r["signature"]["w_ptr"]))

@@ -1,7 +1,9 @@
 """Compile Triton kernels for real GPUs without one: sm_80 and sm_90, via triton.compile.
 
 Each op module exposes `compile_cases()`: (kernel, runtime-arg signature, constexprs,
-num_warps) for every configuration its launcher can pick. For each we compile for
+num_warps[, num_stages[, divisible]]) for every configuration its launcher can pick;
+`divisible` names the arguments to compile as multiples of 16 (pointers 16-byte aligned),
+the specialisation Triton makes at launch for such values. For each we compile for
 both targets and read shared memory from the metadata, registers and spill bytes
 from cuobjdump. The interpreter replaces @triton.jit with a Python shim, so this runs
 in a child process without TRITON_INTERPRET:
@@ -37,12 +39,15 @@ def resource_usage(cubin: bytes) -> dict:
         out = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True,
                              text=True, check=True).stdout
     regs = re.search(r"REG:(\d+)", out)
+    # ptxas places register spills in the stack frame (STACK), not in LOCAL; count both.
     local = re.search(r"LOCAL:(\d+)", out)
-    return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": int(local.group(1)) if local else -1}
+    stack = re.search(r"STACK:(\d+)", out)
+    spill = -1 if not (local or stack) else sum(int(m.group(1)) for m in (local, stack) if m)
+    return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": spill}
 
 
 def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int,
-                 num_stages: int = 3) -> dict:
+                 num_stages: int = 3, divisible=()) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,7 +55,8 @@ def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch
     full_signature = dict(signature)
     for name in constexprs:
         full_signature[name] = "constexpr"
-    src = ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs)
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
+    src = ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     usage = resource_usage(compiled.asm["cubin"])
@@ -60,7 +66,7 @@ def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch
         "signature": signature, "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) else str(v))
                                                for k, v in constexprs.items()},
         "shared_bytes": int(compiled.metadata.shared), "shared_limit": SHARED_LIMIT[arch],
-        "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx, **usage,
+        "divisible": sorted(divisible), "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx, **usage,
     }
 
 
@@ -72,9 +78,10 @@ def check_module(module_name: str) -> list[dict]:
     for case in module.compile_cases():
         kernel, signature, constexprs, num_warps, *rest = case
         num_stages = rest[0] if rest else 3
+        divisible = tuple(rest[1]) if len(rest) > 1 else ()
         for arch in TARGETS:
             try:
-                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages))
+                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible))
             except Exception as e:  # reported, and failed on, by the test
                 results.append({"kernel": getattr(kernel, "__name__", str(kernel)), "arch": arch,
                                 "num_warps": num_warps, "constexprs": {k: str(v) for k, v in constexprs.items()},
@@ -110,7 +117,8 @@ def main(argv=None):
             print(f"{r['kernel']:<32} sm_{r['arch']} ERROR {r['error'][:200]}")
         else:
             print(f"{r['kernel']:<32} sm_{r['arch']} warps={r['num_warps']:<2} regs={r['registers']:<4} "
-                  f"spill={r['spill_bytes']:<4} smem={r['shared_bytes']:<6} {r['constexprs']}")
+                  f"spill={r['spill_bytes']:<4} smem={r['shared_bytes']:<6} {r['constexprs']}"
+                  + (" div16" if r["divisible"] else ""))
     bad = problems(results)
     for b in bad:
         print("PROBLEM:", b)

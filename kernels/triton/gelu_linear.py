@@ -1,0 +1,456 @@
+"""GELU MLP up-projection: y = gelu(x @ W^T + b), one tiled matmul with the bias and the
+GELU in its epilogue, forward and backward.
+
+Shapes: x (..., K) flattened to X (M, K) (a view whenever the leading dims allow it),
+W (N, K) like nn.Linear, b (N,). Z = X W^T + b is the pre-activation.
+
+What it fuses. Eager `F.gelu(F.linear(x, W, b))` runs a GEMM that writes Z, then an
+elementwise kernel that reads Z and writes Y: 3 M N s bytes beyond the GEMM's own
+operands (s = bytes per element). Here the bias add and the GELU run on the fp32
+accumulator tile before a single store of Y. Backward, eager reads dY and Z and writes
+dZ in an elementwise pass, then two GEMMs read dZ again; here dZ = dY * gelu'(Z) is
+computed tile by tile inside the kernel producing dX = dZ W (dY and Z loaded as that
+GEMM's left operand), which also writes dZ (for dW) and the per-tile column sums of dZ
+(for db), so no elementwise pass over M N memory remains.
+
+Roofline (FLOPs 2 M N K per GEMM; bytes are the operands read once plus outputs):
+  forward   2 M N K FLOP; (M K + N K + M N) s bytes, + M N s when Z is saved.
+  backward  4 M N K FLOP (dX, dW); dX kernel reads dY, Z, W, writes dX, dZ;
+            dW = dZ^T X and db = sum of the fp32 partials are plain GEMM / tiny reduce.
+At GPT sizes (M = B T in the thousands, K = C, N = 4 C) every GEMM is compute-bound.
+
+Save Z or recompute it? Saving costs one extra store of M N s bytes in the forward and
+one load in the backward (2 s bytes per element, overlapped with a compute-bound
+mainloop), plus M N s bytes held from forward to backward. Recomputing costs a third
+GEMM, 2 K FLOP per element, that nothing can hide. Recompute wins in time only when
+2 K FLOP / (2 s bytes) = K / s is below the machine's FLOP:byte ridge (H100: about
+790 TFLOP/s / 3.0 TB/s = 263), i.e. K < 526 in bf16 and K < 1052 in fp32; and even
+there saving is cheaper because its bytes overlap the GEMM. GPT-2 has K = 768 and
+up, so we save Z (in the input dtype, like eager, which keeps Z for F.gelu's backward)
+-- but only when autograd needs it: under no_grad / inference Z never goes to memory.
+
+Precision: fp32 accumulation always; Y = gelu(Z) is computed from the unrounded fp32
+Z; the saved Z and dZ are rounded to the input dtype (as eager does). Both GELU
+forms: "tanh" 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), written as
+z * sigmoid(2 u) (no tanh intrinsic, exact in the limits); "none" 0.5 z (1 + erf(z/sqrt 2)).
+fp32 inputs: tl.dot runs TF32 tensor cores only when torch.backends.cuda.matmul.allow_tf32
+is True (PyTorch's default is False), else full-precision IEEE fp32 FMA; dW = dZ^T X is a
+torch matmul and follows the same flag. fp16/bf16 use fp16/bf16 tensor cores (wgmma on
+sm_90, mma.sync on sm_80) with fp32 accumulation.
+
+Inputs are never copied: the kernels take x's and W's strides (x.reshape copies only when
+its leading dims cannot be flattened into one stride). dY may be any strided tensor.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreting
+
+# -----------------------------------------------------------------------------------------
+# GELU math, shared by the forward and backward kernels
+# -----------------------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_LOG2E = math.log2(math.e)
+
+
+@triton.jit
+def _sigmoid_2u(z):
+    """sigmoid(2 u) for the tanh form: 0.5 (1 + tanh(u)) = sigmoid(2 u). exp2 overflows to
+    inf for very negative u, giving exactly 0; large u gives exactly 1."""
+    u = 0.7978845608028654 * (z + 0.044715 * z * z * z)  # sqrt(2/pi) (z + 0.044715 z^3)
+    return 1.0 / (1.0 + tl.exp2(-2.0 * 1.4426950408889634 * u))
+
+
+@triton.jit
+def _gelu_tanh(z):
+    return z * _sigmoid_2u(z)
+
+
+@triton.jit
+def _gelu_tanh_grad(z):
+    """d/dz [z s], s = sigmoid(2u): s + z * 2 s (1 - s) * du/dz (since 1 - tanh^2 = 4 s (1 - s))."""
+    s = _sigmoid_2u(z)
+    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)
+    return s + 2.0 * z * s * (1.0 - s) * du
+
+
+@triton.jit
+def _gelu_erf(z):
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_erf_grad(z):
+    """Phi(z) + z phi(z): the normal CDF plus z times the normal density."""
+    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+    pdf = 0.3989422804014327 * tl.exp2(-0.5 * 1.4426950408889634 * z * z)
+    return cdf + z * pdf
+
+
+@triton.jit
+def _gelu(z, APPROX_TANH: tl.constexpr):
+    if APPROX_TANH:
+        return _gelu_tanh(z)
+    else:
+        return _gelu_erf(z)
+
+
+@triton.jit
+def _gelu_grad(z, APPROX_TANH: tl.constexpr):
+    if APPROX_TANH:
+        return _gelu_tanh_grad(z)
+    else:
+        return _gelu_erf_grad(z)
+
+
+@triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) in grouped order: GROUP_M row tiles sweep the column tiles together, so
+    a band of X rows and a band of W rows stay in L2 while they are reused."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    return pid_m, pid_n
+
+
+# -----------------------------------------------------------------------------------------
+# Kernels
+# -----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
+                            stride_xm, stride_xk, stride_wn, stride_wk,
+                            HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, APPROX_TANH: tl.constexpr,
+                            INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) tile of Y = gelu(X W^T + b) (and Z when STORE_Z): the K loop
+    accumulates in fp32, the epilogue adds b and applies GELU before the single store.
+    Y and Z are contiguous (M, N)."""
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows_left = M - pid_m * BLOCK_M
+    cols_left = N - pid_n * BLOCK_N
+    # 64-bit scalar tile bases that walk along K; loop-invariant 32-bit offsets inside a tile
+    # (a loop-carried tensor of 64-bit pointers would double the registers per element).
+    x_base = x_ptr + (pid_m.to(tl.int64) * BLOCK_M) * stride_xm
+    w_base = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wn
+    x_offs = offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_offs = offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn  # W^T tile (BLOCK_K, BLOCK_N)
+    row_ok = offs_m[:, None] < rows_left
+    col_ok = offs_n[None, :] < cols_left
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(x_base + x_offs, mask=row_ok & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(w_base + w_offs, mask=(offs_k[:, None] < k_left) & col_ok, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        x_base += BLOCK_K * stride_xk
+        w_base += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + pid_n * BLOCK_N + offs_n, mask=offs_n < cols_left, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    out_mask = row_ok & col_ok
+    out_base = (pid_m.to(tl.int64) * BLOCK_M) * N + pid_n * BLOCK_N
+    out_offs = offs_m[:, None] * N + offs_n[None, :]
+    if STORE_Z:
+        tl.store(z_ptr + out_base + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+    y = _gelu(acc, APPROX_TANH)
+    tl.store(y_ptr + out_base + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _gelu_linear_bwd_kernel(dy_ptr, z_ptr, w_ptr, dx_ptr, dz_ptr, dbp_ptr, M, N, K,
+                            stride_dym, stride_dyn, stride_wn, stride_wk,
+                            HAS_BIAS: tl.constexpr, APPROX_TANH: tl.constexpr,
+                            INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) tile of dX = dZ W, dX (M, K), reducing over the N out-features
+    in BLOCK_K chunks. The left operand dZ = dY * gelu'(Z) is formed on chip from the dY and
+    saved-Z tiles; the programs of the first dX column tile (pid_n == 0) also store dZ
+    (contiguous (M, N)) and, with a bias, each chunk's column sums of dZ in fp32 into row
+    pid_m of dbp (db partials: deterministic, summed by the launcher).
+
+    Here BLOCK_N tiles K (the output columns) and BLOCK_K tiles N (the reduction), so the
+    forward's autotune configs mean the same thing: output tile, then reduction chunk."""
+    pid_m, pid_n = _grouped_tile(M, tl.maximum(K, 1), BLOCK_M, BLOCK_N, GROUP_M)  # K = 0: one column, for dZ
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_c = tl.arange(0, BLOCK_K)   # out-feature (reduction) chunk
+    offs_k = tl.arange(0, BLOCK_N)   # in-feature (output column) tile
+    rows_left = M - pid_m * BLOCK_M
+    cols_left = K - pid_n * BLOCK_N
+    row_base = pid_m.to(tl.int64) * BLOCK_M
+    dy_base = dy_ptr + row_base * stride_dym
+    z_base = z_ptr + row_base * N        # Z and dZ: contiguous (M, N)
+    dz_base = dz_ptr + row_base * N
+    w_base = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wk
+    dbp_base = dbp_ptr + pid_m.to(tl.int64) * N
+    dy_offs = offs_m[:, None] * stride_dym + offs_c[None, :] * stride_dyn
+    z_offs = offs_m[:, None] * N + offs_c[None, :]
+    w_offs = offs_c[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    row_ok = offs_m[:, None] < rows_left
+    col_ok = offs_k[None, :] < cols_left
+    writer = pid_n == 0
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c in range(0, tl.cdiv(N, BLOCK_K)):
+        c_left = N - c * BLOCK_K
+        tile_mask = row_ok & (offs_c[None, :] < c_left)
+        # Padding loads dY = 0, so padded dZ is 0 whatever gelu'(0) is.
+        dy = tl.load(dy_base + dy_offs, mask=tile_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_base + z_offs, mask=tile_mask, other=0.0).to(tl.float32)
+        dz = dy * _gelu_grad(z, APPROX_TANH)
+        dz_low = dz.to(dz_ptr.dtype.element_ty)
+        tl.store(dz_base + z_offs, dz_low, mask=tile_mask & writer)
+        if HAS_BIAS:
+            tl.store(dbp_base + offs_c, tl.sum(dz, axis=0), mask=(offs_c < c_left) & writer)
+        w = tl.load(w_base + w_offs, mask=(offs_c[:, None] < c_left) & col_ok, other=0.0)
+        acc = tl.dot(dz_low, w, acc, input_precision=INPUT_PRECISION)
+        dy_base += BLOCK_K * stride_dyn
+        z_base += BLOCK_K
+        dz_base += BLOCK_K
+        dbp_base += BLOCK_K
+        w_base += BLOCK_K * stride_wn
+    dx_base = dx_ptr + row_base * K + pid_n * BLOCK_N
+    tl.store(dx_base + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=row_ok & col_ok)
+
+
+# -----------------------------------------------------------------------------------------
+# Launchers: autotuned on the GPU, one fixed configuration under the interpreter
+# -----------------------------------------------------------------------------------------
+
+
+def _cfg(bm, bn, bk, stages, warps, group_m=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_stages=stages, num_warps=warps)
+
+
+# Per (operand kind, alignment). "aligned": 16-byte-aligned pointers, N, K and the row
+# strides multiples of 16, the common case, where Triton vectorises the tile loads and
+# pipelines them through shared memory (cp.async). Otherwise each element is its own
+# load held in registers, so those lists use 8 warps and 2 stages to stay spill-free.
+# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). The
+# backward stages two left-operand tiles (dY and Z) and runs gelu' on them, hence its
+# lighter lists. Every entry is compiled for sm_80 and sm_90 by compile_cases().
+CONFIGS = {
+    "fwd": {
+        ("16bit", True): [_cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
+                          _cfg(64, 64, 64, 4, 4)],
+        ("16bit", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32", True): [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8),
+                         _cfg(64, 64, 32, 3, 4)],
+        ("fp32", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+    },
+    "bwd": {
+        ("16bit", True): [_cfg(64, 128, 64, 3, 8), _cfg(64, 64, 64, 3, 8)],
+        ("16bit", False): [_cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32", True): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
+        ("fp32", False): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
+    },
+}
+# Small tiles under the interpreter: several tiles and groups even at test shapes.
+INTERPRET_CONFIG = _cfg(32, 32, 32, 1, 4, group_m=2)
+
+# Per kernel: the pointer arguments, and the integer arguments whose divisibility by 16
+# decides whether Triton can vectorise (M only masks rows, so it does not matter).
+_POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr"),
+             "bwd": ("dy_ptr", "z_ptr", "w_ptr", "dx_ptr", "dz_ptr", "dbp_ptr")}
+_ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk"),
+               "bwd": ("N", "K", "stride_dym", "stride_dyn", "stride_wn", "stride_wk")}
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """What tl.dot runs for fp32 operands: TF32 only when PyTorch's matmul flag allows it."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _aligned(direction: str, args: dict) -> bool:
+    # Unit strides are fine too: Triton specialises a 1 into a constant.
+    return (all(args[p].data_ptr() % 16 == 0 for p in _POINTERS[direction])
+            and all(args[i] % 16 == 0 or (i.startswith("stride") and args[i] == 1)
+                    for i in _ALIGN_INTS[direction]))
+
+
+def _configs_for(direction: str, dtype: torch.dtype, args: dict):
+    return CONFIGS[direction][(_kind(dtype), _aligned(direction, args))]
+
+
+def _tuned(kernel, direction, **kw):
+    if triton_interpreting():  # multi-config autotune needs a driver
+        return triton.autotune(configs=[INTERPRET_CONFIG], key=[])(kernel)
+
+    def prune(configs, named_args, **kwargs):
+        return _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+
+    # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, layout, flags).
+    every = [c for lst in CONFIGS[direction].values() for c in lst]
+    key = ["M", "N", "K", *_ALIGN_INTS[direction][2:], "HAS_BIAS", "APPROX_TANH", "INPUT_PRECISION"]
+    return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
+
+
+_fwd_tuned = _tuned(_gelu_linear_fwd_kernel, "fwd")
+# Autotuning runs every config; stale db partials of a config with smaller BLOCK_M would
+# survive into the chosen one's sum, so the partials are zeroed around each trial.
+_bwd_tuned = _tuned(_gelu_linear_bwd_kernel, "bwd", reset_to_zero=["dbp_ptr"])
+
+
+def _min_block_m(dtype: torch.dtype) -> int:
+    """Rows of the db-partials buffer follow the chosen BLOCK_M: size it for the smallest."""
+    if triton_interpreting():
+        return INTERPRET_CONFIG.kwargs["BLOCK_M"]
+    return min(c.kwargs["BLOCK_M"] for (kind, _), lst in CONFIGS["bwd"].items() if kind == _kind(dtype)
+               for c in lst)
+
+
+def _out_shape(x: torch.Tensor, n: int) -> tuple:
+    return (*x.shape[:-1], n)
+
+
+def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
+    """(y, z): y = gelu(x W^T + b); z the pre-activation when save_preact, else an empty tensor."""
+    n, k = weight.shape
+    m = math.prod(x.shape[:-1])
+    x2 = x.reshape(m, k)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    z = torch.empty((m, n) if save_preact else (0,), dtype=x.dtype, device=x.device)
+    if m > 0 and n > 0:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        _fwd_tuned[grid](x2, weight, bias if bias is not None else weight, y, z, m, n, k,
+                         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                         HAS_BIAS=bias is not None, STORE_Z=save_preact, APPROX_TANH=approximate == "tanh",
+                         INPUT_PRECISION=input_precision(x.dtype))
+    return y.view(_out_shape(x, n)), (z.view(_out_shape(x, n)) if save_preact else z)
+
+
+def gelu_linear_backward(dy, x, weight, z, has_bias: bool, approximate: str):
+    """(dx, dw, db) from dY and the saved Z; db is an empty tensor when there is no bias."""
+    n, k = weight.shape
+    m = math.prod(x.shape[:-1])
+    x2 = x.reshape(m, k)
+    dy2 = dy.reshape(m, n)
+    dx = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    dz = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    dbp = torch.zeros((triton.cdiv(m, _min_block_m(x.dtype)), n) if has_bias else (0,),
+                      dtype=torch.float32, device=x.device)
+    if m > 0:
+        # K = 0 still launches one column of programs: they produce dZ (and db).
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(max(k, 1), meta["BLOCK_N"]),)  # noqa: E731
+        _bwd_tuned[grid](dy2, z, weight, dx, dz, dbp, m, n, k, dy2.stride(0), dy2.stride(1),
+                         weight.stride(0), weight.stride(1), HAS_BIAS=has_bias,
+                         APPROX_TANH=approximate == "tanh", INPUT_PRECISION=input_precision(x.dtype))
+    # dW = dZ^T X: a plain GEMM (nothing left to fuse), cuBLAS on the GPU.
+    dw = dz.t() @ x2
+    db = dbp.sum(0).to(x.dtype) if has_bias else dbp.to(x.dtype)
+    return dx.view(x.shape), dw, db
+
+
+def _compile_signature(kernel, dtype):
+    p = f"*{dtype}"
+    if kernel is _gelu_linear_fwd_kernel:
+        return {"x_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p, "z_ptr": p, "M": "i32", "N": "i32", "K": "i32",
+                "stride_xm": "i32", "stride_wn": "i32"}
+    return {"dy_ptr": p, "z_ptr": p, "w_ptr": p, "dx_ptr": p, "dz_ptr": p, "dbp_ptr": "*fp32", "M": "i32",
+            "N": "i32", "K": "i32", "stride_dym": "i32", "stride_wn": "i32"}
+
+
+# Every autotune configuration, for the sm_80/sm_90 compile test: each list in CONFIGS
+# with the heaviest epilogue (bias, Z stored) and both GELU forms, for fp16, bf16, fp32 as
+# TF32 and as IEEE fp32. Aligned lists compile with Triton's
+# launch-time specialisation of aligned arguments (divisibility by 16; M left odd, as
+# B * T often is), unaligned lists with none. Unit inner strides are the constant 1, as
+# Triton specialises them for contiguous tensors.
+def compile_cases():
+    cases = []
+    variants = (("fp16", "ieee"), ("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "ieee"))
+    for (dtype, precision), tanh in itertools.product(variants, (True, False)):
+        kind = "fp32" if dtype == "fp32" else "16bit"
+        for kernel, direction in ((_gelu_linear_fwd_kernel, "fwd"), (_gelu_linear_bwd_kernel, "bwd")):
+            signature = _compile_signature(kernel, dtype)
+            unit = {"stride_xk": 1, "stride_wk": 1} if direction == "fwd" else {"stride_dyn": 1, "stride_wk": 1}
+            flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision, **unit}
+            if direction == "fwd":
+                flags["STORE_Z"] = True
+            for aligned in (True, False):
+                divisible = [a for a in _POINTERS[direction] + _ALIGN_INTS[direction] if a in signature] \
+                    if aligned else []
+                for cfg in CONFIGS[direction][(kind, aligned)]:
+                    cases.append((kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
+                                  divisible))
+    return cases
+
+
+# -----------------------------------------------------------------------------------------
+# Registration: opaque custom ops (opcheck and torch.compile(fullgraph=True) trace them on
+# every device, the interpreter included) with a fake impl and autograd on top.
+# -----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("gptk::gelu_linear_triton", mutates_args=())
+def gelu_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str,
+                   save_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return gelu_linear_forward(x, weight, bias, approximate, save_preact)
+
+
+@gelu_linear_op.register_fake
+def _(x, weight, bias, approximate, save_preact):
+    shape = _out_shape(x, weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape if save_preact else (0,))
+
+
+@torch.library.custom_op("gptk::gelu_linear_triton_backward", mutates_args=())
+def gelu_linear_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+                            has_bias: bool, approximate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return gelu_linear_backward(dy, x, weight, z, has_bias, approximate)
+
+
+@gelu_linear_backward_op.register_fake
+def _(dy, x, weight, z, has_bias, approximate):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty((weight.shape[0],) if has_bias else (0,))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, approximate, save_preact = inputs
+    _, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.save_for_backward(x, weight, z)
+    ctx.has_bias, ctx.approximate, ctx.saved_preact = bias is not None, approximate, save_preact
+
+
+def _backward(ctx, dy, _dz):
+    x, weight, z = ctx.saved_tensors
+    if not ctx.saved_preact:
+        raise RuntimeError("gptk::gelu_linear_triton was called with save_preact=False, so it has no "
+                           "pre-activation to differentiate through; call kernels.gelu_linear instead")
+    dx, dw, db = gelu_linear_backward_op(dy, x, weight, z, ctx.has_bias, ctx.approximate)
+    return dx, dw, (db if ctx.has_bias else None), None, None
+
+
+gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gelu_linear(x, weight, bias=None, approximate="tanh"):
+    """The triton backend's gelu_linear (arguments already validated by kernels.gelu_linear).
+    Z is written for backward only when autograd will need it."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return gelu_linear_op(x, weight, bias, approximate, needs_grad)[0]
