@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
 
-from .env import DTYPE_NAMES, describe, measure_ceilings, pick_device
+import torch
+
+from .env import DTYPE_NAMES, card_slug, describe, measure_ceilings, pick_device
 from .model import GPT_BENCH
 from .ops import OPS, OUR_BACKENDS, PROVIDERS
 
@@ -98,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
                         "On CPU every preset uses small shapes. Default: standard")
     p.add_argument("--quick", action="store_true", help="same as --sizes quick")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; on a busy machine 1 thread "
+                        "gives steadier CPU timings)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every record as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write a markdown summary")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG line plots per op")
@@ -118,10 +124,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def build_cases(args, gpu: bool, dtypes) -> list:
+    preset = "quick" if args.quick else args.sizes
     cases = []
     for op in args.ops:
         spec = GPT_BENCH if op == "gpt" else OPS[op]
-        cases += spec.cases(args.sizes, gpu, dtypes, args.modes)
+        cases += spec.cases(preset, gpu, dtypes, args.modes)
     return order(cases)
 
 
@@ -153,6 +160,8 @@ def main(argv=None) -> int:
         args.sizes = "quick"
     device = pick_device(args.device)
     gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtypes = [DTYPE_NAMES[d] for d in (args.dtypes or (["bf16"] if gpu else ["fp32"]))]
     wanted = args.providers or list(PROVIDERS)
     disabled = {}
@@ -176,6 +185,10 @@ def main(argv=None) -> int:
     if info["cpu_figure"]:
         print("No GPU in use: running the CPU backends at small sizes. These are CPU figures, "
               "not GPU figures.", file=sys.stderr)
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > cores and torch.get_num_threads() > 1:
+            print(f"The machine is busy (load {load:.1f} on {cores} cores): multi-threaded CPU timings "
+                  f"stall on descheduled threads; --threads 1 gives steadier figures.", file=sys.stderr)
     ceilings = measure_ceilings(device, dtypes, args.warmup_ms, args.rep_ms)
     meta = {"info": info, "ceilings": ceilings, "argv": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -183,6 +196,7 @@ def main(argv=None) -> int:
     print(report.ceilings_line(meta) + (" (CPU)" if info["cpu_figure"] else ""), file=sys.stderr)
     if args.ceilings_only:
         print("\n".join(report.header_lines(meta)))
+        print(f"results folder: benchmarks/results/{meta['date'][:10]}-{card_slug(info)}/")
         return 0
     ctx = Context(device=device, info=info, ceilings=ceilings, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
                   nvtx=args.nvtx and gpu, compile_backend=args.compile_backend, profile_dir=args.profile,
@@ -208,14 +222,32 @@ def main(argv=None) -> int:
 
 
 def run_all(cases, wanted, ctx, run_case) -> list[dict]:
+    """Every case's records. Ctrl-C (or `timeout -s INT`) stops the run but keeps what is done:
+    the remaining cases are recorded as skipped and the outputs are still written."""
     records = []
+    try:
+        _run_all(cases, wanted, ctx, run_case, records)
+    except KeyboardInterrupt:
+        from .runner import base_record
+        done = {(r["op"], r["mode"], r["dtype"], r["shape"]) for r in records}
+        for case in cases:
+            if (case.op, case.mode, case.dtype_name, case.shape) not in done:
+                for provider in providers_for(case.op, wanted):
+                    rec = base_record(case, provider, ctx)
+                    rec["reason"] = "interrupted before this case ran"
+                    records.append(rec)
+        print("interrupted: writing what was measured", file=sys.stderr)
+    return records
+
+
+def _run_all(cases, wanted, ctx, run_case, records) -> None:
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     except ImportError:
         for i, case in enumerate(cases):
             print(f"[{i + 1}/{len(cases)}] {case.label} {case.dtype_name} {case.shape}", file=sys.stderr)
             records += run_case(case, providers_for(case.op, wanted), ctx)
-        return records
+        return
     from rich.console import Console
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
@@ -226,4 +258,3 @@ def run_all(cases, wanted, ctx, run_case) -> list[dict]:
             records += run_case(case, providers_for(case.op, wanted), ctx, step)
             progress.advance(task)
         progress.update(task, description="done")
-    return records

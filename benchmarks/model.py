@@ -95,10 +95,10 @@ class GPTBench:
             _, loss = model(idx, targets)
             grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
             return [loss.detach().float().reshape(1), torch.cat([g.float().flatten() for g in grads])]
-        with torch.no_grad():
+        with torch.no_grad():  # the prompt, then one cached step: the shapes `generate` runs first
             cache = gpt.KVCache(model.config, idx.shape[0], idx.device, model.lm_head.weight.dtype)
-            model(idx[:, :-1], cache=cache)
-            logits, _ = model(idx[:, -1:], cache=cache)  # the Tq = 1 decode path
+            model(idx, cache=cache)
+            logits, _ = model(idx[:, :1], cache=cache)  # the Tq = 1 decode path
         return [logits[:, -1].float()]
 
     def runner(self, model, case: Case, idx, targets, device):

@@ -193,22 +193,23 @@ def write_plots(directory: Path, records: list[dict], meta: dict) -> list[str]:
         fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
         for ax, mode in zip(axes[0], modes):
             mine = [r for r in rows if r["mode"] == mode]
+            tokens = mine[0]["tokens_per_s"] is not None  # whole model: tokens/s reads better than GB/s
             lines = defaultdict(list)
             for r in sorted(mine, key=lambda r: r["x"]):
                 lines[(r["provider"], r["series"])].append(r)
             for (provider, series), pts in sorted(lines.items(), key=lambda kv: (_index(PROVIDER_ORDER, kv[0][0]),
                                                                                   kv[0][1])):
                 label = provider + (f" {series}" if series else "")
-                ax.plot([p["x"] for p in pts], [p["value"] for p in pts], marker="o", label=label,
-                        linestyle="-" if provider in ("triton", "cuda") else "--")
+                ax.plot([p["x"] for p in pts], [p["tokens_per_s"] if tokens else p["value"] for p in pts],
+                        marker="o", label=label, linestyle="-" if provider in ("triton", "cuda") else "--")
             peak = next((r["peak_value"] for r in mine if r["peak_value"]), None)
-            if peak:
+            if peak and not tokens:
                 ax.axhline(peak, color="grey", linestyle=":", linewidth=1)
                 ax.text(0.01, peak, f" {mine[0]['peak']} ceiling (measured)", transform=ax.get_yaxis_transform(),
                         va="bottom", fontsize=8, color="grey")
             ax.set_xscale("log", base=2)
             ax.set_xlabel(mine[0]["xlabel"])
-            ax.set_ylabel(mine[0]["unit"])
+            ax.set_ylabel("tokens/s" if tokens else mine[0]["unit"])
             ax.set_ylim(bottom=0)
             ax.set_title(f"{op} {mode} {dtype}")
             ax.grid(True, alpha=0.3)

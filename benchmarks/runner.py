@@ -159,8 +159,101 @@ def _evaluate(fn, inputs, grad_names, gouts):
     return [t.detach() for t in result]
 
 
-def run_op_case(case: Case, providers, ctx: Context, step=lambda name: None) -> list[dict]:
-    spec, device = OPS[case.op], ctx.device
+class OpSetup:
+    """One op case, set up once for all its providers: random inputs, the fp32 reference
+    (the torch backend on fp32 copies of the same inputs), the check's limit, the work."""
+
+    def __init__(self, case: Case, ctx: Context):
+        self.case, self.ctx, self.spec = case, ctx, OPS[case.op]
+        torch.manual_seed(_seed(case))
+        self.inputs = self.spec.inputs(case, ctx.device)
+        self.grad_names = self.spec.grads if case.mode == "bwd" else ()
+        for name in self.grad_names:
+            self.inputs[name].requires_grad_(True)
+        ref_fn = self.spec.call("torch")
+        inputs32 = {k: v.detach().float().requires_grad_(k in self.grad_names) for k, v in self.inputs.items()}
+        self.gouts = None
+        if self.grad_names:
+            self.gouts = [torch.randn_like(o, dtype=case.dtype) for o in as_tuple(ref_fn(**inputs32))]
+        gouts32 = [g.float() for g in self.gouts] if self.gouts else None
+        self.ref = _evaluate(ref_fn, inputs32, self.grad_names, gouts32)
+        del inputs32
+        torch_err = rel_error(_evaluate(ref_fn, self.inputs, self.grad_names, self.gouts), self.ref)
+        self.limit = max(FLOOR[case.dtype], TORCH_ERROR_FACTOR * torch_err)
+        self.metric, self.work, self.tokens = self.spec.metric_for(case), self.spec.work(case), None
+
+    def needs_seconds(self, provider: str) -> float:
+        return 0.0
+
+    def checked(self, provider: str, rec: dict):
+        """The provider's timed call after a warm-up (compiles, autotunes) and the check; None
+        when its result is wrong (rec says so). Raises Skip when it cannot run here."""
+        fn = self.spec.provider(provider, self.case, self.ctx.device, self.ctx.compile_backend)
+        _prepared(fn, self.inputs, self.grad_names, self.gouts)()
+        with peak_memory(self.ctx.device) as mem:
+            run = _prepared(fn, self.inputs, self.grad_names, self.gouts)
+            got = as_tuple(run())
+        err = rel_error(got, self.ref)
+        rec.update(max_err=err, err_limit=self.limit, peak_mem_mib=mem["mib"])
+        if not err <= self.limit:
+            rec["status"] = "wrong"
+            rec["reason"] = f"WRONG: max error {err:.2e} > limit {self.limit:.2e}; not timed"
+            return None
+        return run
+
+    def time(self, run) -> float:
+        return bench(run, self.ctx.device, self.ctx.warmup_ms, self.ctx.rep_ms)
+
+    def trace_name(self) -> str | None:
+        return f"{self.case.op}_{self.case.mode}_{self.case.dtype_name}.json"
+
+
+class GPTSetup:
+    """One whole-model case: the fp32 reference model (torch backend), a batch, the check's
+    limit (PyTorch's own error with the same model in the case's dtype), the work per call."""
+
+    def __init__(self, case: Case, ctx: Context):
+        self.case, self.ctx, self.spec = case, ctx, GPT_BENCH
+        self.base = self.spec.base(case, ctx.device)
+        self.idx, self.targets = self.spec.batch(case, ctx.device)
+        self.ref = self.spec.outputs(self.base, case, self.idx, self.targets)
+        lowp = copy.deepcopy(self.base).to(case.dtype)
+        torch_err = rel_error(self.spec.outputs(lowp, case, self.idx, self.targets), self.ref)
+        del lowp
+        self.limit = max(MODEL_FLOOR[case.dtype], TORCH_ERROR_FACTOR * torch_err)
+        self.metric, self.work, self.tokens = self.spec.work(case, self.base)
+
+    def needs_seconds(self, provider: str) -> float:
+        return MODEL_COMPILE_SECONDS if provider == "compile" and self.ctx.device.type == "cuda" else 0.0
+
+    def checked(self, provider: str, rec: dict):
+        model = self.spec.model(provider, self.case, self.base, self.ctx.device, self.ctx.compile_backend)
+        err = rel_error(self.spec.outputs(model, self.case, self.idx, self.targets), self.ref)
+        rec.update(max_err=err, err_limit=self.limit)
+        if not err <= self.limit:
+            rec["status"] = "wrong"
+            rec["reason"] = f"WRONG: loss/gradient or logit error {err:.2e} > limit {self.limit:.2e}; not timed"
+            return None
+        run = self.spec.runner(model, self.case, self.idx, self.targets, self.ctx.device)
+        with peak_memory(self.ctx.device) as mem:
+            run()  # warm-up; a training step's peak includes the optimizer state
+        rec["peak_mem_mib"] = mem["mib"]
+        return run
+
+    def time(self, run) -> float:
+        return time_calls(run, self.ctx.device, warmup=0, reps=5 if self.case.mode == "train" else 3)
+
+    def trace_name(self) -> str | None:
+        return f"gpt_train_{self.case.dtype_name}.json" if self.case.mode == "train" else None
+
+
+def setup(case: Case, ctx: Context):
+    return GPTSetup(case, ctx) if case.op == "gpt" else OpSetup(case, ctx)
+
+
+def run_case(case: Case, providers, ctx: Context, step=lambda name: None) -> list[dict]:
+    """Records for every provider of `case`: checked, then timed (or why not)."""
+    device = ctx.device
     records = [base_record(case, p, ctx) for p in providers]
     reason = ctx.out_of_time()
     if reason:
@@ -168,145 +261,43 @@ def run_op_case(case: Case, providers, ctx: Context, step=lambda name: None) -> 
             rec["reason"] = reason
         return records
     try:
-        return _run_op_case(case, spec, providers, records, ctx, step)
+        state = setup(case, ctx)
     except Exception as e:  # noqa: BLE001 - the reference itself failed: every provider says so
         for rec in records:
-            if rec["status"] == "skipped" and rec["ms"] is None and rec["max_err"] is None:
-                _mark_failed(rec, RuntimeError(f"reference failed: {type(e).__name__}: {e}"), device)
+            _mark_failed(rec, RuntimeError(f"reference failed: {type(e).__name__}: {e}"), device)
         return records
-
-
-def _run_op_case(case, spec, providers, records, ctx, step):
-    device = ctx.device
-    torch.manual_seed(_seed(case))
-    inputs = spec.inputs(case, device)
-    grad_names = spec.grads if case.mode == "bwd" else ()
-    for name in grad_names:
-        inputs[name].requires_grad_(True)
-    # The fp32 reference: the torch backend on fp32 copies of the same inputs.
-    ref_fn = spec.call("torch")
-    inputs32 = {k: v.detach().float().requires_grad_(k in grad_names) for k, v in inputs.items()}
-    gouts = None
-    if grad_names:
-        gouts = [torch.randn_like(o, dtype=case.dtype) for o in as_tuple(ref_fn(**inputs32))]
-    ref = _evaluate(ref_fn, inputs32, grad_names, [g.float() for g in gouts] if gouts else None)
-    del inputs32
-    limit = max(FLOOR[case.dtype], TORCH_ERROR_FACTOR * rel_error(_evaluate(ref_fn, inputs, grad_names, gouts), ref))
-    metric, work = spec.metric_for(case), spec.work(case)
-    profile = ctx.profile_dir is not None and (case.op, case.mode, case.dtype_name) not in ctx.profiled
+    key = (case.op, case.mode, case.dtype_name)
+    profile = ctx.profile_dir is not None and state.trace_name() and key not in ctx.profiled
     kept = []
     for provider, rec in zip(providers, records):
         step(provider)
-        label = f"{case.label}.{provider}"
         try:
-            reason = ctx.out_of_time()
+            reason = ctx.out_of_time(state.needs_seconds(provider))
             if reason:
                 raise Skip(reason)
             if provider in ctx.disabled:
                 raise Skip(ctx.disabled[provider])
-            fn = spec.provider(provider, case, device, ctx.compile_backend)
-            _prepared(fn, inputs, grad_names, gouts)()      # warm-up: compiles, autotunes
-            with peak_memory(device) as mem:
-                run = _prepared(fn, inputs, grad_names, gouts)
-                got = as_tuple(run())
-            err = rel_error(got, ref)
-            del got
-            rec.update(max_err=err, err_limit=limit, peak_mem_mib=mem["mib"])
-            if not err <= limit:
-                rec["status"] = "wrong"
-                rec["reason"] = f"WRONG: max error {err:.2e} > limit {limit:.2e}; not timed"
+            run = state.checked(provider, rec)
+            if run is None:
                 continue
-            ms = bench(labeled(run, label, nvtx=ctx.nvtx), device, ctx.warmup_ms, ctx.rep_ms)
-            fill_figures(rec, metric, work, ms, ctx)
+            label = f"{case.label}.{provider}"
+            fill_figures(rec, state.metric, state.work, state.time(labeled(run, label, nvtx=ctx.nvtx)), ctx,
+                         state.tokens)
             rec["status"] = "ok"
             if profile:
                 kept.append((label, run))
         except Exception as e:  # noqa: BLE001 - one broken provider must not stop the run
             _mark_failed(rec, e, device)
-    if profile and kept:
-        from .profiling import trace
-        ctx.profiled.add((case.op, case.mode, case.dtype_name))
-        ctx.traces.append(trace(ctx.profile_dir / f"{case.op}_{case.mode}_{case.dtype_name}.json",
-                                kept, device))
-    _set_vs_eager(records)
-    return records
-
-
-def run_gpt_case(case: Case, providers, ctx: Context, step=lambda name: None) -> list[dict]:
-    bench_, device = GPT_BENCH, ctx.device
-    records = [base_record(case, p, ctx) for p in providers]
-    reason = ctx.out_of_time()
-    if reason:
-        for rec in records:
-            rec["reason"] = reason
-        return records
-    try:
-        return _run_gpt_case(case, bench_, providers, records, ctx, step)
-    except Exception as e:  # noqa: BLE001
-        for rec in records:
-            if rec["status"] == "skipped" and rec["ms"] is None and rec["max_err"] is None:
-                _mark_failed(rec, RuntimeError(f"reference failed: {type(e).__name__}: {e}"), device)
-        return records
-
-
-def _run_gpt_case(case, bench_, providers, records, ctx, step):
-    device = ctx.device
-    base = bench_.base(case, device)
-    idx, targets = bench_.batch(case, device)
-    ref = bench_.outputs(base, case, idx, targets)
-    torch_err = rel_error(bench_.outputs(copy.deepcopy(base).to(case.dtype), case, idx, targets), ref)
-    limit = max(MODEL_FLOOR[case.dtype], TORCH_ERROR_FACTOR * torch_err)
-    metric, work, tokens = bench_.work(case, base)
-    profile = (ctx.profile_dir is not None and case.mode == "train"
-               and (case.op, case.mode, case.dtype_name) not in ctx.profiled)
-    kept = []
-    for provider, rec in zip(providers, records):
-        step(provider)
-        label = f"{case.label}.{provider}"
-        model = None
-        try:
-            need = MODEL_COMPILE_SECONDS if provider == "compile" and device.type == "cuda" else 0.0
-            reason = ctx.out_of_time(need)
-            if reason:
-                raise Skip(reason)
-            if provider in ctx.disabled:
-                raise Skip(ctx.disabled[provider])
-            model = bench_.model(provider, case, base, device, ctx.compile_backend)
-            err = rel_error(bench_.outputs(model, case, idx, targets), ref)
-            rec.update(max_err=err, err_limit=limit)
-            if not err <= limit:
-                rec["status"] = "wrong"
-                rec["reason"] = f"WRONG: loss/gradient or logit error {err:.2e} > limit {limit:.2e}; not timed"
-                continue
-            run = labeled(bench_.runner(model, case, idx, targets, device), label, nvtx=ctx.nvtx)
-            with peak_memory(device) as mem:
-                run()  # warm-up; a training step's peak includes the optimizer state
-            rec["peak_mem_mib"] = mem["mib"]
-            ms = time_calls(run, device, warmup=0, reps=5 if case.mode == "train" else 3)
-            fill_figures(rec, metric, work, ms, ctx, tokens)
-            rec["status"] = "ok"
-            if profile:
-                kept.append((label, run))
-        except Exception as e:  # noqa: BLE001
-            _mark_failed(rec, e, device)
         finally:
-            model = None  # a profiled provider's model lives on in its `run` until the trace
+            run = None
             sync(device)
-    if profile and kept:
+    if kept:
         from .profiling import trace
-        ctx.profiled.add((case.op, case.mode, case.dtype_name))
-        ctx.traces.append(trace(ctx.profile_dir / f"gpt_train_{case.dtype_name}.json", kept, device,
-                                iters=1))
+        ctx.profiled.add(key)
+        ctx.traces.append(trace(ctx.profile_dir / state.trace_name(), kept, device,
+                                iters=1 if case.op == "gpt" else 3))
+    del state, kept
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _set_vs_eager(records)
-    return records
-
-
-def run_case(case: Case, providers, ctx: Context, step=lambda name: None) -> list[dict]:
-    if case.op == "gpt":
-        return run_gpt_case(case, providers, ctx, step)
-    records = run_op_case(case, providers, ctx, step)
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
     return records
