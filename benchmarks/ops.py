@@ -109,7 +109,7 @@ class OpBench:
         """fn(**inputs) through the public API on `backend` ("torch" is the reference)."""
         raise NotImplementedError
 
-    def eager(self, case: Case):
+    def eager(self, case: Case, device):
         raise NotImplementedError
 
     def work(self, case: Case) -> float:
@@ -130,9 +130,9 @@ class OpBench:
         if provider not in self.baselines:
             raise Skip(f"{provider} is not a baseline for {self.name}")
         if provider == "eager":
-            return self.eager(case)
+            return self.eager(case, device)
         if provider == "compile":
-            return compiled(self.eager(case), compile_backend)
+            return compiled(self.eager(case, device), compile_backend)
         return self.extra(provider, case, device)
 
 
@@ -179,13 +179,15 @@ class Softmax(RowOp):
     temperature = 0.8
 
     def inputs(self, case, device):
-        return {"x": _randn((case.params["M"], case.params["N"]), case, device, scale=2.0)}
+        # Logits of std 1: eager's `x / t` rounds in the input dtype, and bf16's step grows with
+        # the logit (0.06 past 8), which would push eager itself toward the check's limit.
+        return {"x": _randn((case.params["M"], case.params["N"]), case, device)}
 
     def call(self, backend):
         t = self.temperature
         return lambda x: kernels.softmax(x, t, -1, backend=backend)
 
-    def eager(self, case):
+    def eager(self, case, device):
         t = self.temperature
         return lambda x: torch.softmax(x / t, dim=-1)
 
@@ -219,7 +221,7 @@ class LayerNorm(RowOp):
     def call(self, backend):
         return lambda x, weight, bias: kernels.layer_norm(x, weight, bias, 1e-5, backend=backend)
 
-    def eager(self, case):
+    def eager(self, case, device):
         return lambda x, weight, bias: F.layer_norm(x, x.shape[-1:], weight, bias, 1e-5)
 
     def extra(self, provider, case, device):
@@ -249,7 +251,7 @@ class AddLayerNorm(LayerNorm):
         return lambda x, residual, weight, bias: kernels.add_layer_norm(x, residual, weight, bias, 1e-5,
                                                                         backend=backend)
 
-    def eager(self, case):
+    def eager(self, case, device):
         def add_layer_norm(x, residual, weight, bias):
             total = x + residual
             return F.layer_norm(total, total.shape[-1:], weight, bias, 1e-5), total
@@ -327,19 +329,16 @@ class Attention(OpBench):
     def metric_for(self, case):
         return "bytes" if case.mode == "decode" else "flops"
 
-    def eager(self, case):
+    def eager(self, case, device):
         """nanoGPT's slow path: the (Tq, Tk) score matrix written out, masked, softmaxed."""
         p = case.params
         scale = 1.0 / math.sqrt(p["D"])
         if p["Tq"] == 1:  # one query at the end of the keys sees all of them: no mask
             return lambda q, k, v: torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
-        keep = None
+        masked = ~reference.causal_mask(p["Tq"], p["Tk"], device)  # built once, like nanoGPT's buffer
 
         def attention(q, k, v):
-            nonlocal keep
-            if keep is None or keep.device != q.device:
-                keep = reference.causal_mask(q.shape[2], k.shape[2], q.device)
-            scores = ((q @ k.transpose(-2, -1)) * scale).masked_fill(~keep, float("-inf"))
+            scores = ((q @ k.transpose(-2, -1)) * scale).masked_fill(masked, float("-inf"))
             return torch.softmax(scores, dim=-1) @ v
         return attention
 
@@ -414,7 +413,7 @@ class GeluLinear(OpBench):
     def call(self, backend):
         return lambda x, weight, bias: kernels.gelu_linear(x, weight, bias, approximate="tanh", backend=backend)
 
-    def eager(self, case):
+    def eager(self, case, device):
         return lambda x, weight, bias: F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
     def work(self, case):

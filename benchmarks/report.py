@@ -157,6 +157,9 @@ def write_markdown(path: Path, records: list[dict], meta: dict) -> None:
         counts[r["status"]] += 1
     bad = [r for r in records if r["status"] in ("wrong", "error")]
     lines = ["# gptk benchmark summary", ""] + [f"- {line}" for line in header_lines(meta)]
+    if not meta["info"]["cpu_figure"]:
+        from .env import card_slug
+        lines.append(f"- results folder: `benchmarks/results/{meta['date'][:10]}-{card_slug(meta['info'])}/`")
     lines += [f"- run: `{meta['argv']}` at {meta['date']}, {meta['seconds']:.0f} s",
               "- records: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
               "- method: median of `triton.testing.do_bench` (CUDA events, L2 flushed) per call; whole-model "

@@ -110,7 +110,7 @@ def test_gpu_run_script_dry_run(tmp_path):
 
 def test_wrong_provider_is_reported_and_not_timed(monkeypatch):
     spec = OPS["softmax"]
-    monkeypatch.setattr(type(spec), "eager", lambda self, case: lambda x: torch.softmax(x, dim=-1))  # forgets t
+    monkeypatch.setattr(type(spec), "eager", lambda self, case, device: lambda x: torch.softmax(x, dim=-1))  # forgets t
     (rec,) = run_case(_case(), ["eager"], _cpu_context())
     assert rec["status"] == "wrong" and rec["ms"] is None and rec["value"] is None
     assert "WRONG" in rec["reason"] and rec["max_err"] > rec["err_limit"]
@@ -119,7 +119,7 @@ def test_wrong_provider_is_reported_and_not_timed(monkeypatch):
 def test_wrong_gradient_is_reported(monkeypatch):
     spec = OPS["layer_norm"]
 
-    def bad_eager(self, case):
+    def bad_eager(self, case, device):
         def fn(x, weight, bias):
             y = torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, 1e-5)
             return y + (y - y.detach()) * 0.5  # same values, gradients scaled by 1.5
@@ -205,7 +205,7 @@ def test_gpt_cases_are_gpt2_124m_on_gpu():
 
 
 def test_markdown_and_table_say_wrong_and_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(type(OPS["softmax"]), "eager", lambda self, case: lambda x: x)
+    monkeypatch.setattr(type(OPS["softmax"]), "eager", lambda self, case, device: lambda x: x)
     ctx = _cpu_context()
     records = run_case(_case(), ["eager"], ctx)
     meta = {"info": ctx.info, "ceilings": ctx.ceilings, "argv": "test", "date": "2026-01-01", "seconds": 1.0}
