@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write a markdown summary")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG line plots per op")
     p.add_argument("--profile", type=Path, metavar="DIR", help="write torch.profiler Chrome traces")
-    p.add_argument("--nvtx", action="store_true", help="NVTX range around every timed call (Nsight)")
+    p.add_argument("--nvtx", action="store_true", help="NVTX range around every timed call (Nsight; GPU runs only)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", default=None,
                    help="stop starting cases after this long (the rest are recorded as skipped); "
                         "cases run quick sizes of every op first, then the whole-model cases, "

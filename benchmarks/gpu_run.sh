@@ -127,10 +127,10 @@ step "5. benchmark suite"
 PLOTS="$OUT/plots"
 PROFILE_ARGS=()
 [ "$PROFILE" = 1 ] && PROFILE_ARGS=(--profile "$PLOTS/traces")
-budget=$(( $(left) - 110 )); [ "$budget" -lt 60 ] && budget=60
+budget=$(( $(left) - 90 )); [ "$budget" -lt 60 ] && budget=60
 echo "time budget: $budget s"
 # shellcheck disable=SC2086  # BENCH_ARGS: extra arguments, split on purpose
-boxed $(( budget + 120 )) "$PY" -m benchmarks --device "$DEVICE" "${BENCH_EXTRA[@]}" --time-budget "$budget" \
+boxed $(( budget + 60 )) "$PY" -m benchmarks --device "$DEVICE" "${BENCH_EXTRA[@]}" --time-budget "$budget" \
   --json "$OUT/bench.json" --markdown "$OUT/summary.md" --plot "$PLOTS" "${PROFILE_ARGS[@]}" ${BENCH_ARGS:-}
 echo "benchmarks exit status: $?"
 if [ -d "$PLOTS" ]; then
@@ -138,7 +138,7 @@ if [ -d "$PLOTS" ]; then
 fi
 
 step "6. pytest-benchmark (quick cases; our backends and eager, no torch.compile)"
-limit=$(( $(left) - 10 )); [ "$limit" -gt 90 ] && limit=90; [ "$limit" -lt 30 ] && limit=30
+limit=$(( $(left) - 10 )); [ "$limit" -gt 60 ] && limit=60; [ "$limit" -lt 30 ] && limit=30
 boxed "$limit" "$PY" -m pytest benchmarks/ -q -p no:cacheprovider -m "not compile and not model" \
   --benchmark-json "$OUT/pytest_benchmark.json" | tail -15
 echo "pytest-benchmark exit status: $?"
@@ -149,6 +149,7 @@ ls -la "$OUT"
 if [ "$DRY" = 1 ]; then
   echo "dry run: CPU figures only, nothing to commit"
 else
-  DEST=$("$PY" -m benchmarks --ceilings-only --rep-ms 5 --warmup-ms 1 2>/dev/null | sed -n 's/^results folder: //p')
+  DEST=$("$PY" -c "import datetime, torch; from benchmarks.env import card_slug, describe
+print(f'benchmarks/results/{datetime.date.today()}-{card_slug(describe(torch.device(\"cuda\")))}')")
   echo "to commit: mkdir -p $DEST && cp $OUT/* $DEST"
 fi

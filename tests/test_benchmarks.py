@@ -45,6 +45,13 @@ def _case(op="softmax", mode="fwd", **params):
     return Case(op, mode, torch.float32, params, params.get("N", 0), "N", shape="small")
 
 
+# The CPU pipeline runs in CI (no GPU); on a GPU machine gpu_run.sh runs the real thing instead,
+# so these subprocess runs would only spend its time.
+cpu_pipeline = pytest.mark.skipif(torch.cuda.is_available(),
+                                  reason="CPU pipeline check (CI); gpu_run.sh runs the GPU suite itself")
+
+
+@cpu_pipeline
 def test_quick_json_on_cpu_covers_every_op(tmp_path):
     out, md, plots = tmp_path / "out.json", tmp_path / "out.md", tmp_path / "plots"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--threads", "1",
@@ -88,6 +95,7 @@ def test_pytest_benchmark_cases_collect_and_skip_cleanly_without_gpu():
         assert " skipped" in out and "passed" not in out and "needs a CUDA GPU" in out, out[-3000:]
 
 
+@cpu_pipeline
 def test_gpu_run_script_dry_run(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "--dry-run", "--budget", "300"], cwd=REPO,
@@ -212,3 +220,19 @@ def test_markdown_and_table_say_wrong_and_cpu(tmp_path, monkeypatch):
     report.write_markdown(tmp_path / "s.md", records, meta)
     text = (tmp_path / "s.md").read_text()
     assert "Wrong or failing providers" in text and "WRONG" in text and "CPU RUN" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_case_is_checked_timed_and_measured():
+    device = torch.device("cuda")
+    ctx = Context(device=device, info=describe(device), warmup_ms=5, rep_ms=20,
+                  ceilings={"copy_gbps": 3000.0, "matmul_tflops": {"bf16": 800.0}})
+    for mode in ("fwd", "bwd"):
+        case = Case("softmax", mode, torch.bfloat16, {"M": 1024, "N": 4096}, 4096, "N", shape="1024x4096")
+        records = {r["provider"]: r for r in run_case(case, ["triton", "eager"], ctx)}
+        eager = records["eager"]
+        assert eager["status"] == "ok" and eager["ms"] > 0 and eager["gbps"] > 0, eager
+        assert eager["peak_mem_mib"] is not None and not eager["cpu_figure"] and eager["driver"]
+        if not kernels.missing_ops("triton", ["softmax"]):
+            assert records["triton"]["status"] == "ok", records["triton"]
+            assert records["triton"]["vs_eager"] > 0
