@@ -22,9 +22,15 @@ def _triton_softmax():
     return module.softmax
 
 
+def _triton_attention():
+    from .triton import attention as module
+    return module.attention
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
+        "attention": _triton_attention,
     },
     "cuda": {},
 }
