@@ -381,7 +381,7 @@ _SPACE = {
            ("16", "large"): [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 8, 2)],
            ("32", "small"): [(32, 32, 4, 2), (64, 32, 4, 2)],
            ("32", "large"): [(32, 16, 4, 2), (32, 32, 4, 2)]},
-    # flash-decoding: BLOCK_M is DECODE_BLOCK_M, only the key tile is tuned
+    # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 8, 2)],
               ("16", "large"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 64, 8, 4)],
               ("32", "small"): [(16, 32, 4, 2), (16, 64, 4, 2)],
@@ -391,8 +391,7 @@ _SPACE = {
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
 _INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
 
-DECODE_MAX_TQ = 16    # query rows one flash-decoding program holds (its BLOCK_M)
-DECODE_BLOCK_M = 16
+DECODE_MAX_TQ = 16    # query rows one flash-decoding program holds: every split config's BLOCK_M
 # Keys per split are a multiple of this (a multiple of every split BLOCK_N), so tiles are whole.
 DECODE_UNIT = 32 if INTERPRETING else 128
 MAX_SPLITS = 256
@@ -422,7 +421,7 @@ def _tuned(kind: str, kernel):
     (implicitly, by the autotuner) the tensors' dtypes; the raw kernel under the interpreter."""
     if INTERPRETING:
         return None
-    table = [(c, _as_config(kind, c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
+    table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
 
     def prune(configs, named_args, **kwargs):
         allowed = set(configs_for(kind, named_args["q_ptr"].dtype, kwargs["HEAD_DIM"]))
@@ -432,26 +431,25 @@ def _tuned(kind: str, kernel):
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-def _as_config(kind, c):
-    meta = {"BLOCK_N": c[1]} if kind == "split" else {"BLOCK_M": c[0], "BLOCK_N": c[1]}
-    return triton.Config(meta, num_warps=c[2], num_stages=c[3])
+def _as_config(c):
+    return triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3])
 
 
-_FWD = _tuned("fwd", _attn_fwd_kernel)
-_SPLIT = _tuned("split", _attn_fwd_split_kernel)
-_DKDV = _tuned("dkdv", _attn_bwd_dkdv_kernel)
-_DQ = _tuned("dq", _attn_bwd_dq_kernel)
+_KERNELS = {"fwd": _attn_fwd_kernel, "split": _attn_fwd_split_kernel, "dkdv": _attn_bwd_dkdv_kernel,
+            "dq": _attn_bwd_dq_kernel}
+_TUNED = {kind: _tuned(kind, kernel) for kind, kernel in _KERNELS.items()}
 
 
-def _launch(kind, kernel, tuned, grid_of, args, **constexprs):
-    """Run `kernel` with its autotuner on a GPU, or with the one fixed config under the interpreter."""
-    if tuned is not None:
-        tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
+def _launch(kind, grid_of, args, configs=None, **constexprs):
+    """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
+    through its autotuner on a GPU, else with the interpreter's one fixed config."""
+    config = (configs or {}).get(kind)
+    if config is None and _TUNED[kind] is not None:
+        _TUNED[kind][lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
         return
-    block_m, block_n, warps, stages = configs_for(kind, None, 0)[0]
-    constexprs.setdefault("BLOCK_M", block_m)
-    kernel[grid_of(constexprs["BLOCK_M"], block_n)](*args, **constexprs, BLOCK_N=block_n, num_warps=warps,
-                                                    num_stages=stages)
+    block_m, block_n, warps, stages = config or _INTERPRETER[kind]
+    _KERNELS[kind][grid_of(block_m, block_n)](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
+                                              num_warps=warps, num_stages=stages)
 
 
 def empty_bthd(shape, dtype, device) -> torch.Tensor:
@@ -477,8 +475,8 @@ def _sm_count(device: torch.device) -> int:
 def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
     """How many key splits the flash-decoding path uses; 0 means the regular forward.
 
-    Small Tq against Tk >= DECODE_UNIT takes the split path (it holds only DECODE_BLOCK_M
-    query rows); the keys are cut so that about two programs per SM stream K/V."""
+    Small Tq against Tk >= DECODE_UNIT takes the split path (its programs hold only
+    DECODE_MAX_TQ query rows); the keys are cut so that about two programs per SM stream K/V."""
     if tq > DECODE_MAX_TQ or tk < DECODE_UNIT:
         return 0
     units = triton.cdiv(tk, DECODE_UNIT)
@@ -499,9 +497,10 @@ class _NoGuard:
         return False
 
 
-def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None):
+def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None):
     """(o, lse2): o (B, H, Tq, D) in q's dtype and the base-2 logsumexp (B, H, Tq) fp32.
-    `split` forces (True) or forbids (False) the flash-decoding path; None chooses."""
+    `split` forces (True) or forbids (False) the flash-decoding path; None chooses.
+    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     o = empty_bthd(q.shape, q.dtype, q.device)
@@ -517,12 +516,12 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         n_splits = max(n_splits, 2) if split else 0
     if n_splits and Tq > DECODE_MAX_TQ:
         raise ValueError(f"the flash-decoding path holds at most {DECODE_MAX_TQ} query rows, got Tq={Tq}")
-    common = dict(HEAD_DIM=D, CAUSAL=causal)
+    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
     with _device_guard(q):
         if not n_splits:
             args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale,
                     _bucket(Tq), _bucket(Tk))
-            _launch("fwd", _attn_fwd_kernel, _FWD, lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+            _launch("fwd", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
             return o, lse
         chunk = triton.cdiv(triton.cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = triton.cdiv(Tk, chunk)
@@ -530,15 +529,14 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
         args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, chunk, n_splits,
                 _bucket(Tq), _bucket(Tk))
-        _launch("split", _attn_fwd_split_kernel, _SPLIT, lambda bm, bn: (n_splits, H, B), args,
-                BLOCK_M=DECODE_BLOCK_M, **common)
+        _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits,
                                          HEAD_DIM=D, BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
     return o, lse
 
 
-def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float):
-    """(dq, dk, dv) from the saved output o and base-2 logsumexp lse."""
+def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=None):
+    """(dq, dk, dv) from the saved output o and base-2 logsumexp lse; `configs` as in the forward."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     dq = empty_bthd(q.shape, q.dtype, q.device)
@@ -551,16 +549,16 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float):
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
     qk_scale = scale * math.log2(math.e)
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
-    common = dict(HEAD_DIM=D, CAUSAL=causal)
+    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
     with _device_guard(q):
         _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, PRE_BLOCK_M), H, B)](
             o, do, delta, *_bhm(o), *_bhm(do), H, Tq, HEAD_DIM=D, BLOCK_M=PRE_BLOCK_M, num_warps=4)
         args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
                 H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
-        _launch("dkdv", _attn_bwd_dkdv_kernel, _DKDV, lambda bm, bn: (triton.cdiv(Tk, bn), H, B), args, **common)
+        _launch("dkdv", lambda bm, bn: (triton.cdiv(Tk, bn), H, B), args, **common)
         args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
                 H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
-        _launch("dq", _attn_bwd_dq_kernel, _DQ, lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+        _launch("dq", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
     return dq, dk, dv
 
 
@@ -594,9 +592,10 @@ def compile_cases():
         for d in HEAD_DIMS:
             for kind, (kernel, names) in _ARGS.items():
                 for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, d)]:
-                    for causal in (True, False):
-                        meta = {"HEAD_DIM": d, "CAUSAL": causal, "BLOCK_M": block_m, "BLOCK_N": block_n}
-                        cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+                    # The causal build is the superset (the same loops plus the causal compare
+                    # in the masked tiles); compiling both would double a long test for no signal.
+                    meta = {"HEAD_DIM": d, "CAUSAL": True, "BLOCK_M": block_m, "BLOCK_N": block_n}
+                    cases.append((kernel, _signature(names, dtype), meta, warps, stages))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
                 "stride_dom:i H:i Tq:i", dtype), {"HEAD_DIM": d, "BLOCK_M": PRE_BLOCK_M}, 4))
