@@ -424,7 +424,8 @@ def _tuned(kind: str, kernel):
     table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
 
     def prune(configs, named_args, **kwargs):
-        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, kwargs["HEAD_DIM"]))
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, head_dim))
         return [config for c, config in table if c in allowed]
 
     return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "HEAD_DIM", "CAUSAL"],
