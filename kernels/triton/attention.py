@@ -47,6 +47,26 @@ INTERPRETING = triton_interpreting()
 
 
 @triton.jit
+def _head(H):
+    """(b, h, b * H + h) of this program: grid axes 1 and 2 are head and batch."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    return b, h, b * H + h
+
+
+@triton.jit
+def _load_rows(base, rows, stride, ok, HEAD_DIM: tl.constexpr):
+    """The (len(rows), HEAD_DIM) tile of rows `stride` apart; rows not `ok` read as 0."""
+    return tl.load(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, rows, stride, ok, value, HEAD_DIM: tl.constexpr):
+    tl.store(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], value.to(base.dtype.element_ty),
+             mask=ok[:, None])
+
+
+@triton.jit
 def _causal_key_bounds(start_m, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """For the query block starting at start_m: (full_hi, hi). Key tiles below full_hi are
     visible to every row and in bounds (no mask); tiles in [full_hi, hi) need the mask;
@@ -113,16 +133,13 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
     o and lse2. TQ_BUCKET/TK_BUCKET only key the autotuner."""
     start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
+    b, h, bh = _head(H)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Tq
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
     q_pos = offs_m + (Tk - Tq)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
@@ -133,9 +150,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
                                qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
     o = acc / l_i[:, None]
-    o_base = o_ptr + b * stride_ob + h * stride_oh
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
-             mask=row_ok[:, None])
+    _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, HEAD_DIM)
     tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
@@ -150,16 +165,13 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
     keys [split * chunk, (split + 1) * chunk) and writes an fp32 partial o and its lse2
     (-inf, o = 0 for a row that sees none of those keys)."""
     split = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
+    b, h, bh = _head(H)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Tq
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
     q_pos = offs_m + (Tk - Tq)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, Tk)
@@ -173,7 +185,7 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
     o = acc / l_safe[:, None]
     lse = tl.where(seen, m_i + tl.log2(l_safe), -float("inf"))
     part = bh * n_splits + split
-    tl.store(o_part_ptr + (part * Tq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
+    _store_rows(o_part_ptr + part * Tq * HEAD_DIM, offs_m, HEAD_DIM, row_ok, o, HEAD_DIM)
     tl.store(lse_part_ptr + part * Tq + offs_m, lse, mask=row_ok)
 
 
@@ -183,9 +195,7 @@ def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, st
     """One program per (query row, batch*head): o = sum_s 2^(lse_s - lse) o_s over the
     splits, lse = log2(sum_s 2^lse_s). Reads n_splits * (D + 1) fp32 values per row."""
     m = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
+    b, h, bh = _head(H)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
     lse_row = lse_part_ptr + bh * n_splits * Tq + m
@@ -215,15 +225,10 @@ def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, 
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta = rowsum(do * o) in fp32: the softmax-backward term, one read of o and do."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
-    offs_d = tl.arange(0, HEAD_DIM)
+    b, h, bh = _head(H)
     row_ok = offs_m < Tq
-    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o = _load_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, HEAD_DIM).to(tl.float32)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM).to(tl.float32)
     tl.store(delta_ptr + bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
 
 
@@ -234,12 +239,11 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
     """Accumulate dk (unscaled) and dv of one key block over the query blocks in [lo, hi),
     transposed (keys x queries) so both products land in (BLOCK_N, D) without a transpose
     of the accumulators. MASKED applies the causal mask (key <= shift + query)."""
-    offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Tq
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+        do = _load_rows(do_base, offs_m, stride_dom, row_ok, HEAD_DIM)
         # Rows past Tq read lse = +inf: their probabilities are exactly 0.
         lse = tl.load(lse_row + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_row + offs_m, mask=row_ok, other=0.0)
@@ -264,16 +268,11 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
     """One program per (BLOCK_N keys, head, batch): k and v stay on chip while the query
     blocks that see them stream past; dk and dv are written once (no atomics)."""
     start_n = tl.program_id(0) * BLOCK_N
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
+    b, h, bh = _head(H)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
     key_ok = offs_n < Tk
-    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)
+    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, HEAD_DIM)
+    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, HEAD_DIM)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     do_base = do_ptr + b * stride_dob + h * stride_doh
     lse_row = lse_ptr + bh * Tq
@@ -291,10 +290,8 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
         full_lo = 0
     dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
                              offs_n, shift, full_lo, Tq, Tq, qk_scale, False, HEAD_DIM, BLOCK_M)
-    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-             (dk * scale).to(dk_ptr.dtype.element_ty), mask=key_ok[:, None])
-    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-             dv.to(dv_ptr.dtype.element_ty), mask=key_ok[:, None])
+    _store_rows(dk_ptr + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, key_ok, dk * scale, HEAD_DIM)
+    _store_rows(dv_ptr + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, key_ok, dv, HEAD_DIM)
 
 
 @triton.jit
@@ -333,16 +330,11 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     """One program per (BLOCK_M queries, head, batch): q, do, lse, delta stay on chip while
     the visible K/V tiles stream past, as in the forward."""
     start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * H + h
+    b, h, bh = _head(H)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Tq
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, HEAD_DIM)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM)
     lse = tl.load(lse_ptr + bh * Tq + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(delta_ptr + bh * Tq + offs_m, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + h * stride_kh
@@ -354,8 +346,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                        qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
     dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
                        qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
-    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
-             (dq * scale).to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
+    _store_rows(dq_ptr + b * stride_dqb + h * stride_dqh, offs_m, stride_dqm, row_ok, dq * scale, HEAD_DIM)
 
 
 # -----------------------------------------------------------------------------------------
