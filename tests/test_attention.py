@@ -310,6 +310,13 @@ def test_unsupported_head_dim_and_float64(backend):
         kernels.attention(q, k, v, backend=backend)
 
 
+def test_grid_limit_is_clear_error():
+    _triton_module()
+    q = randn(1, 1, 1, 16).expand(70000, 1, 1, 16)
+    with pytest.raises(ValueError, match="batch size and head count"):
+        kernels.attention(q, q, q, backend="triton")
+
+
 @needs_gpu
 def test_device_mismatch():
     q, k, v = _qkv(1, 2, 5, 5, 16, torch.float32)

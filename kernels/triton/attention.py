@@ -31,6 +31,7 @@ stride is copied. Outputs are laid out (B, Tq, H, D) in memory (returned as the
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -388,6 +389,7 @@ DECODE_UNIT = 32 if INTERPRETING else 128
 MAX_SPLITS = 256
 COMBINE_BLOCK_S = 16
 PRE_BLOCK_M = 64
+MAX_GRID_YZ = 65535  # heads and batches run on grid axes 1 and 2
 
 
 def _space_key(dtype, head_dim: int) -> tuple[str, str]:
@@ -478,15 +480,7 @@ def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
 
 
 def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else _NoGuard()
-
-
-class _NoGuard:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None):
@@ -649,4 +643,7 @@ def attention(q, k, v, causal=True, scale=None):
     """The triton backend's attention (arguments already validated by kernels.attention)."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
+        raise ValueError(f"the triton attention kernels take batch size and head count up to {MAX_GRID_YZ} "
+                         f"(CUDA grid y/z limit), got B={q.shape[0]}, H={q.shape[1]}")
     return attention_op(q, k, v, bool(causal), float(scale))[0]
