@@ -25,12 +25,16 @@ def _triton_softmax():
 def _triton_gelu_linear():
     from .triton import gelu_linear as module
     return module.gelu_linear
+def _triton_attention():
+    from .triton import attention as module
+    return module.attention
 
 
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
         "gelu_linear": _triton_gelu_linear,
+        "attention": _triton_attention,
     },
     "cuda": {},
 }

@@ -1,5 +1,7 @@
-"""torch integration for every op of every backend: opcheck, torch.compile(fullgraph=True) with no
-graph break (aot_eager on CPU, inductor on a GPU), bitwise determinism, and the whole GPT compiled."""
+"""torch integration for every op of every backend through the functional API: torch.compile(fullgraph=True)
+with no graph break (aot_eager on CPU, inductor on a GPU), bitwise determinism, and the whole GPT compiled.
+`torch.library.opcheck` runs in each op's own test file, on that op's custom ops (their schemas
+carry extra outputs such as the saved logsumexp)."""
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ COMPILE_BACKEND = "inductor" if HAS_CUDA else "aot_eager"
 
 
 def _args(op):
-    """Positional arguments of the functional op (and of its `gptk::<op>_<backend>` custom op)."""
+    """Positional arguments of the functional op."""
     if op == "softmax":
         return (randn(5, 37, scale=2.0), 0.8, -1)
     if op == "layer_norm":
@@ -52,13 +54,6 @@ def _grad_inputs(args):
 
 def _flat(out):
     return out if isinstance(out, tuple) else (out,)
-
-
-@pytest.mark.parametrize("backend,op", _pairs())
-def test_opcheck(backend, op):
-    custom = getattr(torch.ops.gptk, f"{op}_{backend}", None)
-    assert custom is not None, f"no torch.ops.gptk.{op}_{backend} registered"
-    torch.library.opcheck(custom, _grad_inputs(_args(op)))
 
 
 @pytest.mark.parametrize("backend,op", _pairs())

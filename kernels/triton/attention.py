@@ -1,0 +1,649 @@
+"""Causal flash attention: forward, backward, and split-K (flash-decoding) for KV-cache decode.
+
+o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
+Queries are aligned to the END of the keys: query i sits at absolute position
+shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
+
+What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
+matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
+against a resident Q tile with an online (running max, running sum) fp32 softmax, so the
+score matrix never reaches memory and the extra state is one logsumexp per query row.
+
+Roofline (s = bytes per element, causal halves the FLOPs):
+  forward   4 B H Tq Tk D FLOP; reads q, k, v and writes o: ~2 B H (Tq + Tk) D s bytes
+            (k/v re-read per query block, mostly from L2). Compute-bound from T ~ 256.
+  backward  2.5x the forward FLOPs (recomputes p, then dv, dp, dk, dq); reads q, k, v, o,
+            do, lse; writes dq, dk, dv.
+  decode    Tq ~ 1: 4 B H Tk D FLOP against 2 B H Tk D s bytes of K/V: memory-bound, so the
+            keys are split across programs (flash-decoding) to put every SM on the K/V
+            stream, each writing a partial (o, lse) that a combine kernel merges.
+
+Numerics: scores are scaled by scale * log2(e) and exponentiated with exp2; the saved
+logsumexp is in that base-2, pre-scaled domain (lse2 = max + log2(sum)). fp32 inputs
+use IEEE fp32 dots (TF32 would be ~1e3x less accurate than PyTorch's fp32 attention).
+Backward is deterministic: dk/dv come from one program per key block looping over
+queries, dq from one program per query block looping over keys; no atomics.
+
+Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
+projection, slices of a preallocated KV cache) run without a copy; a non-unit last-dim
+stride is copied. Outputs are laid out (B, Tq, H, D) in memory (returned as the
+(B, H, Tq, D) view), so the model's transpose back to (B, T, C) is free.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreting
+
+INTERPRETING = triton_interpreting()
+
+# -----------------------------------------------------------------------------------------
+# Kernels
+# -----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _head(H):
+    """(b, h, b * H + h) of this program: grid axes 1 and 2 are head and batch."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    return b, h, b * H + h
+
+
+@triton.jit
+def _load_rows(base, rows, stride, ok, HEAD_DIM: tl.constexpr):
+    """The (len(rows), HEAD_DIM) tile of rows `stride` apart; rows not `ok` read as 0."""
+    return tl.load(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, rows, stride, ok, value, HEAD_DIM: tl.constexpr):
+    tl.store(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], value.to(base.dtype.element_ty),
+             mask=ok[:, None])
+
+
+@triton.jit
+def _causal_key_bounds(start_m, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For the query block starting at start_m: (full_hi, hi). Key tiles below full_hi are
+    visible to every row and in bounds (no mask); tiles in [full_hi, hi) need the mask;
+    keys from hi on are masked for every row, so those tiles are skipped."""
+    if CAUSAL:
+        first_pos = start_m + Tk - Tq
+        full_hi = tl.minimum(first_pos + 1, Tk)
+        hi = tl.minimum(first_pos + BLOCK_M, Tk)
+    else:
+        full_hi = Tk
+        hi = Tk
+    return (full_hi // BLOCK_N) * BLOCK_N, hi
+
+
+@triton.jit
+def _visible(cols, q_pos, key_end, CAUSAL: tl.constexpr):
+    """(rows, keys) mask: key in bounds and, if CAUSAL, not after the row's position."""
+    visible = cols[None, :] < key_end
+    if CAUSAL:
+        visible = visible & (cols[None, :] <= q_pos[:, None])
+    return visible
+
+
+@triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of (acc, m_i, l_i) with keys [lo, hi). MASKED tiles mask keys
+    >= key_end and, if CAUSAL, keys after each row's position q_pos."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]   # (D, BLOCK_N)
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]    # (BLOCK_N, D)
+        if MASKED:
+            kt = tl.load(kt_ptrs, mask=cols[None, :] < key_end, other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+        qk = tl.dot(q, kt, input_precision="ieee") * qk_scale
+        if MASKED:
+            qk = tl.where(_visible(cols, q_pos, key_end, CAUSAL), qk, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        # A row that has seen only masked keys keeps m = -inf; shift by 0 to avoid inf - inf.
+        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=cols[:, None] < key_end, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                     H, Tq, Tk, qk_scale, TQ_BUCKET, TK_BUCKET,
+                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
+    o and lse2. TQ_BUCKET/TK_BUCKET only key the autotuner."""
+    start_m = tl.program_id(0) * BLOCK_M
+    b, h, bh = _head(H)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+    q_pos = offs_m + (Tk - Tq)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
+                               qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
+                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+    o = acc / l_i[:, None]
+    _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, HEAD_DIM)
+    tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
+                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                           stride_vb, stride_vh, stride_vn,
+                           H, Tq, Tk, qk_scale, chunk, n_splits, TQ_BUCKET, TK_BUCKET,
+                           HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Flash-decoding: program (split, batch*head) attends all Tq (<= BLOCK_M) queries to
+    keys [split * chunk, (split + 1) * chunk) and writes an fp32 partial o and its lse2
+    (-inf, o = 0 for a row that sees none of those keys)."""
+    split = tl.program_id(0)
+    b, h, bh = _head(H)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    offs_m = tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+    q_pos = offs_m + (Tk - Tq)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, Tk)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, hi,
+                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(seen, m_i + tl.log2(l_safe), -float("inf"))
+    part = bh * n_splits + split
+    _store_rows(o_part_ptr + part * Tq * HEAD_DIM, offs_m, HEAD_DIM, row_ok, o, HEAD_DIM)
+    tl.store(lse_part_ptr + part * Tq + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, stride_oh, stride_om,
+                         H, Tq, n_splits, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One program per (query row, batch*head): o = sum_s 2^(lse_s - lse) o_s over the
+    splits, lse = log2(sum_s 2^lse_s). Reads n_splits * (D + 1) fp32 values per row."""
+    m = tl.program_id(0)
+    b, h, bh = _head(H)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    lse_row = lse_part_ptr + bh * n_splits * Tq + m
+    run_max = tl.full([BLOCK_S], -float("inf"), dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        lse_s = tl.load(lse_row + (s0 + offs_s) * Tq, mask=s0 + offs_s < n_splits, other=-float("inf"))
+        run_max = tl.maximum(run_max, lse_s)
+    top = tl.max(run_max, axis=0)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        ok = s0 + offs_s < n_splits
+        lse_s = tl.load(lse_row + (s0 + offs_s) * Tq, mask=ok, other=-float("inf"))
+        w = tl.exp2(lse_s - top)
+        o_s = tl.load(o_part_ptr + ((bh * n_splits + s0 + offs_s[:, None]) * Tq + m) * HEAD_DIM + offs_d[None, :],
+                      mask=ok[:, None], other=0.0)
+        acc += tl.sum(w[:, None] * o_s, axis=0)
+        total += w
+    l = tl.sum(total, axis=0)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d, (acc / l).to(o_ptr.dtype.element_ty))
+    tl.store(lse_ptr + bh * Tq + m, top + tl.log2(l))
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_om,
+                                stride_dob, stride_doh, stride_dom, H, Tq,
+                                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(do * o) in fp32: the softmax-backward term, one read of o and do."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, bh = _head(H)
+    row_ok = offs_m < Tq
+    o = _load_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, HEAD_DIM).to(tl.float32)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM).to(tl.float32)
+    tl.store(delta_ptr + bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
+                    key_pos, shift, lo, hi, Tq, qk_scale,
+                    MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Accumulate dk (unscaled) and dv of one key block over the query blocks in [lo, hi),
+    transposed (keys x queries) so both products land in (BLOCK_N, D) without a transpose
+    of the accumulators. MASKED applies the causal mask (key <= shift + query)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < Tq
+        q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+        do = _load_rows(do_base, offs_m, stride_dom, row_ok, HEAD_DIM)
+        # Rows past Tq read lse = +inf: their probabilities are exactly 0.
+        lse = tl.load(lse_row + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_row + offs_m, mask=row_ok, other=0.0)
+        pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision="ieee") * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        if MASKED:
+            pt = tl.where(key_pos[:, None] <= (offs_m + shift)[None, :], pt, 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision="ieee")
+        dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision="ieee")
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                          stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                          H, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
+                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (BLOCK_N keys, head, batch): k and v stay on chip while the query
+    blocks that see them stream past; dk and dv are written once (no atomics)."""
+    start_n = tl.program_id(0) * BLOCK_N
+    b, h, bh = _head(H)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    key_ok = offs_n < Tk
+    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, HEAD_DIM)
+    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, HEAD_DIM)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = do_ptr + b * stride_dob + h * stride_doh
+    lse_row = lse_ptr + bh * Tq
+    delta_row = delta_ptr + bh * Tq
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    shift = Tk - Tq
+    if CAUSAL:
+        # Query blocks before lo see none of these keys; from full_lo on they see all of them.
+        lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
+        full_lo = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M
+        dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
+                                 offs_n, shift, lo, tl.minimum(full_lo, Tq), Tq, qk_scale, True, HEAD_DIM, BLOCK_M)
+    else:
+        full_lo = 0
+    dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
+                             offs_n, shift, full_lo, Tq, Tq, qk_scale, False, HEAD_DIM, BLOCK_M)
+    _store_rows(dk_ptr + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, key_ok, dk * scale, HEAD_DIM)
+    _store_rows(dv_ptr + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, key_ok, dv, HEAD_DIM)
+
+
+@triton.jit
+def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dq (unscaled) of one query block over the key tiles in [lo, hi)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]   # (D, BLOCK_N)
+        vt_ptrs = v_base + cols[None, :] * stride_vn + offs_d[:, None]
+        if MASKED:
+            kt = tl.load(kt_ptrs, mask=cols[None, :] < key_end, other=0.0)
+            vt = tl.load(vt_ptrs, mask=cols[None, :] < key_end, other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+            vt = tl.load(vt_ptrs)
+        p = tl.exp2(tl.dot(q, kt, input_precision="ieee") * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(_visible(cols, q_pos, key_end, CAUSAL), p, 0.0)
+        dp = tl.dot(do, vt, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision="ieee")
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                        stride_dqb, stride_dqh, stride_dqm,
+                        H, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
+                        HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (BLOCK_M queries, head, batch): q, do, lse, delta stay on chip while
+    the visible K/V tiles stream past, as in the forward."""
+    start_m = tl.program_id(0) * BLOCK_M
+    b, h, bh = _head(H)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, HEAD_DIM)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM)
+    lse = tl.load(lse_ptr + bh * Tq + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * Tq + offs_m, mask=row_ok, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    q_pos = offs_m + (Tk - Tq)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
+                       qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
+    dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
+                       qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+    _store_rows(dq_ptr + b * stride_dqb + h * stride_dqh, offs_m, stride_dqm, row_ok, dq * scale, HEAD_DIM)
+
+
+# -----------------------------------------------------------------------------------------
+# Launch configurations and launchers
+# -----------------------------------------------------------------------------------------
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+HEAD_DIMS = (16, 32, 64, 128)
+
+# Tuning space per kernel, as (BLOCK_M, BLOCK_N, num_warps, num_stages), for 16-bit and
+# fp32 inputs and small (<= 64) or large head dims. fp32 runs IEEE dots on the FMA units:
+# smaller tiles. Each list is what the autotuner tries for that (dtype, D).
+_SPACE = {
+    "fwd": {("16", "small"): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4)],
+            ("16", "large"): [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)],
+            ("32", "small"): [(64, 32, 4, 2), (32, 32, 4, 2)],
+            ("32", "large"): [(32, 32, 4, 2), (32, 16, 4, 2)]},
+    "dkdv": {("16", "small"): [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3)],
+             ("16", "large"): [(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)],
+             ("32", "small"): [(32, 32, 4, 2), (32, 64, 4, 2)],
+             ("32", "large"): [(16, 32, 4, 2), (32, 32, 4, 2)]},
+    "dq": {("16", "small"): [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+           ("16", "large"): [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 8, 2)],
+           ("32", "small"): [(32, 32, 4, 2), (64, 32, 4, 2)],
+           ("32", "large"): [(32, 16, 4, 2), (32, 32, 4, 2)]},
+    # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
+    "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 8, 2)],
+              ("16", "large"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 64, 8, 4)],
+              ("32", "small"): [(16, 32, 4, 2), (16, 64, 4, 2)],
+              ("32", "large"): [(16, 32, 4, 2), (16, 64, 4, 2)]},
+}
+# Under the interpreter (no driver, no autotuning): one fixed, deliberately unequal tiling,
+# so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
+_INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
+
+DECODE_MAX_TQ = 16    # query rows one flash-decoding program holds: every split config's BLOCK_M
+# Keys per split are a multiple of this (a multiple of every split BLOCK_N), so tiles are whole.
+DECODE_UNIT = 32 if INTERPRETING else 128
+MAX_SPLITS = 256
+COMBINE_BLOCK_S = 16
+PRE_BLOCK_M = 64
+MAX_GRID_YZ = 65535  # heads and batches run on grid axes 1 and 2
+
+
+def _space_key(dtype, head_dim: int) -> tuple[str, str]:
+    name = dtype if isinstance(dtype, str) else DTYPE_NAMES[dtype]
+    return ("32" if name == "fp32" else "16", "small" if head_dim <= 64 else "large")
+
+
+def configs_for(kind: str, dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use."""
+    if INTERPRETING:
+        return [_INTERPRETER[kind]]
+    return _SPACE[kind][_space_key(dtype, head_dim)]
+
+
+def _bucket(n: int) -> int:
+    # Autotune per power-of-two size class, not per length: decode grows Tk by one per step.
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _tuned(kind: str, kernel):
+    """`kernel` autotuned over its (dtype, head dim) space, keyed on the bucketed sizes and
+    (implicitly, by the autotuner) the tensors' dtypes; the raw kernel under the interpreter."""
+    if INTERPRETING:
+        return None
+    table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
+
+    def prune(configs, named_args, **kwargs):
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, head_dim))
+        return [config for c, config in table if c in allowed]
+
+    return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "HEAD_DIM", "CAUSAL"],
+                           prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+def _as_config(c):
+    return triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3])
+
+
+_KERNELS = {"fwd": _attn_fwd_kernel, "split": _attn_fwd_split_kernel, "dkdv": _attn_bwd_dkdv_kernel,
+            "dq": _attn_bwd_dq_kernel}
+_TUNED = {kind: _tuned(kind, kernel) for kind, kernel in _KERNELS.items()}
+
+
+def _launch(kind, grid_of, args, configs=None, **constexprs):
+    """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
+    through its autotuner on a GPU, else with the interpreter's one fixed config."""
+    config = (configs or {}).get(kind)
+    if config is None and _TUNED[kind] is not None:
+        _TUNED[kind][lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
+        return
+    block_m, block_n, warps, stages = config or _INTERPRETER[kind]
+    _KERNELS[kind][grid_of(block_m, block_n)](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
+                                              num_warps=warps, num_stages=stages)
+
+
+def empty_bthd(shape, dtype, device) -> torch.Tensor:
+    """A (B, H, T, D) tensor laid out as (B, T, H, D): the layout of every output here."""
+    B, H, T, D = shape
+    return torch.empty((B, T, H, D), dtype=dtype, device=device).transpose(1, 2)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _bhm(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # the interpreter: enough to exercise several splits on small shapes
+
+
+def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
+    """How many key splits the flash-decoding path uses; 0 means the regular forward.
+
+    Small Tq against Tk >= DECODE_UNIT takes the split path (its programs hold only
+    DECODE_MAX_TQ query rows); the keys are cut so that about two programs per SM stream K/V."""
+    if tq > DECODE_MAX_TQ or tk < DECODE_UNIT:
+        return 0
+    units = triton.cdiv(tk, DECODE_UNIT)
+    want = triton.cdiv(2 * _sm_count(torch.device(device)), max(batch_heads, 1))
+    chunk = triton.cdiv(units, max(1, min(units, want, MAX_SPLITS))) * DECODE_UNIT
+    return triton.cdiv(tk, chunk)
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None):
+    """(o, lse2): o (B, H, Tq, D) in q's dtype and the base-2 logsumexp (B, H, Tq) fp32.
+    `split` forces (True) or forbids (False) the flash-decoding path; None chooses.
+    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests)."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    o = empty_bthd(q.shape, q.dtype, q.device)
+    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    if Tk == 0:  # non-causal with no keys: the empty sum, as the reference gives
+        return o.zero_(), lse.fill_(-float("inf"))
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    qk_scale = scale * math.log2(math.e)
+    n_splits = decode_splits(Tq, Tk, B * H, q.device)
+    if split is not None:
+        n_splits = max(n_splits, 2) if split else 0
+    if n_splits and Tq > DECODE_MAX_TQ:
+        raise ValueError(f"the flash-decoding path holds at most {DECODE_MAX_TQ} query rows, got Tq={Tq}")
+    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
+    with _device_guard(q):
+        if not n_splits:
+            args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale,
+                    _bucket(Tq), _bucket(Tk))
+            _launch("fwd", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+            return o, lse
+        chunk = triton.cdiv(triton.cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
+        n_splits = triton.cdiv(Tk, chunk)
+        o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
+        args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, chunk, n_splits,
+                _bucket(Tq), _bucket(Tk))
+        _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
+        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits,
+                                         HEAD_DIM=D, BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+    return o, lse
+
+
+def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=None):
+    """(dq, dk, dv) from the saved output o and base-2 logsumexp lse; `configs` as in the forward."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    dq = empty_bthd(q.shape, q.dtype, q.device)
+    dk = empty_bthd(k.shape, k.dtype, k.device)
+    dv = empty_bthd(v.shape, v.dtype, v.device)
+    if B * H == 0:
+        return dq, dk, dv
+    if Tq == 0 or Tk == 0:  # nothing attends: every gradient is zero
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
+    qk_scale = scale * math.log2(math.e)
+    delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
+    with _device_guard(q):
+        _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, PRE_BLOCK_M), H, B)](
+            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, HEAD_DIM=D, BLOCK_M=PRE_BLOCK_M, num_warps=4)
+        args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
+                H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
+        _launch("dkdv", lambda bm, bn: (triton.cdiv(Tk, bn), H, B), args, **common)
+        args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
+                H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
+        _launch("dq", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+    return dq, dk, dv
+
+
+# Every configuration the launchers and autotuners can pick, for the sm_80/sm_90 compile test.
+def _signature(names: str, dtype: str) -> dict:
+    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32."""
+    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32"}
+    return {name: kinds[kind] for name, kind in (item.split(":") for item in names.split())}
+
+
+_ARGS = {
+    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f " + " ".join(
+        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
+        + " H:i Tq:i Tk:i qk_scale:s TQ_BUCKET:i TK_BUCKET:i"),
+    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f " + " ".join(
+        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn")) for d in dims)
+        + " H:i Tq:i Tk:i qk_scale:s chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
+    "dkdv": (_attn_bwd_dkdv_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dk_ptr:t dv_ptr:t "
+             + " ".join(f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"),
+                                                             ("dk", "bhn"), ("dv", "bhn")) for d in dims)
+             + " H:i Tq:i Tk:i qk_scale:s scale:s TQ_BUCKET:i TK_BUCKET:i"),
+    "dq": (_attn_bwd_dq_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dq_ptr:t " + " ".join(
+        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"), ("dq", "bhm"))
+        for d in dims) + " H:i Tq:i Tk:i qk_scale:s scale:s TQ_BUCKET:i TK_BUCKET:i"),
+}
+
+
+def compile_cases():
+    cases = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        for d in HEAD_DIMS:
+            for kind, (kernel, names) in _ARGS.items():
+                for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, d)]:
+                    # The causal build is the superset (the same loops plus the causal compare
+                    # in the masked tiles); compiling both would double a long test for no signal.
+                    meta = {"HEAD_DIM": d, "CAUSAL": True, "BLOCK_M": block_m, "BLOCK_N": block_n}
+                    cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+            cases.append((_attn_bwd_preprocess_kernel, _signature(
+                "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
+                "stride_dom:i H:i Tq:i", dtype), {"HEAD_DIM": d, "BLOCK_M": PRE_BLOCK_M}, 4))
+            cases.append((_attn_combine_kernel, _signature(
+                "o_part_ptr:f lse_part_ptr:f o_ptr:t lse_ptr:f stride_ob:i stride_oh:i stride_om:i H:i Tq:i "
+                "n_splits:i", dtype), {"HEAD_DIM": d, "BLOCK_S": COMBINE_BLOCK_S}, 4))
+    return cases
+
+
+# -----------------------------------------------------------------------------------------
+# Registration: opaque custom ops (opcheck and torch.compile(fullgraph=True) trace them on
+# every device, the interpreter included) with a fake impl and autograd on top.
+# -----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("gptk::attention_triton", mutates_args=())
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, causal, scale)
+
+
+@attention_op.register_fake
+def _(q, k, v, causal, scale):
+    B, H, Tq, _ = q.shape
+    return empty_bthd(q.shape, q.dtype, q.device), q.new_empty((B, H, Tq), dtype=torch.float32)
+
+
+@torch.library.custom_op("gptk::attention_triton_backward", mutates_args=())
+def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                          lse: torch.Tensor, causal: bool,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(do, q, k, v, o, lse, causal, scale)
+
+
+@attention_backward_op.register_fake
+def _(do, q, k, v, o, lse, causal, scale):
+    return (empty_bthd(q.shape, q.dtype, q.device), empty_bthd(k.shape, k.dtype, k.device),
+            empty_bthd(v.shape, v.dtype, v.device))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.causal, ctx.scale = causal, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(do, q, k, v, o, lse, ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention(q, k, v, causal=True, scale=None):
+    """The triton backend's attention (arguments already validated by kernels.attention)."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
+        raise ValueError(f"the triton attention kernels take batch size and head count up to {MAX_GRID_YZ} "
+                         f"(CUDA grid y/z limit), got B={q.shape[0]}, H={q.shape[1]}")
+    return attention_op(q, k, v, bool(causal), float(scale))[0]
