@@ -22,9 +22,21 @@ def _triton_softmax():
     return module.softmax
 
 
+def _triton_layer_norm():
+    from .triton import layer_norm as module
+    return module.layer_norm
+
+
+def _triton_add_layer_norm():
+    from .triton import layer_norm as module
+    return module.add_layer_norm
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
+        "layer_norm": _triton_layer_norm,
+        "add_layer_norm": _triton_add_layer_norm,
     },
     "cuda": {},
 }

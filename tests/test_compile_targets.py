@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("triton")
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
-MODULES = ["kernels.triton.softmax"]
+MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm"]
 
 
 def _run(module):
