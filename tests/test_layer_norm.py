@@ -178,6 +178,36 @@ def test_non_contiguous_gradients(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_weight_and_bias(backend):
+    x = randn(4, 300, scale=2.0).requires_grad_()
+    w_strided = (randn(300, 2) + 1.0)[:, 0].requires_grad_()  # columns of a matrix: stride 2
+    b_strided = randn(300, 2)[:, 1].requires_grad_()
+    assert w_strided.stride() == (2,) and b_strided.stride() == (2,)
+    y = kernels.layer_norm(x, w_strided, b_strided, backend=backend)
+    x64, w64, b64 = map(_leaf64, (x, w_strided, b_strided))
+    y64 = F.layer_norm(x64, (300,), w64, b64)
+    assert_close(y, y64, torch.float32)
+    g = randn(4, 300)
+    y.backward(g)
+    y64.backward(g.double())
+    _check_grads((x, w_strided, b_strided), (x64, w64, b64), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad_of", ["x", "residual"])
+def test_add_layer_norm_one_input_requires_grad(backend, grad_of):
+    x, r = randn(3, 200, scale=2.0), randn(3, 200)
+    leaf = (x if grad_of == "x" else r).requires_grad_()
+    y, s = kernels.add_layer_norm(x, r, None, None, backend=backend)
+    g = randn(3, 200)
+    (y * g).sum().backward()
+    s64 = s.detach().double().requires_grad_()
+    (F.layer_norm(s64, (200,)) * g.double()).sum().backward()
+    assert_close(leaf.grad, s64.grad, torch.float32)
+    assert (r if grad_of == "x" else x).grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_one_dim_input_and_partial_requires_grad(backend):
     x = randn(777, scale=3.0).requires_grad_()
     w, b = _params(777, torch.float32, "weight+bias")

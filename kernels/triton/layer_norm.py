@@ -9,15 +9,15 @@ y is the norm of the *rounded* s, exactly the tensor returned, so y == layer_nor
 Statistics are fp32 whatever the storage dtype; the forward saves mean and rstd (fp32,
 one value each per row) for the backward.
 
-Roofline (M rows, N = hidden, s = bytes per element; w, b and the per-row stats are
-O(N + M) and negligible next to M N):
-  layer_norm      fwd 2 M N s  (read x, write y)
-                  bwd 3 M N s  (read x and dy, write dx) + the dw/db partials
-  add_layer_norm  fwd 4 M N s  (read x and r, write y and s)
-                  bwd 3 M N s, 4 M N s when s's own gradient ds is used (read it, add it into dx;
-                  dx is also the residual's gradient: one tensor, written once)
-  dw/db partials: P x N fp32 written then read once per gradient, P ~ 2 x SM count, so
-  small next to M N s once M >> P.
+Roofline (M rows of N elements, e bytes per element; w, b and the fp32 per-row stats are
+O(N + M), negligible next to M N):
+  layer_norm      fwd 2 M N e  (read x, write y)
+                  bwd 3 M N e  (read x and dy, write dx)
+  add_layer_norm  fwd 4 M N e  (read x and r, write y and s)
+                  bwd 4 M N e  (read s, dy and ds, write dx: dx is also the residual's
+                                gradient, one tensor written once; 3 M N e when s is unused)
+  plus, per weight/bias gradient, a P x N fp32 partials buffer written and read once
+  (P ~ 2 x SM count: small next to M N e once M >> P).
 Backward math per row: xhat = (x - mean) rstd, g = dy w,
   dx = rstd (g - xhat mean(g xhat) - mean(g)) [+ ds];   dw = sum_rows dy xhat;  db = sum_rows dy.
 dw and db are deterministic: each program owns one row of a fp32 partials buffer (it sums a
@@ -27,12 +27,13 @@ in a fixed order. No atomics.
 Rows wider than the on-chip block stream through in chunks (no register spills):
   fwd  N > MAX_ROW_BLOCK: pass 1 keeps per-lane Welford (mean, M2) of the shifted row,
        combined with Chan's formula; pass 2 re-reads the row (s, for add_layer_norm) and
-       writes y: 3 M N s (4 M N s + M N s fused), the re-read often from L2.
+       writes y: 3 M N e (5 M N e fused), the re-read often from L2.
   bwd  N > BWD_MAX_ROW_BLOCK: a row kernel computes the two row means, then a column-tiled
-       kernel writes dx and the partials: 5 M N s (x and dy are read twice).
+       kernel writes dx and the partials: 5 M N e (x and dy are read twice).
 The row is shifted by its first element before the statistics (mean = shift + mean(x -
 shift)): a constant row gives exactly mean = x, var = 0, y = b and finite gradients
-(rstd = 1/sqrt(eps)), and large offsets lose no precision. NaN or inf in a row makes the whole row NaN, as torch.
+(rstd = 1/sqrt(eps)), and large offsets lose no precision. NaN or inf in a row makes the
+whole row NaN, as in torch.
 
 Input rows may have any row stride; only the last dim must be unit-stride. `as_rows`
 copies only a tensor whose rows cannot be expressed that way (e.g. a transposed x, or
@@ -62,7 +63,8 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
                    y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s)."""
+    """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
+    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -97,7 +99,8 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         BLOCK_N: tl.constexpr):
     """One row per program in BLOCK_N chunks: pass 1 per-lane Welford statistics (and s),
-    pass 2 re-reads the row (s when fused) and writes y."""
+    pass 2 re-reads the row (s when fused) and writes y.
+    Bytes: 3 M N e, or 5 M N e with the residual (read x, r and s, write s and y)."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_row_stride
     r_row = r_ptr + row * r_row_stride
@@ -130,6 +133,8 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
     rstd = tl.rsqrt((tl.sum(lane_m2, axis=0) + tl.sum(spread, axis=0)) / n_cols + eps)
     tl.store(mean_ptr + row, shift + mean_d)
     tl.store(rstd_ptr + row, rstd)
+    # Pass 2 reads s back: make pass 1's stores visible to every thread of the program.
+    tl.debug_barrier()
     src_row = s_row if HAS_RES else x_row
     for start in range(0, n_cols, BLOCK_N):
         mask = start + cols < n_cols
@@ -145,7 +150,8 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
 @triton.jit
 def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, n_cols,
                              dy_row_stride, x_row_stride, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks."""
+    """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks.
+    Bytes: 2 M N e (read x and dy)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mean = tl.load(mean_ptr + row)
@@ -176,6 +182,8 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
     order and keeps dy * xhat and dy summed over them in registers: a fixed order, so the
     partials (and the final dw/db) are bitwise reproducible. With ROW_MEANS_GIVEN False
     the block spans the whole row and c1/c2 are reduced on chip (one read of x and dy).
+    Bytes: 3 M N e (read x, dy; write dx), + M N e with ds; + 4 N bytes per program and
+    gradient for the partials.
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     part = tl.program_id(1)
@@ -222,7 +230,8 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
 def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
                           COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dw, db = column sums of the (n_parts, n_cols) fp32 partials, in a fixed order."""
+    """dw, db = column sums of the (n_parts, n_cols) fp32 partials, in a fixed order.
+    Bytes: 4 P N read and N e written per gradient."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
     parts = tl.arange(0, BLOCK_P)
@@ -299,6 +308,10 @@ def n_partials(device: torch.device, n_row_tiles: int, n_col_blocks: int) -> int
     return max(1, min(n_row_tiles, 2 * _sm_count(device) // n_col_blocks))
 
 
+def _unit_stride(p: torch.Tensor) -> torch.Tensor:
+    return p if p.stride(-1) == 1 else p.contiguous()  # weight/bias: O(N), a copy is cheap
+
+
 def _stats_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
 
@@ -318,7 +331,8 @@ def forward(x, residual, weight, bias, eps):
     if s_rows is None:
         s_rows = y_rows  # never written: HAS_RES is False
     args = (y_rows, s_rows, mean, rstd, x_rows, r_rows,
-            weight if weight is not None else x_rows, bias if bias is not None else x_rows)
+            _unit_stride(weight) if weight is not None else x_rows,
+            _unit_stride(bias) if bias is not None else x_rows)
     strides = (y_rows.stride(0), s_rows.stride(0), x_rows.stride(0), r_rows.stride(0), eps)
     flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
     cfg = forward_config(n_cols)
@@ -337,10 +351,10 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     when given. dw/db are empty (0,) tensors when not needed."""
     dx, dx_rows = _launch.empty_rows_like(x)
     n_cols = x.shape[-1]
-    dw = x.new_zeros((n_cols,) if need_dw else (0,))
-    db = x.new_zeros((n_cols,) if need_db else (0,))
+    dw = x.new_empty((n_cols,) if need_dw else (0,))
+    db = x.new_empty((n_cols,) if need_db else (0,))
     if x.numel() == 0:
-        return dx, dw, db
+        return dx, dw.zero_(), db.zero_()
     x_rows, dy_rows = _launch.as_rows(x), _launch.as_rows(dy)
     ds_rows = _launch.as_rows(ds) if ds is not None else dy_rows
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
@@ -350,7 +364,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     parts = n_partials(x.device, triton.cdiv(n_rows, cfg["BLOCK_M"]), n_col_blocks)
     pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
     pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
-    w_arg = weight if weight is not None else x_rows
+    w_arg = _unit_stride(weight) if weight is not None else x_rows
     c1 = c2 = mean  # placeholders unless the wide-row path computes them
     if not cfg["single_pass"]:
         c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
