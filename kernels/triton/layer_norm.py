@@ -266,13 +266,7 @@ REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
 
 def forward_config(n_cols: int) -> dict:
     """Whole rows on chip up to MAX_ROW_BLOCK (several short rows per program), else chunks."""
-    block_n = _launch.row_block(n_cols)
-    if block_n > _launch.MAX_ROW_BLOCK:
-        return {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_FWD_BLOCK,
-                "num_warps": _launch.row_warps(LONG_FWD_BLOCK)}
-    block_m = _launch.rows_per_program(block_n)
-    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "num_warps": _launch.row_warps(block_m * block_n)}
+    return _launch.row_config(n_cols, LONG_FWD_BLOCK)
 
 
 def _bwd_warps(tile_elems: int) -> int:
