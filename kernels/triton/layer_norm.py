@@ -374,7 +374,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
         _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
-            dw if need_dw else pw, db if need_db else pb, pw, pb, parts, n_cols,
+            dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
             COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
 
