@@ -25,9 +25,21 @@ def _triton_softmax():
 def _triton_gelu_linear():
     from .triton import gelu_linear as module
     return module.gelu_linear
+
+
 def _triton_attention():
     from .triton import attention as module
     return module.attention
+
+
+def _triton_layer_norm():
+    from .triton import layer_norm as module
+    return module.layer_norm
+
+
+def _triton_add_layer_norm():
+    from .triton import layer_norm as module
+    return module.add_layer_norm
 
 
 _LOADERS = {
@@ -35,6 +47,8 @@ _LOADERS = {
         "softmax": _triton_softmax,
         "gelu_linear": _triton_gelu_linear,
         "attention": _triton_attention,
+        "layer_norm": _triton_layer_norm,
+        "add_layer_norm": _triton_add_layer_norm,
     },
     "cuda": {},
 }

@@ -14,6 +14,8 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The torch backend is the reference: it also takes float64 (the tests' ground truth).
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
 ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+# Widest normalized dim (x.shape[-1]) each compiled backend's layer norm is built and tested for.
+NORM_MAX_HIDDEN = {"triton": 65536}
 _NAMES = "float32, float16 or bfloat16"
 
 
@@ -89,6 +91,10 @@ def norm_params(x, weight, bias, eps, backend):
             raise ValueError(f"{name} must have shape {tuple(x.shape[-1:])} (x.shape[-1:]), "
                              f"got {tuple(p.shape)}")
     same(("x", "weight", "bias"), (x, weight, bias))
+    limit = NORM_MAX_HIDDEN.get(backend)
+    if limit is not None and x.shape[-1] > limit:
+        raise ValueError(f"the normalized dim x.shape[-1]={x.shape[-1]} exceeds {limit}, the widest "
+                         f"backend={backend!r} supports; use backend='torch' for wider rows")
     return positive_finite("eps", eps)
 
 

@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("triton")
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
-MODULES = ["kernels.triton.softmax", "kernels.triton.gelu_linear", "kernels.triton.attention"]
+MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.triton.gelu_linear",
+           "kernels.triton.attention"]
 
 
 @functools.lru_cache(maxsize=None)  # one compile run per module, shared by the tests below

@@ -71,3 +71,13 @@ def row_warps(block_elems: int) -> int:
 def rows_per_program(block_n: int, target: int = 2048, cap: int = 64) -> int:
     """Short rows share a program (a 2-D tile) so each program still moves enough bytes."""
     return max(1, min(cap, target // block_n))
+
+
+def row_config(n_cols: int, long_block: int) -> dict:
+    """Launch shape of a row kernel: whole rows on chip up to MAX_ROW_BLOCK (several short
+    rows per program), else one row per program streamed in `long_block` chunks."""
+    block_n = row_block(n_cols)
+    if block_n > MAX_ROW_BLOCK:
+        return {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": long_block, "num_warps": row_warps(long_block)}
+    block_m = rows_per_program(block_n)
+    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": row_warps(block_m * block_n)}

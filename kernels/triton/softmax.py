@@ -126,13 +126,7 @@ LONG_ROW_BLOCK = 4096  # chunk width when a row does not fit on chip
 
 def launch_config(n_cols: int) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
-    block_n = _launch.row_block(n_cols)
-    if block_n > _launch.MAX_ROW_BLOCK:
-        return {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_ROW_BLOCK,
-                "num_warps": _launch.row_warps(LONG_ROW_BLOCK)}
-    block_m = _launch.rows_per_program(block_n)
-    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "num_warps": _launch.row_warps(block_m * block_n)}
+    return _launch.row_config(n_cols, LONG_ROW_BLOCK)
 
 
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:

@@ -1,0 +1,544 @@
+"""Layer norm over the last dim, and the pre-LN residual add fused into it, forward and backward.
+
+    layer_norm(x, w, b)        y = (x - mean) * rstd * w + b,  rstd = 1 / sqrt(var + eps)
+    add_layer_norm(x, r, w, b) s = x + r (rounded to the storage dtype), y = layer_norm(s)
+
+What it fuses: eager `x + r` then `F.layer_norm` reads x and r, writes s, reads s back and
+writes y. Here a row is read once and both outputs are written from the same registers;
+y is the norm of the *rounded* s, exactly the tensor returned, so y == layer_norm(s).
+Statistics are fp32 whatever the storage dtype; the forward saves mean and rstd (fp32,
+one value each per row) for the backward.
+
+Roofline (M rows of N elements, e bytes per element; w, b and the fp32 per-row stats are
+O(N + M), negligible next to M N):
+  layer_norm      fwd 2 M N e  (read x, write y)
+                  bwd 3 M N e  (read x and dy, write dx)
+  add_layer_norm  fwd 4 M N e  (read x and r, write y and s)
+                  bwd 4 M N e  (read s, dy and ds, write dx: dx is also the residual's
+                                gradient, one tensor written once; 3 M N e when s is unused)
+  plus, per weight/bias gradient, a P x N fp32 partials buffer written and read once
+  (P ~ 2 x SM count: small next to M N e once M >> P).
+Backward math per row: xhat = (x - mean) rstd, g = dy w,
+  dx = rstd (g - xhat mean(g xhat) - mean(g)) [+ ds];   dw = sum_rows dy xhat;  db = sum_rows dy.
+dw and db are deterministic: each program owns one row of a fp32 partials buffer (it sums a
+fixed, strided set of row tiles in a fixed order), then a reduce kernel sums the partials
+in a fixed order. No atomics.
+
+Rows wider than the on-chip block stream through in chunks (no register spills):
+  fwd  N > MAX_ROW_BLOCK: pass 1 keeps per-lane Welford (mean, M2) of the shifted row,
+       combined with Chan's formula; pass 2 re-reads the row (s, for add_layer_norm) and
+       writes y: 3 M N e (5 M N e fused), the re-read often from L2.
+  bwd  N > BWD_MAX_ROW_BLOCK: a row kernel computes the two row means, then a column-tiled
+       kernel writes dx and the partials: 5 M N e (x and dy are read twice).
+The row is shifted by its first element before the statistics (mean = shift + mean(x -
+shift)): a constant row gives exactly mean = x, var = 0, y = b and finite gradients
+(rstd = 1/sqrt(eps)), and large offsets lose no precision. NaN or inf in a row makes the
+whole row NaN, as in torch.
+
+Input rows may have any row stride; only the last dim must be unit-stride. `as_rows`
+copies only a tensor whose rows cannot be expressed that way (e.g. a transposed x, or
+the broadcast gradient of a `.sum()`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _launch
+from .._checks import NORM_MAX_HIDDEN
+
+MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
+
+# -----------------------------------------------------------------------------------------
+# Kernels
+# -----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
+                   y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
+                   HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
+    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < n_cols
+    mask = row_ok[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptr + rows64 * r_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = (x + r).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + rows64 * s_row_stride + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)  # normalize what is returned as s
+    # The first element of each row (picked by a reduction: no second load).
+    shift = tl.sum(tl.where(cols[None, :] == 0, x, 0.0), axis=1)
+    d = tl.where(mask, x - shift[:, None], 0.0)
+    mean_d = tl.sum(d, axis=1) / n_cols
+    diff = tl.where(mask, d - mean_d[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(diff * diff, axis=1) / n_cols + eps)
+    y = diff * rstd[:, None]
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + rows, shift + mean_d, mask=row_ok)
+    tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_cols,
+                        y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
+                        HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+    """One row per program in BLOCK_N chunks: pass 1 per-lane Welford statistics (and s),
+    pass 2 re-reads the row (s when fused) and writes y.
+    Bytes: 3 M N e, or 5 M N e with the residual (read x, r and s, write s and y)."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_row_stride
+    r_row = r_ptr + row * r_row_stride
+    s_row = s_ptr + row * s_row_stride
+    cols = tl.arange(0, BLOCK_N)
+    shift = tl.load(x_row).to(tl.float32)
+    if HAS_RES:
+        shift = (shift + tl.load(r_row).to(tl.float32)).to(s_ptr.dtype.element_ty).to(tl.float32)
+    lane_mean = tl.zeros([BLOCK_N], tl.float32)
+    lane_m2 = tl.zeros([BLOCK_N], tl.float32)
+    lane_cnt = tl.zeros([BLOCK_N], tl.float32)
+    count = 0.0
+    for start in range(0, n_cols, BLOCK_N):
+        mask = start + cols < n_cols
+        x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            s = (x + tl.load(r_row + start + cols, mask=mask, other=0.0).to(tl.float32)).to(s_ptr.dtype.element_ty)
+            tl.store(s_row + start + cols, s, mask=mask)
+            x = s.to(tl.float32)
+        # Lanes in range have all been in range in every earlier chunk: one count for all.
+        count += 1.0
+        inv_count = 1.0 / count
+        d = x - shift
+        delta = d - lane_mean
+        lane_mean += tl.where(mask, delta * inv_count, 0.0)
+        lane_m2 += tl.where(mask, delta * (d - lane_mean), 0.0)
+        lane_cnt += mask.to(tl.float32)
+    mean_d = tl.sum(lane_cnt * lane_mean, axis=0) / n_cols
+    spread = tl.where(lane_cnt > 0, lane_cnt * (lane_mean - mean_d) * (lane_mean - mean_d), 0.0)
+    rstd = tl.rsqrt((tl.sum(lane_m2, axis=0) + tl.sum(spread, axis=0)) / n_cols + eps)
+    tl.store(mean_ptr + row, shift + mean_d)
+    tl.store(rstd_ptr + row, rstd)
+    # Pass 2 reads s back: make pass 1's stores visible to every thread of the program.
+    tl.debug_barrier()
+    src_row = s_row if HAS_RES else x_row
+    for start in range(0, n_cols, BLOCK_N):
+        mask = start + cols < n_cols
+        x = tl.load(src_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        y = (x - shift - mean_d) * rstd
+        if HAS_W:
+            y = y * tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(b_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * y_row_stride + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, n_cols,
+                             dy_row_stride, x_row_stride, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks.
+    Bytes: 2 M N e (read x and dy)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mean = tl.load(mean_ptr + row)
+    rstd = tl.load(rstd_ptr + row)
+    acc1 = tl.zeros([BLOCK_N], tl.float32)
+    acc2 = tl.zeros([BLOCK_N], tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        mask = start + cols < n_cols
+        x = tl.load(x_ptr + row * x_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy_ptr + row * dy_row_stride + start + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_W:
+            g = g * tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
+        acc1 += tl.where(mask, (x - mean) * rstd, 0.0) * g
+        acc2 += g
+    tl.store(c1_ptr + row, tl.sum(acc1, axis=0) / n_cols)
+    tl.store(c2_ptr + row, tl.sum(acc2, axis=0) / n_cols)
+
+
+@triton.jit
+def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, ds_ptr, c1_ptr, c2_ptr,
+                   n_rows, n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
+                   HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                   HAS_DS: tl.constexpr, ROW_MEANS_GIVEN: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dx, and this program's row of the dw/db partials, for column block program_id(0).
+
+    Program (c, p) of a (column blocks, P) grid takes row tiles p, p + P, p + 2P, ... in
+    order and keeps dy * xhat and dy summed over them in registers: a fixed order, so the
+    partials (and the final dw/db) are bitwise reproducible. With ROW_MEANS_GIVEN False
+    the block spans the whole row and c1/c2 are reduced on chip (one read of x and dy).
+    Bytes: 3 M N e (read x, dy; write dx), + M N e with ds; + 4 N bytes per program and
+    gradient for the partials.
+    """
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    part = tl.program_id(1)
+    n_parts = tl.num_programs(1)
+    col_ok = cols < n_cols
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    acc_dw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for tile in range(part, tl.cdiv(n_rows, BLOCK_M), n_parts):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)[:, None]
+        x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows64 * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy
+        if HAS_W:
+            g = dy * w[None, :]
+        if ROW_MEANS_GIVEN:
+            c1 = tl.load(c1_ptr + rows, mask=row_ok, other=0.0)
+            c2 = tl.load(c2_ptr + rows, mask=row_ok, other=0.0)
+        else:
+            c1 = tl.sum(xhat * g, axis=1) / n_cols
+            c2 = tl.sum(g, axis=1) / n_cols
+        dx = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DS:
+            dx += tl.load(ds_ptr + rows64 * ds_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if COMPUTE_DW:
+            acc_dw += dy * xhat
+        if COMPUTE_DB:
+            acc_db += dy
+    if COMPUTE_DW:
+        tl.store(pw_ptr + part * n_cols + cols, tl.sum(acc_dw, axis=0), mask=col_ok)
+    if COMPUTE_DB:
+        tl.store(pb_ptr + part * n_cols + cols, tl.sum(acc_db, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
+                          COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dw, db = column sums of the (n_parts, n_cols) fp32 partials, in a fixed order.
+    Bytes: 4 P N read and N e written per gradient."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    parts = tl.arange(0, BLOCK_P)
+    acc_dw = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+    acc_db = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+    for start in range(0, n_parts, BLOCK_P):
+        mask = ((start + parts) < n_parts)[:, None] & col_ok[None, :]
+        offs = (start + parts).to(tl.int64)[:, None] * n_cols + cols[None, :]
+        if COMPUTE_DW:
+            acc_dw += tl.load(pw_ptr + offs, mask=mask, other=0.0)
+        if COMPUTE_DB:
+            acc_db += tl.load(pb_ptr + offs, mask=mask, other=0.0)
+    if COMPUTE_DW:
+        tl.store(dw_ptr + cols, tl.sum(acc_dw, axis=0).to(dw_ptr.dtype.element_ty), mask=col_ok)
+    if COMPUTE_DB:
+        tl.store(db_ptr + cols, tl.sum(acc_db, axis=0).to(db_ptr.dtype.element_ty), mask=col_ok)
+
+
+# -----------------------------------------------------------------------------------------
+# Launchers
+# -----------------------------------------------------------------------------------------
+
+# Backward holds x, dy, w and two accumulators per element: past 8192 a whole row no longer
+# fits in registers without spilling, so wider rows take the two-kernel path.
+BWD_MAX_ROW_BLOCK = 8192
+LONG_FWD_BLOCK = 4096            # forward chunk for rows wider than MAX_ROW_BLOCK
+LONG_BWD_ROW_MEANS_BLOCK = 4096  # chunk of the wide-row c1/c2 kernel
+LONG_BWD_TILE = (2, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-row backward
+BWD_TILE_ELEMS = 2048            # row tile of the backward: ~8 values per thread at 8 warps
+REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
+
+
+def forward_config(n_cols: int) -> dict:
+    """Whole rows on chip up to MAX_ROW_BLOCK (several short rows per program), else chunks."""
+    return _launch.row_config(n_cols, LONG_FWD_BLOCK)
+
+
+def _bwd_warps(tile_elems: int) -> int:
+    # ~8 values per thread keeps the backward near 80 registers (compile test), so
+    # several programs share an SM; 16 warps is the most a program may have.
+    return max(4, min(16, tile_elems // 256))
+
+
+def backward_config(n_cols: int) -> dict:
+    """Row tiles of ~BWD_TILE_ELEMS on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path."""
+    block_n = _launch.row_block(n_cols)
+    if block_n > BWD_MAX_ROW_BLOCK:
+        block_m, block_n = LONG_BWD_TILE
+        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                "num_warps": _bwd_warps(block_m * block_n),
+                "means_block": LONG_BWD_ROW_MEANS_BLOCK,
+                "means_warps": _launch.row_warps(LONG_BWD_ROW_MEANS_BLOCK)}
+    block_m = _launch.rows_per_program(block_n, target=BWD_TILE_ELEMS)
+    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
+            "num_warps": _bwd_warps(block_m * block_n)}
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter runs one program at a time: few partials, same code paths
+
+
+def n_partials(device: torch.device, n_row_tiles: int, n_col_blocks: int) -> int:
+    """Row groups P of the backward grid: about two programs per SM in all, never more
+    groups than row tiles. Depends only on the device and shape, so results repeat bitwise."""
+    return max(1, min(n_row_tiles, 2 * _sm_count(device) // n_col_blocks))
+
+
+def _unit_stride(p: torch.Tensor) -> torch.Tensor:
+    return p if p.stride(-1) == 1 else p.contiguous()  # weight/bias: O(N), a copy is cheap
+
+
+def _stats_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+
+
+def forward(x, residual, weight, bias, eps):
+    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, shape x.shape[:-1]."""
+    y, y_rows = _launch.empty_rows_like(x)
+    s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
+    mean, rstd = _stats_like(x), _stats_like(x)
+    if x.numel() == 0:
+        mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
+        rstd.fill_(float("nan"))
+        return y, s, mean, rstd
+    x_rows = _launch.as_rows(x)
+    r_rows = _launch.as_rows(residual) if residual is not None else x_rows
+    n_rows, n_cols = x_rows.shape
+    if s_rows is None:
+        s_rows = y_rows  # never written: HAS_RES is False
+    args = (y_rows, s_rows, mean, rstd, x_rows, r_rows,
+            _unit_stride(weight) if weight is not None else x_rows,
+            _unit_stride(bias) if bias is not None else x_rows)
+    strides = (y_rows.stride(0), s_rows.stride(0), x_rows.stride(0), r_rows.stride(0), eps)
+    flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
+    cfg = forward_config(n_cols)
+    if cfg["single_pass"]:
+        _ln_fwd_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]),)](
+            *args, n_rows, n_cols, *strides, **flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            num_warps=cfg["num_warps"])
+    else:
+        _ln_fwd_long_kernel[(n_rows,)](*args, n_cols, *strides, **flags, BLOCK_N=cfg["BLOCK_N"],
+                                       num_warps=cfg["num_warps"])
+    return y, s, mean, rstd
+
+
+def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
+    """(dx, dw, db) from the saved x (s for add_layer_norm), mean and rstd. dx includes ds
+    when given. dw/db are empty (0,) tensors when not needed."""
+    dx, dx_rows = _launch.empty_rows_like(x)
+    n_cols = x.shape[-1]
+    dw = x.new_empty((n_cols,) if need_dw else (0,))
+    db = x.new_empty((n_cols,) if need_db else (0,))
+    if x.numel() == 0:
+        return dx, dw.zero_(), db.zero_()
+    x_rows, dy_rows = _launch.as_rows(x), _launch.as_rows(dy)
+    ds_rows = _launch.as_rows(ds) if ds is not None else dy_rows
+    mean, rstd = mean.reshape(-1), rstd.reshape(-1)
+    n_rows = x_rows.shape[0]
+    cfg = backward_config(n_cols)
+    n_col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
+    parts = n_partials(x.device, triton.cdiv(n_rows, cfg["BLOCK_M"]), n_col_blocks)
+    pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
+    pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
+    w_arg = _unit_stride(weight) if weight is not None else x_rows
+    c1 = c2 = mean  # placeholders unless the wide-row path computes them
+    if not cfg["single_pass"]:
+        c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
+        _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
+                                            dy_rows.stride(0), x_rows.stride(0), HAS_W=weight is not None,
+                                            BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
+    _ln_bwd_kernel[(n_col_blocks, parts)](
+        dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols,
+        dx_rows.stride(0), dy_rows.stride(0), x_rows.stride(0), ds_rows.stride(0),
+        HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
+        ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        num_warps=cfg["num_warps"])
+    if need_dw or need_db:
+        block_p, block_n = REDUCE_BLOCK
+        _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
+            dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
+            COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+    return dx, dw, db
+
+
+# Every configuration the launchers can pick, for the sm_80/sm_90 compile test: each block
+# shape of each kernel, per dtype, with every flag on (flags only ever remove work, so this
+# is the most registers that shape needs), plus every flag combination at each kernel's
+# widest shape (the most registers that kernel needs).
+def _sig(names, dtype, ints=(), floats=()):
+    fp32_ptrs = ("mean_ptr", "rstd_ptr", "pw_ptr", "pb_ptr", "c1_ptr", "c2_ptr")
+    sig = {name: "*fp32" if name in fp32_ptrs else f"*{dtype}" for name in names}
+    sig.update({n: "i32" for n in ints})
+    sig.update({n: "fp32" for n in floats})
+    return sig
+
+
+def _flag_sets(*names, valid=lambda f: True):
+    sets = [{}]
+    for name in names:
+        sets = [dict(f, **{name: v}) for f in sets for v in (False, True)]
+    return [f for f in sets if valid(f)]
+
+
+def _code_path(meta):
+    return tuple(sorted((k, v) for k, v in meta.items() if not k.startswith("BLOCK_")))
+
+
+def compile_cases():
+    fwd_ptrs = ("y_ptr", "s_ptr", "mean_ptr", "rstd_ptr", "x_ptr", "r_ptr", "w_ptr", "b_ptr")
+    fwd_ints = ("y_row_stride", "s_row_stride", "x_row_stride", "r_row_stride")
+    bwd_ptrs = ("dx_ptr", "pw_ptr", "pb_ptr", "dy_ptr", "x_ptr", "w_ptr", "mean_ptr", "rstd_ptr", "ds_ptr",
+                "c1_ptr", "c2_ptr")
+    bwd_ints = ("n_rows", "n_cols", "dx_row_stride", "dy_row_stride", "x_row_stride", "ds_row_stride")
+    means_ptrs = ("c1_ptr", "c2_ptr", "dy_ptr", "x_ptr", "w_ptr", "mean_ptr", "rstd_ptr")
+    fwd_flags = _flag_sets("HAS_RES", "HAS_W", "HAS_B")
+    bwd_flags = _flag_sets("HAS_W", "COMPUTE_DW", "COMPUTE_DB", "HAS_DS",
+                           valid=lambda f: f["HAS_W"] or not f["COMPUTE_DW"])
+    reduce_flags = _flag_sets("COMPUTE_DW", "COMPUTE_DB", valid=lambda f: any(f.values()))
+    # (kernel, flag sets, launch config) for every hidden size 1, 2, 4, ..., MAX_HIDDEN.
+    shapes = {}
+    for n_cols in (2 ** k for k in range(MAX_HIDDEN.bit_length())):
+        cfg = forward_config(n_cols)
+        kernel = _ln_fwd_kernel if cfg["single_pass"] else _ln_fwd_long_kernel
+        meta = {"BLOCK_N": cfg["BLOCK_N"], **({"BLOCK_M": cfg["BLOCK_M"]} if cfg["single_pass"] else {})}
+        shapes.setdefault(kernel, []).append((meta, cfg["num_warps"]))
+        cfg = backward_config(n_cols)
+        meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+        shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
+        if not cfg["single_pass"]:
+            shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
+                                                                    cfg["means_warps"]))
+    block_p, block_n = REDUCE_BLOCK
+    shapes[_ln_bwd_reduce_kernel] = [({"BLOCK_P": block_p, "BLOCK_N": block_n}, 4)]
+    flags = {_ln_fwd_kernel: fwd_flags, _ln_fwd_long_kernel: fwd_flags, _ln_bwd_kernel: bwd_flags,
+             _ln_bwd_row_means_kernel: _flag_sets("HAS_W"), _ln_bwd_reduce_kernel: reduce_flags}
+    cases = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        sigs = {_ln_fwd_kernel: _sig(fwd_ptrs, dtype, ("n_rows", "n_cols") + fwd_ints, ("eps",)),
+                _ln_fwd_long_kernel: _sig(fwd_ptrs, dtype, ("n_cols",) + fwd_ints, ("eps",)),
+                _ln_bwd_kernel: _sig(bwd_ptrs, dtype, bwd_ints),
+                _ln_bwd_row_means_kernel: _sig(means_ptrs, dtype, ("n_cols", "dy_row_stride", "x_row_stride")),
+                _ln_bwd_reduce_kernel: _sig(("dw_ptr", "db_ptr", "pw_ptr", "pb_ptr"), dtype, ("n_parts", "n_cols"))}
+        for kernel, kernel_shapes in shapes.items():
+            unique = list({repr(s): s for s in kernel_shapes}.values())
+            every_flag = flags[kernel][-1]
+            cases += [(kernel, sigs[kernel], {**every_flag, **meta}, warps) for meta, warps in unique]
+            for path in {_code_path(meta) for meta, _ in unique}:
+                widest_meta, widest_warps = max((s for s in unique if _code_path(s[0]) == path),
+                                                 key=lambda s: s[0].get("BLOCK_M", 1) * s[0]["BLOCK_N"])
+                cases += [(kernel, sigs[kernel], {**f, **widest_meta}, widest_warps) for f in flags[kernel][:-1]]
+    return cases
+
+
+# -----------------------------------------------------------------------------------------
+# Registration: opaque custom ops with fake impls and autograd on top. The forward ops also
+# return the fp32 mean and rstd (saved for backward, marked non-differentiable); the public
+# functions below return only y, or (y, s).
+# -----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("gptk::layer_norm_triton", mutates_args=())
+def layer_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, _, mean, rstd = forward(x, None, weight, bias, eps)
+    return y, mean, rstd
+
+
+@layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    return _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x)
+
+
+@torch.library.custom_op("gptk::add_layer_norm_triton", mutates_args=())
+def add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor], eps: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return forward(x, residual, weight, bias, eps)
+
+
+@add_layer_norm_op.register_fake
+def _(x, residual, weight, bias, eps):
+    return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x))
+
+
+@torch.library.custom_op("gptk::layer_norm_triton_backward", mutates_args=())
+def layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                           mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
+                           need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(dy, x, weight, mean, rstd, ds, need_dw, need_db)
+
+
+@layer_norm_backward_op.register_fake
+def _(dy, x, weight, mean, rstd, ds, need_dw, need_db):
+    n_cols = x.shape[-1]
+    return (_launch.empty_rows_like(x)[0], x.new_empty((n_cols,) if need_dw else (0,)),
+            x.new_empty((n_cols,) if need_db else (0,)))
+
+
+def _norm_grads(ctx, dy, ds, w_index):
+    """(dx, dw, db) of the saved norm input; dx includes ds. None where not needed."""
+    normed, weight, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_dw = weight is not None and need[w_index]
+    need_db = ctx.has_bias and need[w_index + 1]
+    dx, dw, db = layer_norm_backward_op(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
+    return dx, (dw if need_dw else None), (db if need_db else None)
+
+
+def _setup_context(ctx, inputs, output):
+    weight, bias = inputs[-3], inputs[-2]
+    mean, rstd = output[-2:]
+    ctx.mark_non_differentiable(mean, rstd)
+    # Unused outputs' gradients arrive as None: no zero tensors to read back.
+    ctx.set_materialize_grads(False)
+    ctx.has_bias = bias is not None
+    # layer_norm saves its input x; add_layer_norm saves s = x + residual (an output).
+    normed = output[1] if len(output) == 4 else inputs[0]
+    ctx.save_for_backward(normed, weight, mean, rstd)
+
+
+def _layer_norm_backward(ctx, dy, _dmean, _drstd):
+    if dy is None:
+        return None, None, None, None
+    dx, dw, db = _norm_grads(ctx, dy, None, 1)
+    return dx, dw, db, None
+
+
+def _add_layer_norm_backward(ctx, dy, ds, _dmean, _drstd):
+    if dy is None:  # only s was used: its gradient goes straight to x and residual
+        return ds, ds, None, None, None
+    dsum, dw, db = _norm_grads(ctx, dy, ds, 2)
+    return dsum, dsum, dw, db, None
+
+
+layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_setup_context)
+add_layer_norm_op.register_autograd(_add_layer_norm_backward, setup_context=_setup_context)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """The triton backend's layer norm (arguments already validated by kernels.layer_norm)."""
+    return layer_norm_op(x, weight, bias, float(eps))[0]
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    """(layer_norm(x + residual), x + residual) in one pass (arguments already validated)."""
+    y, s, _, _ = add_layer_norm_op(x, residual, weight, bias, float(eps))
+    return y, s
