@@ -165,6 +165,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_hf(cls, model_or_path, backend: str = "auto") -> "GPT":
+        """A GPT with the weights of a transformers GPT-2: a GPT2LMHeadModel, a local checkpoint
+        folder, or a hub name (needs network). See gpt/hf.py."""
+        from .hf import from_hf
+        return from_hf(model_or_path, backend=backend)
+
     @property
     def backend(self):
         return self.config.backend
