@@ -59,6 +59,7 @@ def from_hf(model_or_path, backend: str = "auto") -> GPT:
         path = Path(model_or_path).expanduser()
         if path.is_dir():
             config = _read_config(path)
+            _our_config(config, backend)  # a config we cannot represent fails before the weights load
             state = _read_weights(path)
             device, dtype = torch.device("cpu"), torch.float32
         elif _looks_like_path(str(model_or_path)):
