@@ -18,11 +18,12 @@ def _common(p):
                    help="kernel backend for every layer (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="compute dtype (autocast for training)")
+                   help="compute dtype; training supports float32 only for now")
     p.add_argument("--seed", type=int, default=1337, help="seed for init, data order and sampling")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for PyTorch (default 0: the cores other processes leave idle, at least 1)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--prompt", default="The ", help="text the sample continues")
 
@@ -55,7 +56,8 @@ def build_parser():
     _common(t)
     s = sub.add_parser("sample", help="sample from a checkpoint",
                        description="Sample from our checkpoint (ckpt.pt or its folder) or a local GPT-2 folder.")
-    s.add_argument("--checkpoint", default="out/gpt", help="ckpt.pt, its folder, or a transformers GPT-2 folder (default: %(default)s)")
+    s.add_argument("--checkpoint", default="out/gpt",
+                   help="ckpt.pt, its folder, or a transformers GPT-2 folder (default: %(default)s)")
     s.add_argument("--max-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
     _common(s)
     e = sub.add_parser("export", help="write a checkpoint as a transformers GPT-2 folder",

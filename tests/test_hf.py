@@ -262,6 +262,29 @@ def test_patched_model_trains_with_matching_grads(backend):
     assert loss.item() < 0.7 * first
 
 
+@pytest.mark.parametrize("mode", ["autocast", "bf16 weights"])
+def test_patched_model_in_bfloat16(mode):
+    """Under autocast (our ops sit below it, so the patch casts like autocast would) and with bf16
+    weights, the patched model's error vs fp32 stays within 2x transformers' own bf16 error."""
+    from helpers import assert_within_torch_error
+    model, idx = random_hf(), tokens()
+    with torch.no_grad():
+        ref32 = model(idx).logits
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        if mode == "bf16 weights":
+            model, ctx = model.to(torch.bfloat16), torch.autocast("cpu", enabled=False)
+        with ctx:
+            theirs = model(idx).logits
+            gpt.patch_hf_gpt2(model, backend="torch")
+            ours = model(idx).logits
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert_within_torch_error(ours, theirs, ref32, factor=2, slack=1e-2, what=mode)
+    model.train()
+    with ctx:
+        model(idx, labels=idx).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_unpatch_restores_the_model_exactly(hf_model):
     model = random_hf()
     idx = tokens()
@@ -456,6 +479,8 @@ def test_ctrl_c_then_resume_continues_exactly(tmp_path):
     (["train", "--text", "/nonexistent.txt"], "text file not found"),
     (["train", "--resume", "--out-dir", "/nonexistent"], "no checkpoint"),
     (["train", "--tokenizer", "/nonexistent"], "tokenizer folder not found"),
+    (["train", "--dtype", "bfloat16"], "not supported yet"),
+    (["sample", "--max-tokens", "-1"], "--max-tokens"),
 ])
 def test_cli_errors_are_one_line(args, match):
     proc = run_gpt(*args, "--threads", "1")
