@@ -154,7 +154,7 @@ def train(args) -> dict:
     bar.close()
     if history["val"]:
         print(f"done: {len(history['train'])} iters in {time.perf_counter() - t0:.0f} s, "
-              f"val loss {history['val'][-1][1]:.4f}", file=sys.stderr)
+              f"held-out loss {history['val'][-1][1]:.4f}", file=sys.stderr)
     if args.sample_tokens > 0:
         print(f"\n--- sample (temperature {args.temperature}) ---", file=sys.stderr)
         generate_text(model, tokenizer, args.prompt, args.sample_tokens, args.temperature, args.top_k,
