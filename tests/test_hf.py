@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -57,6 +56,11 @@ def tokens(b=3, t=21, seed=1):
 
 def gen_hf(model, prompt, n, **kw):
     return model.generate(prompt, max_new_tokens=n, do_sample=False, attention_mask=torch.ones_like(prompt), **kw)
+
+
+def new_tokens(backend, n):
+    """Fewer decode steps off the torch backend: under the Triton interpreter each step is slow."""
+    return n if backend == "torch" or torch.cuda.is_available() else min(n, 12)
 
 
 @pytest.fixture
@@ -119,9 +123,10 @@ def test_from_hf_accepts_the_base_model_and_keeps_dtype():
 def test_greedy_generation_matches_transformers(hf_model, backend):
     ours = gpt.from_hf(hf_model, backend=backend)
     prompt = tokens(3, 7, seed=2)
-    expected = gen_hf(hf_model, prompt, CTX - 7)  # up to the full context
-    assert torch.equal(ours.generate(prompt, CTX - 7, temperature=0), expected)
-    assert torch.equal(ours.generate(prompt, CTX - 7, temperature=0, use_cache=False), expected)
+    n = new_tokens(backend, CTX - 7)  # up to the full context
+    expected = gen_hf(hf_model, prompt, n)
+    assert torch.equal(ours.generate(prompt, n, temperature=0), expected)
+    assert torch.equal(ours.generate(prompt, n, temperature=0, use_cache=False), expected)
 
 
 # ----------------------------------------------------------------------------- save_hf / folders
@@ -233,12 +238,13 @@ def test_patched_logits_match_and_run_our_kernels(backend, calls):
 def test_patched_generate_uses_the_kv_cache_and_matches(backend, calls):
     model = random_hf()
     prompt = tokens(2, 6, seed=4)
-    expected = gen_hf(model, prompt, 30)
+    steps = new_tokens(backend, 30)
+    expected = gen_hf(model, prompt, steps)
     gpt.patch_hf_gpt2(model, backend=backend)
-    assert torch.equal(gen_hf(model, prompt, 30), expected)
+    assert torch.equal(gen_hf(model, prompt, steps), expected)
     n = model.config.n_layer
-    assert calls["tq"] == [6] * n + [1] * (29 * n)  # prefill, then one query per step against the cache
-    assert torch.equal(gen_hf(model, prompt, 30, use_cache=False), expected)
+    assert calls["tq"] == [6] * n + [1] * ((steps - 1) * n)  # prefill, then one query per step on the cache
+    assert torch.equal(gen_hf(model, prompt, steps, use_cache=False), expected)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -504,3 +510,27 @@ def test_help_at_every_level():
     for args in ([], ["train"], ["sample"], ["export"]):
         proc = run_gpt(*args, "--help")
         assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m gpt"), proc.stderr
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+GPU_BACKENDS = ([b for b in kernels.available_backends("cuda") if not kernels.missing_ops(b, gpt.MODEL_OPS)]
+                if torch.cuda.is_available() else [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["auto"])
+def test_gpu_parity_and_generation(backend):
+    """fp32 on the GPU: from_hf and the patched model against transformers, logits and greedy tokens."""
+    model = random_hf().cuda()
+    idx, prompt = tokens().cuda(), tokens(3, 7, seed=2).cuda()
+    with torch.no_grad():
+        ref = model(idx).logits
+        expected = gen_hf(model, prompt, 25)
+        ours = gpt.from_hf(model, backend=backend)
+        assert ours.lm_head.weight.is_cuda
+        torch.testing.assert_close(ours(idx)[0], ref, atol=ATOL, rtol=0)
+        assert torch.equal(ours.generate(prompt, 25, temperature=0), expected)
+        gpt.patch_hf_gpt2(model, backend=backend)
+        torch.testing.assert_close(model(idx).logits, ref, atol=ATOL, rtol=0)
+        assert torch.equal(gen_hf(model, prompt, 25), expected)
