@@ -19,8 +19,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40",
-                 "safetensors", "ninja", "pybind11"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=5.0,<6",
+                 "safetensors", "tokenizers", "ninja", "pybind11"],
+        # GPT-2 interop (gpt.from_hf / save_hf / patch_hf_gpt2, --tokenizer): tested on 5.0, 5.17, 5.24
+        "hf": ["transformers>=5.0,<6", "safetensors"],
         "bench": ["rich", "tqdm", "matplotlib", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["gptk-bench=benchmarks.__main__:main"]},

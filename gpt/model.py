@@ -165,6 +165,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_hf(cls, model_or_path, backend: str = "auto") -> "GPT":
+        """A GPT with the weights of a transformers GPT-2: a GPT2LMHeadModel, a local checkpoint
+        folder, or a hub name (needs network). See gpt/hf.py."""
+        from .hf import from_hf
+        return from_hf(model_or_path, backend=backend)
+
     @property
     def backend(self):
         return self.config.backend
@@ -197,7 +204,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
