@@ -47,9 +47,12 @@ def sources(with_cuda: bool) -> list[str]:
     return files
 
 
-def _all_inputs() -> list[str]:
+def _all_inputs(with_cuda: bool) -> list[str]:
+    """Every file a build of this variant reads (sources and headers)."""
     pattern = ("*.cpp", "*.cu", "*.h", "*.cuh")
-    return sorted(f for p in pattern for f in glob.glob(os.path.join(CSRC, "**", p), recursive=True))
+    files = sorted(f for p in pattern for f in glob.glob(os.path.join(CSRC, "**", p), recursive=True))
+    cuda_dir = os.path.join(CSRC, "cuda") + os.sep
+    return files if with_cuda else [f for f in files if not f.startswith(cuda_dir)]
 
 
 def cuda_home() -> str | None:
@@ -150,7 +153,7 @@ def flags(with_cuda: bool) -> dict:
 
 def source_hash(with_cuda: bool) -> str:
     h = hashlib.sha256()
-    for path in _all_inputs():
+    for path in _all_inputs(with_cuda):
         h.update(os.path.relpath(path, CSRC).encode())
         with open(path, "rb") as f:
             h.update(f.read())
@@ -179,6 +182,9 @@ def jit_build(with_cuda: bool, verbose: bool = False) -> str:
     checkout and variant, so ninja recompiles only the sources (or headers) that changed.
     """
     from torch.utils import cpp_extension
+    if not os.path.isdir(CSRC):
+        raise BuildError(f"the C++/CUDA sources ({CSRC}) are not part of this installation; "
+                         f"install from a checkout with `pip install -e .`")
     if with_cuda:
         _prepare_cuda_env()
     variant = "cuda" if with_cuda else "cpu"
@@ -213,7 +219,10 @@ def prebuilt_library(with_cuda: bool) -> str | None:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    if meta.get("with_cuda") != with_cuda or meta.get("hash") != source_hash(with_cuda):
+    if meta.get("with_cuda") != with_cuda:
+        return None
+    # From a checkout the library must match the sources; an installed copy has none to check.
+    if os.path.isdir(CSRC) and meta.get("hash") != source_hash(with_cuda):
         return None
     path = os.path.join(ROOT, "kernels", meta.get("file", ""))
     return path if os.path.isfile(path) else None
