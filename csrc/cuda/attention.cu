@@ -158,9 +158,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tig = lane & 3;  // mma fragment coordinates
-  const int64_t bh = blockIdx.y;
+  const int64_t bh = blockIdx.x;  // x: batch * heads may exceed gridDim.y's 65535
   const int64_t b = bh / a.heads, h = bh % a.heads;
-  const int64_t m_block = static_cast<int64_t>(blockIdx.x) * kBlockM;
+  const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
   const int64_t r_lo = m_block + warp * 16 + g, r_hi = r_lo + 8;
   const int64_t offset = a.tk - a.tq;  // causal: query i sees keys <= i + offset
 
@@ -440,8 +440,8 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
     constexpr int D = decltype(dim)::value;
     if constexpr (!std::is_same_v<T, float>) {
       if (tensor_cores) {
-        const dim3 grid(static_cast<unsigned int>((a.tq + kBlockM - 1) / kBlockM),
-                        static_cast<unsigned int>(a.batch * a.heads));
+        const dim3 grid(static_cast<unsigned int>(a.batch * a.heads),
+                        static_cast<unsigned int>((a.tq + kBlockM - 1) / kBlockM));
         attn_fwd_mma<T, D><<<grid, kWarps * 32, 0, st>>>(a);
         return;
       }
@@ -457,7 +457,7 @@ void backward_typed(const AttentionBackwardArgs& a, cudaStream_t st) {
     constexpr int D = decltype(dim)::value;
     attn_bwd_delta<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
     attn_bwd_dq<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
-    attn_bwd_dkdv<T, D><<<warp_blocks(f.batch * f.heads * f.tk), kWarps * 32, 0, st>>>(a);
+    if (f.tk > 0) attn_bwd_dkdv<T, D><<<warp_blocks(f.batch * f.heads * f.tk), kWarps * 32, 0, st>>>(a);
   });
 }
 
