@@ -12,6 +12,7 @@ on first use (see kernels/cuda/_build.py).
 import importlib.util
 import json
 import os
+import shutil
 
 from setuptools import find_packages, setup
 
@@ -61,6 +62,17 @@ def _extension():
             with open(meta, "w") as fh:
                 json.dump({"hash": b.source_hash(with_cuda), "with_cuda": with_cuda,
                            "file": os.path.basename(target)}, fh)
+
+        def run(self):
+            # In-place and editable builds copy the library into the source tree after
+            # building it; its metadata goes with it (the loader reads it there).
+            inplace = self.inplace or getattr(self, "editable_mode", False)
+            if inplace and os.path.exists(b.PREBUILT_META):
+                os.remove(b.PREBUILT_META)
+            super().run()
+            built = os.path.join(self.build_lib, "kernels", "_C_build.json")
+            if inplace and os.path.exists(built):
+                shutil.copyfile(built, b.PREBUILT_META)
 
     return [ext], {"build_ext": BuildOrDefer.with_options(use_ninja=True)}
 
