@@ -111,6 +111,15 @@ def test_gelu_linear_cublaslt_vs_fp64(shape, approximate, dtype):
         assert_within_torch_error(a.grad, t.grad, r.grad, 3, what=name)
 
 
+def test_attention_misaligned_views_are_copied_not_misread():
+    _ready()
+    flat = torch.randn(2 * 3 * 20 * 64 + 1, device="cuda", dtype=torch.float16)
+    q = flat[1:].view(2, 3, 20, 64)  # contiguous, but 2 bytes off 16-byte alignment
+    out = kernels.attention(q, q, q, causal=True, backend="cuda")
+    ref = reference.attention_explicit(q.double(), q.double(), q.double(), causal=True)
+    assert (out.double() - ref).abs().max().item() < 1e-2
+
+
 def test_cuda_backend_is_deterministic_on_gpu():
     _ready()
     x = torch.randn(4096, 768, device="cuda", requires_grad=True)

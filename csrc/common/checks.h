@@ -7,6 +7,9 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
+
+#include "rows.h"
 
 namespace gptk {
 
@@ -110,6 +113,85 @@ inline void check_gelu_linear(const at::Tensor& x, const at::Tensor& weight, con
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must have shape (",
                 weight.size(0), ",) (out_features), got ", bias->sizes());
   }
+}
+
+// ---- Whole-op argument checks, shared by the CPU and CUDA entry points ----
+
+inline int64_t check_softmax(const at::Tensor& x, double temperature, int64_t dim, const char* op) {
+  check_float(x, op, "x");
+  check_positive_finite(temperature, op, "temperature");
+  return check_dim(dim, x.dim(), op);
+}
+
+inline int64_t check_softmax_backward(const at::Tensor& dy, const at::Tensor& y, double temperature, int64_t dim,
+                                      const char* op) {
+  check_float(y, op, "y");
+  check_like(dy, y, op, "dy", "y");
+  check_same_shape(dy, y, op, "dy", "y");
+  check_positive_finite(temperature, op, "temperature");
+  return check_dim(dim, y.dim(), op);
+}
+
+// residual: null for layer_norm.
+inline void check_norm_forward(const at::Tensor& x, const at::Tensor* residual, const c10::optional<at::Tensor>& weight,
+                               const c10::optional<at::Tensor>& bias, double eps, const char* op) {
+  check_float(x, op, "x");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dim (the normalized one), got a 0-d tensor");
+  if (residual != nullptr) {
+    TORCH_CHECK(residual->defined(), op, ": residual must be a tensor");
+    check_like(*residual, x, op, "residual", "x");
+    check_same_shape(*residual, x, op, "residual", "x");
+  }
+  check_norm_param(weight, x, op, "weight");
+  check_norm_param(bias, x, op, "bias");
+  check_positive_finite(eps, op, "eps");
+}
+
+// x: the normalised input (`sum` for add_layer_norm); mean/rstd: the forward's statistics.
+inline void check_norm_backward(const at::Tensor& dy, const c10::optional<at::Tensor>& dsum, const at::Tensor& x,
+                                const c10::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                const at::Tensor& rstd, const char* op, const char* x_name) {
+  check_float(x, op, x_name);
+  TORCH_CHECK(x.dim() >= 1, op, ": ", x_name, " must have at least one dim");
+  check_like(dy, x, op, "dy", x_name);
+  check_same_shape(dy, x, op, "dy", x_name);
+  if (dsum.has_value() && dsum->defined()) {
+    check_like(*dsum, x, op, "dsum", x_name);
+    check_same_shape(*dsum, x, op, "dsum", x_name);
+  }
+  check_norm_param(weight, x, op, "weight");
+  int64_t rows = 1;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) rows *= x.size(i);
+  check_stats(mean, rows, x, op, "mean");
+  check_stats(rstd, rows, x, op, "rstd");
+}
+
+inline void check_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal,
+                                     const char* op) {
+  check_attention(q, k, v, causal, op);
+  check_like(dout, q, op, "dout", "q");
+  check_same_shape(dout, q, op, "dout", "q");
+  check_like(out, q, op, "out", "q");
+  check_same_shape(out, q, op, "out", "q");
+  check_last_dim_contiguous(dout, op, "dout");
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (the forward's output)");
+  check_stats(lse, q.size(0) * q.size(1) * q.size(2), q, op, "lse");
+}
+
+// Returns whether the tanh form is asked for.
+inline bool check_gelu_linear_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
+                                       const at::Tensor& pre, c10::string_view approximate, const char* op) {
+  check_gelu_linear(x, weight, c10::nullopt, op);
+  const bool tanh_form = gelu_tanh_form(approximate, op);
+  check_like(dout, x, op, "dout", "x");
+  check_like(pre, x, op, "pre", "x");
+  const std::vector<int64_t> shape = shape_with_last(x, weight.size(0));
+  TORCH_CHECK(dout.sizes() == at::IntArrayRef(shape), op, ": dout must have shape ", at::IntArrayRef(shape),
+              ", got ", dout.sizes());
+  TORCH_CHECK(pre.sizes() == at::IntArrayRef(shape), op, ": pre must have shape ", at::IntArrayRef(shape),
+              ", got ", pre.sizes());
+  return tanh_form;
 }
 
 }  // namespace gptk

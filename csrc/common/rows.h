@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 
 #include <utility>
+#include <vector>
 
 namespace gptk {
 
@@ -21,6 +22,13 @@ inline int64_t leading_rows(const at::Tensor& x) {
   int64_t rows = 1;
   for (int64_t i = 0; i + 1 < x.dim(); ++i) rows *= x.size(i);
   return rows;
+}
+
+// x's shape with the last dim replaced by n (a linear layer's output shape).
+inline std::vector<int64_t> shape_with_last(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
 }
 
 // A (..., n) tensor as (rows, n) with unit stride along n and rows at least n apart:

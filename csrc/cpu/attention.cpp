@@ -171,14 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(const at::
                                                                       const at::Tensor& out, const at::Tensor& lse,
                                                                       bool causal, double scale) {
   constexpr const char* op = "gptk::attention_cuda_backward";
-  check_attention(q, k, v, causal, op);
-  check_like(dout, q, op, "dout", "q");
-  check_same_shape(dout, q, op, "dout", "q");
-  check_like(out, q, op, "out", "q");
-  check_same_shape(out, q, op, "out", "q");
-  check_last_dim_contiguous(dout, op, "dout");
-  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (the forward's output)");
-  check_stats(lse, q.size(0) * q.size(1) * q.size(2), q, op, "lse");
+  check_attention_backward(dout, q, k, v, out, lse, causal, op);
   const int64_t batch = q.size(0), heads = q.size(1), tq = q.size(2), tk = k.size(2), d = q.size(3);
   at::Tensor dq = at::empty({batch, heads, tq, d}, q.options());
   at::Tensor dk = at::empty({batch, heads, tk, d}, q.options());

@@ -20,12 +20,6 @@
 namespace gptk {
 namespace {
 
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  return shape;
-}
-
 std::tuple<at::Tensor, at::Tensor> gelu_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                    const c10::optional<at::Tensor>& bias,
                                                    c10::string_view approximate) {
@@ -33,8 +27,8 @@ std::tuple<at::Tensor, at::Tensor> gelu_linear_cpu(const at::Tensor& x, const at
   check_gelu_linear(x, weight, bias, op);
   const bool tanh_form = gelu_tanh_form(approximate, op);
   const int64_t n = weight.size(0), rows = leading_rows(x);
-  at::Tensor out = at::empty(out_shape(x, n), x.options());
-  at::Tensor pre = at::empty(out_shape(x, n), x.options());
+  at::Tensor out = at::empty(shape_with_last(x, n), x.options());
+  at::Tensor pre = at::empty(shape_with_last(x, n), x.options());
   if (out.numel() == 0) return {out, pre};
   const at::Tensor x2 = last_dim_rows(x, rows).to(at::kFloat);
   const at::Tensor acc = at::mm(x2, weight.to(at::kFloat).t());  // (rows, n) fp32
@@ -65,16 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_linear_backward_cpu(const at
                                                                         const at::Tensor& pre,
                                                                         c10::string_view approximate) {
   constexpr const char* op = "gptk::gelu_linear_cuda_backward";
-  check_gelu_linear(x, weight, c10::nullopt, op);
-  const bool tanh_form = gelu_tanh_form(approximate, op);
+  const bool tanh_form = check_gelu_linear_backward(dout, x, weight, pre, approximate, op);
   const int64_t n = weight.size(0), rows = leading_rows(x);
-  check_like(dout, x, op, "dout", "x");
-  check_like(pre, x, op, "pre", "x");
-  const std::vector<int64_t> shape = out_shape(x, n);
-  TORCH_CHECK(dout.sizes() == at::IntArrayRef(shape), op, ": dout must have shape ", at::IntArrayRef(shape),
-              ", got ", dout.sizes());
-  TORCH_CHECK(pre.sizes() == at::IntArrayRef(shape), op, ": pre must have shape ", at::IntArrayRef(shape),
-              ", got ", pre.sizes());
   at::Tensor db = at::empty({n}, x.options());
   at::Tensor dpre = at::empty({rows, n}, x.options().dtype(at::kFloat));
   if (rows == 0 || n == 0) {

@@ -121,16 +121,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Ten
                                                                    const c10::optional<at::Tensor>& weight,
                                                                    const c10::optional<at::Tensor>& bias,
                                                                    double eps, const char* op) {
-  check_float(x, op, "x");
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dim (the normalized one), got a 0-d tensor");
   const bool add = residual.has_value();
-  if (add) {
-    check_like(*residual, x, op, "residual", "x");
-    check_same_shape(*residual, x, op, "residual", "x");
-  }
-  check_norm_param(weight, x, op, "weight");
-  check_norm_param(bias, x, op, "bias");
-  check_positive_finite(eps, op, "eps");
+  check_norm_forward(x, add ? &*residual : nullptr, weight, bias, eps, op);
   const int64_t n = x.size(-1), rows = leading_rows(x);
   at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor sum = add ? at::empty(x.sizes(), x.options()) : at::Tensor();
@@ -162,19 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& dy, co
                                                         const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                                         const at::Tensor& mean, const at::Tensor& rstd,
                                                         const char* op, const char* x_name) {
-  check_float(x, op, x_name);
-  TORCH_CHECK(x.dim() >= 1, op, ": ", x_name, " must have at least one dim");
-  check_like(dy, x, op, "dy", x_name);
-  check_same_shape(dy, x, op, "dy", x_name);
+  check_norm_backward(dy, dsum, x, weight, mean, rstd, op, x_name);
   const bool has_dsum = dsum.has_value() && dsum->defined();
-  if (has_dsum) {
-    check_like(*dsum, x, op, "dsum", x_name);
-    check_same_shape(*dsum, x, op, "dsum", x_name);
-  }
-  check_norm_param(weight, x, op, "weight");
   const int64_t n = x.size(-1), rows = leading_rows(x);
-  check_stats(mean, rows, x, op, "mean");
-  check_stats(rstd, rows, x, op, "rstd");
   at::Tensor dx = at::empty(x.sizes(), x.options());
   at::Tensor dw = at::empty({n}, x.options());
   at::Tensor db = at::empty({n}, x.options());
@@ -207,7 +189,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_cpu(
     const at::Tensor& x, const at::Tensor& residual, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, double eps) {
-  TORCH_CHECK(residual.defined(), "gptk::add_layer_norm_cuda: residual must be a tensor");
   return forward(x, residual, weight, bias, eps, "gptk::add_layer_norm_cuda");
 }
 

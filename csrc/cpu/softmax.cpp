@@ -55,9 +55,7 @@ void softmax_backward_rows(const T* dy, int64_t dy_stride, const T* y, int64_t y
 
 at::Tensor softmax_cpu(const at::Tensor& x, double temperature, int64_t dim) {
   constexpr const char* op = "gptk::softmax_cuda";
-  check_float(x, op, "x");
-  check_positive_finite(temperature, op, "temperature");
-  dim = check_dim(dim, x.dim(), op);
+  dim = check_softmax(x, temperature, dim, op);
   auto [y, y_rows] = empty_rows_like(x, dim);
   if (x.numel() == 0) return y;
   const at::Tensor x_rows = as_rows(x, dim);
@@ -71,11 +69,7 @@ at::Tensor softmax_cpu(const at::Tensor& x, double temperature, int64_t dim) {
 
 at::Tensor softmax_backward_cpu(const at::Tensor& dy, const at::Tensor& y, double temperature, int64_t dim) {
   constexpr const char* op = "gptk::softmax_cuda_backward";
-  check_float(y, op, "y");
-  check_like(dy, y, op, "dy", "y");
-  check_same_shape(dy, y, op, "dy", "y");
-  check_positive_finite(temperature, op, "temperature");
-  dim = check_dim(dim, y.dim(), op);
+  dim = check_softmax_backward(dy, y, temperature, dim, op);
   auto [dx, dx_rows] = empty_rows_like(y, dim);
   if (y.numel() == 0) return dx;
   const at::Tensor y_rows = as_rows(y, dim);

@@ -50,9 +50,7 @@ c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t)
 // ---------------------------------------------------------------------------------------
 at::Tensor softmax_cuda(const at::Tensor& x, double temperature, int64_t dim) {
   constexpr const char* op = "gptk::softmax_cuda";
-  check_float(x, op, "x");
-  check_positive_finite(temperature, op, "temperature");
-  dim = check_dim(dim, x.dim(), op);
+  dim = check_softmax(x, temperature, dim, op);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [y, y_rows] = empty_rows_like(x, dim);
   if (x.numel() == 0) return y;
@@ -65,11 +63,7 @@ at::Tensor softmax_cuda(const at::Tensor& x, double temperature, int64_t dim) {
 
 at::Tensor softmax_backward_cuda(const at::Tensor& dy, const at::Tensor& y, double temperature, int64_t dim) {
   constexpr const char* op = "gptk::softmax_cuda_backward";
-  check_float(y, op, "y");
-  check_like(dy, y, op, "dy", "y");
-  check_same_shape(dy, y, op, "dy", "y");
-  check_positive_finite(temperature, op, "temperature");
-  dim = check_dim(dim, y.dim(), op);
+  dim = check_softmax_backward(dy, y, temperature, dim, op);
   const c10::cuda::CUDAGuard guard(y.device());
   auto [dx, dx_rows] = empty_rows_like(y, dim);
   if (y.numel() == 0) return dx;
@@ -89,16 +83,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_forward(const at
                                                                         const c10::optional<at::Tensor>& weight,
                                                                         const c10::optional<at::Tensor>& bias,
                                                                         double eps, const char* op) {
-  check_float(x, op, "x");
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dim (the normalized one), got a 0-d tensor");
   const bool add = residual.has_value();
-  if (add) {
-    check_like(*residual, x, op, "residual", "x");
-    check_same_shape(*residual, x, op, "residual", "x");
-  }
-  check_norm_param(weight, x, op, "weight");
-  check_norm_param(bias, x, op, "bias");
-  check_positive_finite(eps, op, "eps");
+  check_norm_forward(x, add ? &*residual : nullptr, weight, bias, eps, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1), rows = leading_rows(x);
   at::Tensor y = at::empty(x.sizes(), x.options());
@@ -122,19 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_backward(const at::Tensor& d
                                                              const c10::optional<at::Tensor>& weight,
                                                              const at::Tensor& mean, const at::Tensor& rstd,
                                                              const char* op, const char* x_name) {
-  check_float(x, op, x_name);
-  TORCH_CHECK(x.dim() >= 1, op, ": ", x_name, " must have at least one dim");
-  check_like(dy, x, op, "dy", x_name);
-  check_same_shape(dy, x, op, "dy", x_name);
+  check_norm_backward(dy, dsum, x, weight, mean, rstd, op, x_name);
   const bool has_dsum = dsum.has_value() && dsum->defined();
-  if (has_dsum) {
-    check_like(*dsum, x, op, "dsum", x_name);
-    check_same_shape(*dsum, x, op, "dsum", x_name);
-  }
-  check_norm_param(weight, x, op, "weight");
   const int64_t n = x.size(-1), rows = leading_rows(x);
-  check_stats(mean, rows, x, op, "mean");
-  check_stats(rstd, rows, x, op, "rstd");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = at::empty(x.sizes(), x.options());
   at::Tensor dw = at::empty({n}, x.options());
@@ -176,7 +152,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cuda(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_cuda(
     const at::Tensor& x, const at::Tensor& residual, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, double eps) {
-  TORCH_CHECK(residual.defined(), "gptk::add_layer_norm_cuda: residual must be a tensor");
   return norm_forward(x, residual, weight, bias, eps, "gptk::add_layer_norm_cuda");
 }
 
@@ -202,8 +177,9 @@ bool rows_aligned16(const at::Tensor& t) {
          t.stride(1) % vec == 0 && t.stride(2) % vec == 0;
 }
 
-// The kernels read 16-byte packs along D: copy the rare tensor whose rows are not aligned.
-at::Tensor aligned(const at::Tensor& t) { return rows_aligned16(t) ? t : t.contiguous(); }
+// The kernels read 16-byte packs along D: copy the rare tensor whose rows are not aligned
+// (clone, not contiguous(): a contiguous view at an odd offset would come back as is).
+at::Tensor aligned(const at::Tensor& t) { return rows_aligned16(t) ? t : t.clone(at::MemoryFormat::Contiguous); }
 
 void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
   for (int i = 0; i < 3; ++i) dst[i] = t.stride(i);
@@ -251,14 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(const at:
                                                                        const at::Tensor& lse, bool causal,
                                                                        double scale) {
   constexpr const char* op = "gptk::attention_cuda_backward";
-  check_attention(q_in, k_in, v_in, causal, op);
-  check_like(dout_in, q_in, op, "dout", "q");
-  check_same_shape(dout_in, q_in, op, "dout", "q");
-  check_like(out, q_in, op, "out", "q");
-  check_same_shape(out, q_in, op, "out", "q");
-  check_last_dim_contiguous(dout_in, op, "dout");
-  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (the forward's output)");
-  check_stats(lse, q_in.size(0) * q_in.size(1) * q_in.size(2), q_in, op, "lse");
+  check_attention_backward(dout_in, q_in, k_in, v_in, out, lse, causal, op);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t batch = q_in.size(0), heads = q_in.size(1), tq = q_in.size(2), tk = k_in.size(2), d = q_in.size(3);
   at::Tensor dq = at::empty({batch, heads, tq, d}, q_in.options());
@@ -367,12 +336,6 @@ bool lt_linear(const at::Tensor& x2, const at::Tensor& w, const at::Tensor* bias
                                    workspace.data_ptr(), ws, stream()));
 }
 
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  return shape;
-}
-
 std::tuple<at::Tensor, at::Tensor> gelu_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                     const c10::optional<at::Tensor>& bias,
                                                     c10::string_view approximate) {
@@ -381,8 +344,8 @@ std::tuple<at::Tensor, at::Tensor> gelu_linear_cuda(const at::Tensor& x, const a
   const bool tanh_form = gelu_tanh_form(approximate, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = weight.size(0), rows = leading_rows(x);
-  at::Tensor out = at::empty(out_shape(x, n), x.options());
-  at::Tensor pre = at::empty(out_shape(x, n), x.options());
+  at::Tensor out = at::empty(shape_with_last(x, n), x.options());
+  at::Tensor pre = at::empty(shape_with_last(x, n), x.options());
   if (out.numel() == 0) return {out, pre};
   const at::Tensor x2 = x.reshape({rows, x.size(-1)}).contiguous();
   const at::Tensor w = weight.contiguous();
@@ -415,16 +378,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_linear_backward_cuda(const a
                                                                          const at::Tensor& pre,
                                                                          c10::string_view approximate) {
   constexpr const char* op = "gptk::gelu_linear_cuda_backward";
-  check_gelu_linear(x, weight, c10::nullopt, op);
-  const bool tanh_form = gelu_tanh_form(approximate, op);
-  check_like(dout, x, op, "dout", "x");
-  check_like(pre, x, op, "pre", "x");
+  const bool tanh_form = check_gelu_linear_backward(dout, x, weight, pre, approximate, op);
   const int64_t n = weight.size(0), rows = leading_rows(x);
-  const std::vector<int64_t> shape = out_shape(x, n);
-  TORCH_CHECK(dout.sizes() == at::IntArrayRef(shape), op, ": dout must have shape ", at::IntArrayRef(shape),
-              ", got ", dout.sizes());
-  TORCH_CHECK(pre.sizes() == at::IntArrayRef(shape), op, ": pre must have shape ", at::IntArrayRef(shape),
-              ", got ", pre.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor db = at::empty({n}, x.options());
   at::Tensor dpre = at::empty({rows, n}, x.options());
