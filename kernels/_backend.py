@@ -42,6 +42,37 @@ def _triton_add_layer_norm():
     return module.add_layer_norm
 
 
+def _cuda_module():
+    from . import cuda as module
+    return module
+
+
+# The cuda backend: one C++ library (csrc/) implements every op.
+def _cuda_softmax():
+    from .cuda import softmax
+    return softmax
+
+
+def _cuda_layer_norm():
+    from .cuda import layer_norm
+    return layer_norm
+
+
+def _cuda_add_layer_norm():
+    from .cuda import add_layer_norm
+    return add_layer_norm
+
+
+def _cuda_attention():
+    from .cuda import attention
+    return attention
+
+
+def _cuda_gelu_linear():
+    from .cuda import gelu_linear
+    return gelu_linear
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
@@ -50,7 +81,13 @@ _LOADERS = {
         "layer_norm": _triton_layer_norm,
         "add_layer_norm": _triton_add_layer_norm,
     },
-    "cuda": {},
+    "cuda": {
+        "softmax": _cuda_softmax,
+        "layer_norm": _cuda_layer_norm,
+        "add_layer_norm": _cuda_add_layer_norm,
+        "attention": _cuda_attention,
+        "gelu_linear": _cuda_gelu_linear,
+    },
 }
 _IMPLS: dict = {}
 
@@ -77,10 +114,7 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
 def _cuda_unavailable_reason(device: torch.device) -> str | None:
     if device.type not in ("cpu", "cuda"):
         return f"the cuda backend does not support device type {device.type!r}"
-    if not _LOADERS["cuda"]:
-        return "the C++/CUDA backend is not part of this build yet"
-    from . import cuda as ext
-    return ext.unavailable_reason(device)
+    return _cuda_module().unavailable_reason(device)
 
 
 def unavailable_reason(backend: str, device: torch.device) -> str | None:

@@ -1,0 +1,40 @@
+// Every op of the C++/CUDA backend, declared once; cpu/*.cpp and cuda/*.cpp register
+// the implementations per dispatch key, kernels/cuda/ registers fake (meta) kernels and
+// autograd from Python (torchvision's layout).
+//
+// A FRAGMENT, not a TORCH_LIBRARY: the Triton backend's torch.library.custom_op ops live
+// in the same `gptk` namespace and a namespace admits only one defining library. The
+// `_cuda` infix keeps our names apart from theirs (`gptk::softmax_triton`).
+//
+// Forward ops return what their backward needs (statistics, pre-activations) as extra
+// outputs; the Python wrappers hand users only the first.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(gptk, m) {
+  m.def("softmax_cuda(Tensor x, float temperature, int dim) -> Tensor");
+  m.def("softmax_cuda_backward(Tensor dy, Tensor y, float temperature, int dim) -> Tensor");
+
+  // -> (y, mean, rstd); mean and rstd are float32, one per row of x viewed as (rows, N).
+  m.def("layer_norm_cuda(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  // -> (dx, dweight, dbias); dweight/dbias are always computed (shape (N,), x's dtype).
+  m.def("layer_norm_cuda_backward(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd)"
+        " -> (Tensor, Tensor, Tensor)");
+  // -> (y, x + residual, mean, rstd)
+  m.def("add_layer_norm_cuda(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  // dsum: the gradient reaching the x + residual output (None when it was unused).
+  m.def("add_layer_norm_cuda_backward(Tensor dy, Tensor? dsum, Tensor sum, Tensor? weight, Tensor mean,"
+        " Tensor rstd) -> (Tensor, Tensor, Tensor)");
+
+  // -> (out, lse); lse is float32 (B, H, Tq): log2 of each query row's softmax denominator
+  // with scores in the log2 domain (csrc/common/math.h).
+  m.def("attention_cuda(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def("attention_cuda_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " bool causal, float scale) -> (Tensor, Tensor, Tensor)");
+
+  // -> (out, pre); pre = x @ weight.T + bias in x's dtype, saved for the backward.
+  m.def("gelu_linear_cuda(Tensor x, Tensor weight, Tensor? bias, str approximate) -> (Tensor, Tensor)");
+  // -> (dx, dweight, dbias); dbias is computed even when the forward had no bias.
+  m.def("gelu_linear_cuda_backward(Tensor dout, Tensor x, Tensor weight, Tensor pre, str approximate)"
+        " -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,245 @@
+"""The "cuda" backend: the C++/CUDA extension built from csrc/.
+
+csrc/ops.cpp declares the ops (`gptk::<op>_cuda` and `gptk::<op>_cuda_backward`),
+csrc/cpu/ and csrc/cuda/ implement them per device. This module loads the library
+(prebuilt by setup.py, else JIT-built with ninja and cached per source hash; see
+_build.py), registers each op's fake (meta) kernel and autograd formula, and exposes
+one function per op with the functional API's signature (arguments already validated
+by kernels._checks; the C++ entry points check them again).
+
+Nothing is built at import: the first `unavailable_reason` or op call does it. A build
+failure is remembered and reported, and the other backends keep working.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _build
+
+_STATE = {"loaded": False, "error": None, "with_cuda": False, "why_no_cuda": None, "path": None}
+
+
+def _load() -> None:
+    if _STATE["loaded"] or _STATE["error"] is not None:
+        return
+    try:
+        path, with_cuda, why_not = _build.load()
+    except _build.BuildError as e:
+        _STATE["error"] = str(e)
+        return
+    except OSError as e:  # a library that built but cannot be loaded (missing symbol...)
+        _STATE["error"] = f"the built library failed to load: {e}"
+        return
+    _register()
+    _STATE.update(loaded=True, with_cuda=with_cuda, why_no_cuda=why_not, path=path)
+
+
+def unavailable_reason(device) -> str | None:
+    """None when the cuda backend runs on `device`; otherwise why not (builds on first call)."""
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        return f"the cuda backend does not support device type {device.type!r}"
+    _load()
+    if _STATE["error"] is not None:
+        return f"the C++/CUDA extension failed to build: {_STATE['error']}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        if not _STATE["with_cuda"]:
+            return f"the extension was built without its CUDA kernels: {_STATE['why_no_cuda']}"
+    return None
+
+
+def _require() -> None:
+    if not _STATE["loaded"]:
+        _load()
+        if not _STATE["loaded"]:
+            raise RuntimeError(f"the C++/CUDA extension failed to build: {_STATE['error']}")
+
+
+def library_info() -> dict:
+    """Where the loaded library came from and whether it has the CUDA kernels."""
+    _load()
+    return {k: _STATE[k] for k in ("loaded", "error", "with_cuda", "why_no_cuda", "path")}
+
+
+# -----------------------------------------------------------------------------------------
+# The ops as the functional API calls them.
+# -----------------------------------------------------------------------------------------
+
+def softmax(x, temperature=1.0, dim=-1):
+    _require()
+    return torch.ops.gptk.softmax_cuda(x, float(temperature), int(dim))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    _require()
+    return torch.ops.gptk.layer_norm_cuda(x, weight, bias, float(eps))[0]
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    _require()
+    y, total, _, _ = torch.ops.gptk.add_layer_norm_cuda(x, residual, weight, bias, float(eps))
+    return y, total
+
+
+def _last_dim_contiguous(t):
+    # The kernels take any batch/head/token strides (the model's (B, T, H, D) -> (B, H, T, D)
+    # transposes stay views) but need unit stride along D: copy only then.
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def attention(q, k, v, causal=True, scale=None):
+    _require()
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    return torch.ops.gptk.attention_cuda(q, k, v, bool(causal), float(scale))[0]
+
+
+def gelu_linear(x, weight, bias=None, approximate="tanh"):
+    _require()
+    return torch.ops.gptk.gelu_linear_cuda(x, weight, bias, approximate)[0]
+
+
+# -----------------------------------------------------------------------------------------
+# Fake kernels (shapes and strides exactly as the C++ allocates them) and autograd.
+# -----------------------------------------------------------------------------------------
+
+def _rows(x) -> int:
+    return math.prod(x.shape[:-1])
+
+
+def _empty_rows_like(t, dim):
+    # csrc/common/rows.h empty_rows_like: `dim` innermost and contiguous.
+    if t.dim() == 0:
+        return t.new_empty(())
+    return t.new_empty(t.movedim(dim, -1).shape).movedim(-1, dim)
+
+
+def _fake_softmax(x, temperature, dim):
+    return _empty_rows_like(x, dim)
+
+
+def _fake_softmax_backward(dy, y, temperature, dim):
+    return _empty_rows_like(y, dim)
+
+
+def _fake_layer_norm(x, weight, bias, eps):
+    stats = x.new_empty((_rows(x),), dtype=torch.float32)
+    return x.new_empty(x.shape), stats, stats.clone()
+
+
+def _fake_norm_backward(x, weight):
+    n = x.shape[-1]
+    return x.new_empty(x.shape), x.new_empty((n,)), x.new_empty((n,))
+
+
+def _fake_layer_norm_backward(dy, x, weight, mean, rstd):
+    return _fake_norm_backward(x, weight)
+
+
+def _fake_add_layer_norm(x, residual, weight, bias, eps):
+    stats = x.new_empty((_rows(x),), dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(x.shape), stats, stats.clone()
+
+
+def _fake_add_layer_norm_backward(dy, dsum, total, weight, mean, rstd):
+    return _fake_norm_backward(total, weight)
+
+
+def _fake_attention(q, k, v, causal, scale):
+    b, h, tq, d = q.shape
+    return q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32)
+
+
+def _fake_attention_backward(dout, q, k, v, out, lse, causal, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fake_gelu_linear(x, weight, bias, approximate):
+    shape = (*x.shape[:-1], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+def _fake_gelu_linear_backward(dout, x, weight, pre, approximate):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],))
+
+
+def _softmax_setup(ctx, inputs, output):
+    _, ctx.temperature, ctx.dim = inputs
+    ctx.save_for_backward(output)
+
+
+def _softmax_grad(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return torch.ops.gptk.softmax_cuda_backward(dy, y, ctx.temperature, ctx.dim), None, None
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.save_for_backward(x, weight, output[1], output[2])
+
+
+def _layer_norm_grad(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.gptk.layer_norm_cuda_backward(dy, x, weight, mean, rstd)
+    return dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None
+
+
+def _add_layer_norm_setup(ctx, inputs, output):
+    _, _, weight, bias, _ = inputs
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.save_for_backward(output[1], weight, output[2], output[3])
+
+
+def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
+    total, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.gptk.add_layer_norm_cuda_backward(dy, dsum, total, weight, mean, rstd)
+    return dx, dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, ctx.causal, ctx.scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1])
+
+
+def _attention_grad(ctx, dout, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.gptk.attention_cuda_backward(_last_dim_contiguous(dout), q, k, v, out, lse,
+                                                        ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+def _gelu_linear_setup(ctx, inputs, output):
+    x, weight, bias, ctx.approximate = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _gelu_linear_grad(ctx, dout, _dpre):
+    x, weight, pre = ctx.saved_tensors
+    dx, dw, db = torch.ops.gptk.gelu_linear_cuda_backward(dout, x, weight, pre, ctx.approximate)
+    return dx, dw, db if ctx.has_bias else None, None
+
+
+_REGISTRATIONS = (
+    # (op, fake, backward fake, setup_context, backward)
+    ("softmax", _fake_softmax, _fake_softmax_backward, _softmax_setup, _softmax_grad),
+    ("layer_norm", _fake_layer_norm, _fake_layer_norm_backward, _layer_norm_setup, _layer_norm_grad),
+    ("add_layer_norm", _fake_add_layer_norm, _fake_add_layer_norm_backward, _add_layer_norm_setup,
+     _add_layer_norm_grad),
+    ("attention", _fake_attention, _fake_attention_backward, _attention_setup, _attention_grad),
+    ("gelu_linear", _fake_gelu_linear, _fake_gelu_linear_backward, _gelu_linear_setup, _gelu_linear_grad),
+)
+
+
+def _register() -> None:
+    for op, fake, fake_backward, setup, grad in _REGISTRATIONS:
+        name = f"gptk::{op}_cuda"
+        torch.library.register_fake(name)(fake)
+        torch.library.register_fake(f"{name}_backward")(fake_backward)
+        torch.library.register_autograd(name, grad, setup_context=setup)

@@ -1,0 +1,155 @@
+"""GPU-only checks of the CUDA kernels (skipped without a GPU, with the reason): parity
+with the C++ CPU implementation and fp64 across every launch configuration, and
+compute-sanitizer memcheck/racecheck over every op. tests/test_cuda_backend.py also runs
+its whole parity suite on the CUDA kernels when a GPU is present."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from helpers import DTYPES, HAS_CUDA, TOL, assert_within_torch_error
+from kernels import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the CUDA kernels cannot run here)")
+
+
+def _ready():
+    reason = kernels.unavailable_reason("cuda", "cuda")
+    if reason is not None:
+        pytest.fail(f"a GPU is present but the cuda backend cannot use it: {reason}")
+
+
+def _pair(*shape, dtype, scale=1.0):
+    x = (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+    return x.cuda().requires_grad_(), x.clone().requires_grad_()
+
+
+# Row lengths covering the warp-per-row, block-per-row and streamed kernels, aligned or not.
+ROW_LENGTHS = [1, 7, 33, 256, 257, 1000, 1024, 4096, 4097, 16384, 16385, 50257]
+
+
+def _close_to_cpu(gpu, cpu, dtype, what):
+    # Both implementations round once from fp32: they differ by at most two roundings.
+    tol = TOL[dtype]
+    torch.testing.assert_close(gpu.detach().cpu().double(), cpu.detach().double(), atol=2 * tol["atol"],
+                               rtol=2 * tol["rtol"], msg=what)
+
+
+ROW_OPS = {
+    "softmax": lambda x: kernels.softmax(x, 0.7, backend="cuda"),
+    "layer_norm": lambda x: kernels.layer_norm(x, None, None, backend="cuda"),
+    "add_layer_norm": lambda x: kernels.add_layer_norm(x, x * 0.5, None, None, backend="cuda")[0],
+}
+
+
+@pytest.mark.parametrize("op", sorted(ROW_OPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", ROW_LENGTHS)
+def test_row_kernels_match_cpu_every_config(n, dtype, op):
+    """Same op on the GPU kernels and on the C++ CPU implementation (checked against fp64
+    in test_cuda_backend.py), for every row length class, aligned and sliced rows."""
+    _ready()
+    fn = ROW_OPS[op]
+    for sliced in (False, True):  # a sliced row start breaks 16-byte alignment: scalar kernels
+        xg, xc = _pair(3, n + int(sliced), dtype=dtype, scale=3.0)
+        xg_, xc_ = (xg[:, 1:], xc[:, 1:]) if sliced else (xg, xc)
+        yg, yc = fn(xg_), fn(xc_)
+        _close_to_cpu(yg, yc, dtype, f"{op} forward n={n} sliced={sliced}")
+        g = torch.randn(*xg_.shape, dtype=dtype)
+        (gg,) = torch.autograd.grad(yg, xg, g.cuda())
+        (gc,) = torch.autograd.grad(yc, xc, g)
+        _close_to_cpu(gg, gc, dtype, f"{op} backward n={n} sliced={sliced}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(1, 37, 64, True), (17, 17, 16, True), (70, 70, 128, True), (200, 333, 64, True),
+                                  (33, 65, 32, False), (9, 4, 64, False), (1, 1, 128, True)], ids=str)
+def test_attention_kernels_vs_fp64(case, dtype):
+    """tq > 16 in fp16/bf16 runs the tensor-core kernel; fp32 and decode the CUDA-core one."""
+    _ready()
+    tq, tk, d, causal = case
+    q, k, v = (torch.randn(2, 3, t, d, dtype=torch.float64).to(dtype).cuda().requires_grad_() for t in (tq, tk, tk))
+    qt, kt, vt = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = kernels.attention(q, k, v, causal=causal, backend="cuda")
+    out_t = reference.attention(qt, kt, vt, causal=causal)
+    out64 = reference.attention_explicit(q64, k64, v64, causal=causal)
+    assert_within_torch_error(out, out_t, out64, 2, what="out")
+    g = torch.randn_like(out)
+    for o, gg in ((out, g), (out_t, g), (out64, g.double())):
+        o.backward(gg)
+    for name, a, t, r in (("dq", q, qt, q64), ("dk", k, kt, k64), ("dv", v, vt, v64)):
+        assert_within_torch_error(a.grad, t.grad, r.grad, 3, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("shape", [(5, 33, 47), (256, 768, 3072), (7, 64, 13)], ids=str)
+def test_gelu_linear_cublaslt_vs_fp64(shape, approximate, dtype):
+    """(256, 768, 3072) tanh takes cuBLASLt's GELU_AUX_BIAS epilogue; odd widths the fallback."""
+    _ready()
+    m, kin, n = shape
+    x, w, b = (torch.randn(*s, dtype=torch.float64).to(dtype).cuda().requires_grad_()
+               for s in ((m, kin), (n, kin), (n,)))
+    with torch.no_grad():
+        w.mul_(kin ** -0.5)
+    xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    out = kernels.gelu_linear(x, w, b, approximate=approximate, backend="cuda")
+    out_t = reference.gelu_linear(xt, wt, bt, approximate=approximate)
+    out64 = reference.gelu_linear(x64, w64, b64, approximate=approximate)
+    assert_within_torch_error(out, out_t, out64, 2, what="out")
+    g = torch.randn_like(out)
+    for o, gg in ((out, g), (out_t, g), (out64, g.double())):
+        o.backward(gg)
+    for name, a, t, r in (("dx", x, xt, x64), ("dw", w, wt, w64), ("db", b, bt, b64)):
+        assert_within_torch_error(a.grad, t.grad, r.grad, 3, what=name)
+
+
+def test_attention_misaligned_views_are_copied_not_misread():
+    _ready()
+    flat = torch.randn(2 * 3 * 20 * 64 + 1, device="cuda", dtype=torch.float16)
+    q = flat[1:].view(2, 3, 20, 64)  # contiguous, but 2 bytes off 16-byte alignment
+    out = kernels.attention(q, q, q, causal=True, backend="cuda")
+    ref = reference.attention_explicit(q.double(), q.double(), q.double(), causal=True)
+    assert (out.double() - ref).abs().max().item() < 1e-2
+
+
+def test_cuda_backend_is_deterministic_on_gpu():
+    _ready()
+    x = torch.randn(4096, 768, device="cuda", requires_grad=True)
+    w = torch.randn(768, device="cuda", requires_grad=True)
+    results = []
+    for _ in range(2):
+        x.grad = w.grad = None
+        kernels.layer_norm(x, w, None, backend="cuda").backward(torch.ones(4096, 768, device="cuda"))
+        results.append((x.grad.clone(), w.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def _sanitizer():
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    from kernels.cuda._build import cuda_home
+    home = cuda_home()
+    path = os.path.join(home, "bin", "compute-sanitizer") if home else None
+    return path if path and os.path.exists(path) else None
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_compute_sanitizer(tool):
+    _ready()
+    sanitizer = _sanitizer()
+    if sanitizer is None:
+        pytest.skip("compute-sanitizer is not installed with this CUDA toolkit")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "1", sys.executable,
+                           os.path.join(ROOT, "tests", "cuda_ops_smoke.py")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=3000)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.stdout[-3000:] + proc.stderr[-3000:])
