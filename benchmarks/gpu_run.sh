@@ -3,7 +3,8 @@
 # on the CUDA kernels' tests, the benchmark suite, pytest-benchmark; everything under $OUT.
 #
 #   OUT=/some/dir benchmarks/gpu_run.sh [--dry-run] [--budget SECONDS] [--sizes quick|standard|full]
-#                                       [--install] [--profile]
+#                                       [--install] [--profile] [--test-box SECONDS] [--workers N]
+#                                       [--no-pytest-benchmark]
 #
 # Runs from the repository root with PYTHONPATH=. (no install; --install does
 # `pip install --no-build-isolation --no-deps -e .`, which works without network). Without a
@@ -22,6 +23,9 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-$REPO/out/gpu-run}
 BUDGET=480
+TEST_BOX=270
+WORKERS=8
+PYTEST_BENCHMARK=1
 SIZES=standard
 DRY=0
 INSTALL=0
@@ -33,7 +37,10 @@ while [ $# -gt 0 ]; do
     --sizes) SIZES=$2; shift ;;
     --install) INSTALL=1 ;;
     --profile) PROFILE=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --test-box) TEST_BOX=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
+    --no-pytest-benchmark) PYTEST_BENCHMARK=0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "gpu_run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -99,9 +106,14 @@ if [ "$DRY" = 1 ]; then
   echo "dry run: collecting the tests only (the GPU run executes them)"
   boxed 300 "$PY" -m pytest --collect-only -q -p no:cacheprovider | tail -3
 else
-  limit=$(( $(left) - 200 )); [ "$limit" -gt 270 ] && limit=270; [ "$limit" -lt 60 ] && limit=60
+  limit=$(( $(left) - 200 )); [ "$limit" -gt "$TEST_BOX" ] && limit=$TEST_BOX; [ "$limit" -lt 60 ] && limit=60
   echo "time box: $limit s"
-  boxed "$limit" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" -o junit_family=xunit2
+  # Correctness run: one config per autotuned kernel (GPTK_AUTOTUNE=0), and the JIT compiles
+  # spread over pytest-xdist workers when it is installed (the GPU is shared; no timings here).
+  XDIST=()
+  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "$WORKERS")
+  GPTK_AUTOTUNE=0 boxed "$limit" "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" \
+    --junitxml="$OUT/tests.xml" -o junit_family=xunit2
   echo "pytest exit status: $?"
 fi
 
@@ -138,11 +150,15 @@ if [ -d "$PLOTS" ]; then
 fi
 
 step "6. pytest-benchmark (quick cases; our backends and eager, no torch.compile)"
+if [ "$PYTEST_BENCHMARK" = 1 ]; then
 limit=$(( $(left) - 10 )); [ "$limit" -gt 60 ] && limit=60; [ "$limit" -lt 30 ] && limit=30
 boxed "$limit" "$PY" -m pytest benchmarks/ -q -p no:cacheprovider -m "not compile and not model" \
   --benchmark-json "$OUT/pytest_benchmark.json" | tail -15
 echo "pytest-benchmark exit status: $?"
 [ -s "$OUT/pytest_benchmark.json" ] || rm -f "$OUT/pytest_benchmark.json"  # nothing ran (no GPU)
+else
+  echo "skipped (--no-pytest-benchmark)"
+fi
 
 step "done in $(( SECONDS - START )) s"
 ls -la "$OUT"

@@ -96,6 +96,13 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def autotune_enabled() -> bool:
+    """GPTK_AUTOTUNE=0 makes every autotuned Triton kernel use its first eligible config:
+    correctness runs (the GPU test suite) then compile each kernel once per specialisation
+    instead of once per config. Benchmarks and training leave it on."""
+    return os.environ.get("GPTK_AUTOTUNE", "1") not in ("0", "false", "no")
+
+
 def _triton_unavailable_reason(device: torch.device) -> str | None:
     try:
         import triton  # noqa: F401

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from .._backend import autotune_enabled, triton_interpreting
 
 INTERPRETING = triton_interpreting()
 
@@ -419,7 +419,8 @@ def _tuned(kind: str, kernel):
     def prune(configs, named_args, **kwargs):
         head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
         allowed = set(configs_for(kind, named_args["q_ptr"].dtype, head_dim))
-        return [config for c, config in table if c in allowed]
+        eligible = [config for c, config in table if c in allowed]
+        return eligible if autotune_enabled() else eligible[:1]
 
     return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "HEAD_DIM", "CAUSAL"],
                            prune_configs_by={"early_config_prune": prune})(kernel)

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from .._backend import autotune_enabled, triton_interpreting
 
 # -----------------------------------------------------------------------------------------
 # GELU math, shared by the forward and backward kernels
@@ -301,7 +301,8 @@ def _tuned(kernel, direction, **kw):
         return triton.autotune(configs=[INTERPRET_CONFIG], key=[])(kernel)
 
     def prune(configs, named_args, **kwargs):
-        return _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+        eligible = _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+        return eligible if autotune_enabled() else eligible[:1]
 
     # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, layout, flags).
     every = [c for lst in CONFIGS[direction].values() for c in lst]
