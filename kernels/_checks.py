@@ -44,6 +44,9 @@ def same(names: tuple[str, ...], tensors: tuple, *, dtype: bool = True) -> None:
 
 
 def finite(name: str, value) -> float:
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        # torch.compile passes Python scalars as symbols; the value is unknown while tracing.
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -59,6 +62,8 @@ def finite(name: str, value) -> float:
 
 def positive_finite(name: str, value) -> float:
     value = finite(name, value)
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
     if value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return value

@@ -296,7 +296,7 @@ def test_empty_inputs_every_op():
     bias = randn(7).requires_grad_()
     out = kernels.gelu_linear(x, w, bias, backend=B)
     out.sum().backward()
-    assert out.shape == (0, 7) and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(bias.grad, torch.zeros(7))
+    assert out.shape == (0, 7) and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(bias.grad, torch.zeros_like(bias))
     out = kernels.gelu_linear(e(4, 0, device=DEVICE), e(3, 0, device=DEVICE), torch.ones(3, device=DEVICE), backend=B)
     assert_close(out, reference.gelu_linear(torch.zeros(4, 0).double(), torch.zeros(3, 0).double(),
                                             torch.ones(3).double()), torch.float32)

@@ -254,12 +254,12 @@ def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
 # Launchers
 # -----------------------------------------------------------------------------------------
 
-# Backward holds x, dy, w and two accumulators per element: past 8192 a whole row no longer
+# Backward holds x, dy, w and two accumulators per element: past 4096 a whole row no longer
 # fits in registers without spilling, so wider rows take the two-kernel path.
-BWD_MAX_ROW_BLOCK = 8192
+BWD_MAX_ROW_BLOCK = 4096
 LONG_FWD_BLOCK = 4096            # forward chunk for rows wider than MAX_ROW_BLOCK
 LONG_BWD_ROW_MEANS_BLOCK = 4096  # chunk of the wide-row c1/c2 kernel
-LONG_BWD_TILE = (2, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-row backward
+LONG_BWD_TILE = (1, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-row backward
 BWD_TILE_ELEMS = 2048            # row tile of the backward: ~8 values per thread at 8 warps
 REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
 

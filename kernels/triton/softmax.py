@@ -126,7 +126,12 @@ LONG_ROW_BLOCK = 4096  # chunk width when a row does not fit on chip
 
 def launch_config(n_cols: int) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
-    return _launch.row_config(n_cols, LONG_ROW_BLOCK)
+    cfg = _launch.row_config(n_cols, LONG_ROW_BLOCK)
+    if not cfg["single_pass"]:
+        # Two running fp32 vectors per lane: 16 warps keep them in registers (8 warps spilled
+        # 8 bytes on sm_80 under triton 3.6).
+        cfg["num_warps"] = 16
+    return cfg
 
 
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
