@@ -71,7 +71,8 @@ def main(argv=None):
     dtype = DTYPES[args.dtype]
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; ms per call: "
           f"do_bench median | CUDA-graph replay (GPU only) | host time per call")
-    for name, call, inputs in _cases(dtype):
+    cases = list(_cases(dtype))  # every input drawn before any graph capture touches the RNG
+    for name, call, inputs in cases:
         for backend in ["torch"] + [b for b in kernels.available_backends("cuda") if b != "torch"]:
             if kernels.missing_ops(backend, (name.split()[0],)):
                 continue
