@@ -92,7 +92,12 @@ def test_fsdp2_fully_shard_smoke(tmp_path):
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
         pytest.skip("this torch has no FSDP2 fully_shard")
-    out = _run("torch", "fsdp", tmp_path)
+    try:
+        out = _run("torch", "fsdp", tmp_path)
+    except mp.ProcessExitedException:
+        # Seen on the loaded 2-core CI machine: a gloo rank aborts (SIGABRT) inside FSDP2's
+        # collectives during a full-suite run, never when run alone; one retry.
+        out = _run("torch", "fsdp", tmp_path)
     p0, p1 = out["params"]
     assert torch.equal(p0, p1)
     losses = out["losses"]
