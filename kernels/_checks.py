@@ -44,8 +44,9 @@ def same(names: tuple[str, ...], tensors: tuple, *, dtype: bool = True) -> None:
 
 
 def finite(name: str, value) -> float:
-    if isinstance(value, (torch.SymFloat, torch.SymInt)):
-        # torch.compile passes Python scalars as symbols; the value is unknown while tracing.
+    if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
+        # torch.compile may pass Python scalars as symbols: the value is unknown while
+        # tracing, so it is checked in eager calls only.
         return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -62,7 +63,7 @@ def finite(name: str, value) -> float:
 
 def positive_finite(name: str, value) -> float:
     value = finite(name, value)
-    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+    if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")

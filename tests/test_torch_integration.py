@@ -58,6 +58,7 @@ def _flat(out):
 
 @pytest.mark.parametrize("backend,op", _pairs())
 def test_compile_fullgraph_forward_backward(backend, op):
+    torch._dynamo.reset()  # each case compiles the same `f` code object: start from a clean cache
     args = _grad_inputs(_args(op))
 
     def f(*a):
