@@ -62,9 +62,14 @@ void forward_rows(const T* x, int64_t x_stride, const T* res, int64_t res_stride
       } else {
         for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(xr[j]);
       }
+      // Centre on the row's first element: a constant row becomes exactly zero, so its
+      // variance is exactly 0 and y is exactly the bias (as in fp64), and large offsets
+      // do not cost the statistics precision.
+      const float shift = n > 0 ? buf[0] : 0.0f;
+      for (int64_t j = 0; j < n; ++j) buf[j] -= shift;
       const Moments m = row_moments(buf.data(), n);
       const float rs = rsqrt_eps(moments_variance(m), eps);
-      mean[r] = m.mean;
+      mean[r] = shift + m.mean;
       rstd[r] = rs;
       T* yr = y + r * n;
       for (int64_t j = 0; j < n; ++j) {
