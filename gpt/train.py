@@ -75,10 +75,8 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     threads = set_threads(args.threads)
     device, dtype = pick_device(args.device), DTYPES[args.dtype]
-    if dtype != torch.float32:
-        # the kernels API is not autocast-aware yet: autocast hands fp32 norm weights bf16 activations
-        raise ValueError(f"--dtype {args.dtype} training is not supported yet (the kernels do not take part in "
-                         f"autocast); train in float32 -- `sample --dtype {args.dtype}` works")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("--dtype float16 autocast needs a GPU; on the CPU use bfloat16 or float32")
     out_dir = Path(args.out_dir)
     ckpt_path = out_dir / "ckpt.pt"
     ckpt = _load_for_resume(ckpt_path, args) if args.resume else None

@@ -20,23 +20,26 @@ __all__ = [
 
 def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
     """softmax(x / temperature) along `dim`; temperature must be finite and > 0."""
+    (x,) = _autocast(torch.float32, x)
     backend = _choose("softmax", backend, x=x)
     temperature, dim = _checks.softmax(x, temperature, dim, backend)
-    return implementation("softmax", backend, x.device)(x, temperature, dim)
+    return _run("softmax", backend, x.device, x, temperature, dim)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """Layer norm over the last dim; weight and bias may each be None."""
+    x, weight, bias = _autocast(torch.float32, x, weight, bias)
     backend = _choose("layer_norm", backend, x=x)
     eps = _checks.layer_norm(x, weight, bias, eps, backend)
-    return implementation("layer_norm", backend, x.device)(x, weight, bias, eps)
+    return _run("layer_norm", backend, x.device, x, weight, bias, eps)
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """(layer_norm(x + residual), x + residual): a pre-LN block's residual add fused into its norm."""
+    x, residual, weight, bias = _autocast(torch.float32, x, residual, weight, bias)
     backend = _choose("add_layer_norm", backend, x=x)
     eps = _checks.add_layer_norm(x, residual, weight, bias, eps, backend)
-    return implementation("add_layer_norm", backend, x.device)(x, residual, weight, bias, eps)
+    return _run("add_layer_norm", backend, x.device, x, residual, weight, bias, eps)
 
 
 def attention(q, k, v, *, causal=True, scale=None, backend="auto"):
@@ -45,16 +48,41 @@ def attention(q, k, v, *, causal=True, scale=None, backend="auto"):
     With causal=True query i sits at absolute position Tk - Tq + i (KV-cache decode:
     Tq=1). Same result as F.scaled_dot_product_attention with that mask.
     """
+    q, k, v = _autocast(None, q, k, v)
     backend = _choose("attention", backend, q=q)
     scale = _checks.attention(q, k, v, causal, scale, backend)
-    return implementation("attention", backend, q.device)(q, k, v, bool(causal), scale)
+    return _run("attention", backend, q.device, q, k, v, bool(causal), scale)
 
 
 def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
     """gelu(x @ weight.T + bias), weight shaped (out_features, in_features) like nn.Linear."""
+    x, weight, bias = _autocast(None, x, weight, bias)
     backend = _choose("gelu_linear", backend, x=x)
     _checks.gelu_linear(x, weight, bias, approximate, backend)
-    return implementation("gelu_linear", backend, x.device)(x, weight, bias, approximate)
+    return _run("gelu_linear", backend, x.device, x, weight, bias, approximate)
+
+
+def _autocast(dtype, *tensors):
+    """Under torch.autocast, follow PyTorch's own op policy: softmax and the norms run in
+    float32 (as F.softmax / F.layer_norm do), attention and the MLP matmul in the autocast
+    dtype (as SDPA / F.linear do). `dtype=None` means the autocast dtype. Outside autocast,
+    or for non-float inputs (left to the checks), tensors pass through untouched."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    target = dtype or torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(target) if isinstance(t, torch.Tensor) and t.dtype in _checks.KERNEL_DTYPES
+                 else t for t in tensors)
+
+
+def _run(op, backend, device, *args):
+    impl = implementation(op, backend, device)
+    if torch.is_autocast_enabled(device.type):
+        # Inputs are already in the policy's dtype: autocast must not re-cast the ops'
+        # internals (the C++ ops' fp32 matmuls, the reference's F.linear).
+        with torch.autocast(device.type, enabled=False):
+            return impl(*args)
+    return impl(*args)
 
 
 def _choose(op, backend, **first):

@@ -152,3 +152,27 @@ def test_main_job_runs_offline(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gpt", "train", "--text", str(tmp_path / "missing.txt")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("backend", FULL_BACKENDS)
+def test_trains_under_autocast_bf16(backend):
+    # autocast hands bf16 activations to ops whose parameters are fp32: the API follows PyTorch's
+    # policy (norms and softmax in fp32, attention and the MLP matmul in bf16), as eager does.
+    if DEVICE == "cpu" and backend == "triton":
+        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter (Triton issue 11584); runs on a GPU")
+    torch.manual_seed(0)
+    model = tiny(backend=backend)
+    ref = tiny(backend="torch")
+    ref.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 61, (2, 19), device=DEVICE)
+    device_type = torch.device(DEVICE).type
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+        ref_logits, ref_loss = ref(idx, idx)
+    loss.backward()
+    ref_loss.backward()
+    assert logits.dtype == ref_logits.dtype
+    torch.testing.assert_close(logits.float(), ref_logits.float(), atol=3e-2, rtol=3e-2)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.isfinite(p.grad).all(), name
+        torch.testing.assert_close(p.grad, q.grad, atol=5e-2, rtol=5e-2, msg=name)
