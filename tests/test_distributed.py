@@ -67,14 +67,25 @@ def _ddp_worker(rank, port, backend, mode, result_path):
         dist.all_gather(gathered, flat)
         if rank == 0:
             torch.save({"params": gathered, "losses": losses}, result_path)
+        # Leave together: a rank that tears down its gloo pairs while its peer is still
+        # finishing can make the peer abort (SIGABRT), seen on the loaded 2-core CI machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 def _run(backend, mode, tmp_path):
     path = str(tmp_path / f"{mode}-{backend}.pt")
-    mp.start_processes(_ddp_worker, args=(_free_port(), backend, mode, path), nprocs=WORLD,
-                       start_method="spawn", join=True)
+    for attempt in range(2):
+        try:
+            mp.start_processes(_ddp_worker, args=(_free_port(), backend, mode, path), nprocs=WORLD,
+                               start_method="spawn", join=True)
+            break
+        except mp.ProcessExitedException:
+            # A gloo rank aborting (SIGABRT) has been seen only under heavy load on the 2-core
+            # CI machine, never when these tests run alone: one retry, then the failure stands.
+            if attempt == 1:
+                raise
     return torch.load(path)
 
 
@@ -92,12 +103,7 @@ def test_fsdp2_fully_shard_smoke(tmp_path):
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
         pytest.skip("this torch has no FSDP2 fully_shard")
-    try:
-        out = _run("torch", "fsdp", tmp_path)
-    except mp.ProcessExitedException:
-        # Seen on the loaded 2-core CI machine: a gloo rank aborts (SIGABRT) inside FSDP2's
-        # collectives during a full-suite run, never when run alone; one retry.
-        out = _run("torch", "fsdp", tmp_path)
+    out = _run("torch", "fsdp", tmp_path)
     p0, p1 = out["params"]
     assert torch.equal(p0, p1)
     losses = out["losses"]
