@@ -42,7 +42,9 @@ def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride
     row_max = tl.max(x, axis=1)
     # A row of all -inf gives (-inf) - (-inf) = NaN, as torch does.
     e = tl.exp2((x - row_max[:, None]) * scale_log2)
-    y = e / tl.sum(e, axis=1)[:, None]
+    # One reciprocal per row, then multiplies: a per-element fp32 divide is a multi-instruction
+    # sequence, which 16-bit inputs (twice the elements per byte) cannot hide behind memory.
+    y = e * (1.0 / tl.sum(e, axis=1))[:, None]
     tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
