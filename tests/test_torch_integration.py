@@ -111,3 +111,27 @@ def test_gpt_compiles_fullgraph_forward_backward(backend):
     assert_close(loss, eager_loss, torch.float32)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_scalars_rejected_under_compile(backend):
+    # The API's scalar checks may see symbols while tracing; the op re-checks the real value.
+    if kernels.missing_ops(backend, ("softmax", "layer_norm")):
+        pytest.skip(f"backend {backend!r} lacks softmax or layer_norm")
+    torch._dynamo.reset()
+    x = randn(3, 8)
+
+    @torch.compile(fullgraph=True, backend=COMPILE_BACKEND)
+    def soft(x, t):
+        return kernels.softmax(x, t, backend=backend)
+
+    @torch.compile(fullgraph=True, backend=COMPILE_BACKEND)
+    def norm(x, eps):
+        return kernels.layer_norm(x, None, None, eps, backend=backend)
+
+    soft(x, 0.5)
+    with pytest.raises((ValueError, RuntimeError), match="temperature"):
+        soft(x, 0.0)
+    norm(x, 1e-5)
+    with pytest.raises((ValueError, RuntimeError), match="eps"):
+        norm(x, -1.0)

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from .._backend import autotune_enabled, triton_interpreting
 
 INTERPRETING = triton_interpreting()
@@ -604,6 +605,7 @@ def compile_cases():
 @torch.library.custom_op("gptk::attention_triton", mutates_args=())
 def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _checks.finite("scale", scale)  # re-checked with the real value under torch.compile
     return attention_forward(q, k, v, causal, scale)
 
 

@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
+from .. import _checks
 from .._checks import NORM_MAX_HIDDEN
 
 MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
@@ -458,6 +459,7 @@ def compile_cases():
 @torch.library.custom_op("gptk::layer_norm_triton", mutates_args=())
 def layer_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     y, _, mean, rstd = forward(x, None, weight, bias, eps)
     return y, mean, rstd
 
@@ -471,6 +473,7 @@ def _(x, weight, bias, eps):
 def add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
                       bias: Optional[torch.Tensor], eps: float
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     return forward(x, residual, weight, bias, eps)
 
 

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _checks
 from . import _launch
 
 # -----------------------------------------------------------------------------------------
@@ -211,6 +212,8 @@ def compile_cases():
 
 @torch.library.custom_op("gptk::softmax_triton", mutates_args=())
 def softmax_op(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+    # kernels.softmax checks this eagerly; under torch.compile only here, with the real value.
+    _checks.positive_finite("temperature", temperature)
     return softmax_forward(x, temperature, dim)
 
 
