@@ -71,6 +71,7 @@ def main(argv=None):
     dtype = DTYPES[args.dtype]
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; ms per call: "
           f"do_bench median | CUDA-graph replay (GPU only) | host time per call")
+    cpu_rng = torch.Generator().manual_seed(0)
     cases = list(_cases(dtype))  # every input drawn before any graph capture touches the RNG
     for name, call, inputs in cases:
         for backend in ["torch"] + [b for b in kernels.available_backends("cuda") if b != "torch"]:
@@ -79,7 +80,9 @@ def main(argv=None):
             try:
                 out = call(backend)
                 outs = out if isinstance(out, tuple) else (out,)
-                grads = [torch.randn_like(o) for o in outs]
+                # Drawn on the CPU: a failed graph capture leaves the CUDA generator unusable
+                # (run 3: "Offset increment outside graph capture"), which broke every later case.
+                grads = [torch.randn(o.shape, generator=cpu_rng).to(o.device, o.dtype) for o in outs]
                 fwd = _measure(lambda: call(backend))
                 bwd = _measure(lambda: torch.autograd.grad(outs, inputs, grads, retain_graph=True))
                 print(f"{name:28} {backend:7} fwd {fwd[0]:8.4f} | {fwd[1]:8.4f} | {fwd[2]:8.4f}   "
