@@ -188,7 +188,7 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, last_only=False):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -202,7 +202,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         if targets is None:
-            return self.lm_head(x), None
+            # Sampling needs only the last position: skip a (B, T, vocab) matmul on prefill.
+            return self.lm_head(x[:, -1:, :] if last_only else x), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -229,7 +230,7 @@ class GPT(nn.Module):
         cache = None
         if use_cache and idx.shape[1] <= block:
             cache = KVCache(self.config, idx.shape[0], idx.device, self.lm_head.weight.dtype)
-        logits, _ = self(idx[:, -block:], cache=cache)  # prefill
+        logits, _ = self(idx[:, -block:], cache=cache, last_only=True)  # prefill
         for step in range(max_new_tokens):
             token = self.sample(logits[:, -1, :], temperature, top_k, generator)
             yield token
@@ -239,7 +240,7 @@ class GPT(nn.Module):
             if cache is not None and cache.length < block:
                 logits, _ = self(token, cache=cache)  # decode: only the newest token
             else:
-                logits, _ = self(idx[:, -block:])
+                logits, _ = self(idx[:, -block:], last_only=True)
 
     def sample(self, logits, temperature=1.0, top_k=None, generator=None):
         """Next token (B, 1) from last-position logits (B, V)."""
