@@ -236,9 +236,6 @@ def test_constant_rows_stay_finite(backend, dtype, n, value):
     w, b = _params(n, dtype, "weight+bias")
     y = kernels.layer_norm(x, w, b, backend=backend)
     assert torch.isfinite(y).all()
-    if backend == "cuda" and value != 0 and DEVICE == "cuda":
-        pytest.xfail("the CUDA layer-norm kernels do not yet centre rows before their statistics (the "
-                     "C++ CPU code does): a constant row of 3.7 gives y within ~4e-4 of the bias")
     # var = 0: y is exactly the bias (the row is centred exactly), like fp64 torch.
     assert torch.equal(y, b.detach().expand_as(y))
     g = randn(3, n, dtype=dtype)

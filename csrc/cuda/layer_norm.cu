@@ -9,6 +9,9 @@
 //    variance come from per-thread two-pass moments combined across the row with
 //    gptk::moments_combine (csrc/common/math.h), the same combine the CPU uses.
 //  - Longer rows stream in two passes (per-element Welford updates, then normalise).
+//  - Both centre the row on its first element first, as the CPU code does: a constant row
+//    becomes exactly zero (variance 0, y exactly the bias) and a large common offset costs
+//    the statistics no precision.
 // add_layer_norm rounds x + residual to the storage dtype before normalising: that
 // rounded sum is what the caller receives and what the backward sees.
 #include "cuda/common.cuh"
@@ -35,6 +38,13 @@ __device__ __forceinline__ void load_input(const T* x, const T* r, T* sum, int64
   } else {
     load_pack<T, VEC>(x + idx, v);
   }
+}
+
+// The row's first input element (x + residual rounded to T, as the caller receives it).
+template <typename T, bool ADD>
+__device__ __forceinline__ float row_shift(const T* x, const T* r) {
+  if constexpr (ADD) return to_float(from_float<T>(to_float(x[0]) + to_float(r[0])));
+  return to_float(x[0]);
 }
 
 template <typename T, int VEC>
@@ -64,7 +74,8 @@ __global__ void __launch_bounds__(Cfg::THREADS * Cfg::ROWS, 1)
   const T* xr = x + row * x_stride;
   const T* rr = ADD ? r + row * r_stride : nullptr;
   T* sr = ADD ? sum + row * n : nullptr;
-  float v[VPT][VEC];
+  const float shift = row_shift<T, ADD>(xr, rr);
+  float v[VPT][VEC];  // centred: x - shift
   float local_sum = 0.0f, count = 0.0f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
@@ -72,7 +83,10 @@ __global__ void __launch_bounds__(Cfg::THREADS * Cfg::ROWS, 1)
     if (idx < n) {
       load_input<T, VEC, ADD>(xr, rr, sr, idx, v[i]);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) local_sum += v[i][e];
+      for (int e = 0; e < VEC; ++e) {
+        v[i][e] -= shift;
+        local_sum += v[i][e];
+      }
       count += VEC;
     }
   }
@@ -88,7 +102,7 @@ __global__ void __launch_bounds__(Cfg::THREADS * Cfg::ROWS, 1)
   const Moments mom = row_allreduce<Cfg::THREADS>(Moments{count, local_mean, m2}, MomentsOp{}, smem);
   const float rstd = rsqrt_eps(moments_variance(mom), eps);
   if (threadIdx.x == 0) {
-    mean_out[row] = mom.mean;
+    mean_out[row] = shift + mom.mean;
     rstd_out[row] = rstd;
   }
   T* yr = y + row * n;
@@ -108,24 +122,27 @@ __global__ void __launch_bounds__(kStreamThreads, 1)
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const T* rr = ADD ? r + row * r_stride : nullptr;
+  const float shift = row_shift<T, ADD>(xr, rr);
   Moments mom{0.0f, 0.0f, 0.0f};
   #pragma unroll 2
   for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
     float v[VEC];
     load_input<T, VEC, ADD>(xr, rr, ADD ? sum + row * n : nullptr, idx, v);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) mom = moments_combine(mom, Moments{1.0f, v[e], 0.0f});
+    for (int e = 0; e < VEC; ++e) mom = moments_combine(mom, Moments{1.0f, v[e] - shift, 0.0f});
   }
   mom = row_allreduce<kStreamThreads>(mom, MomentsOp{}, smem);
   const float rstd = rsqrt_eps(moments_variance(mom), eps);
   if (threadIdx.x == 0) {
-    mean_out[row] = mom.mean;
+    mean_out[row] = shift + mom.mean;
     rstd_out[row] = rstd;
   }
   #pragma unroll 2
   for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
     float v[VEC];
     load_input<T, VEC, ADD>(xr, rr, nullptr, idx, v);  // recomputes the same rounded sum
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] -= shift;
     normalise_store<T, VEC>(y + row * n, w, b, idx, v, mom.mean, rstd);
   }
 }
