@@ -91,7 +91,8 @@ def test_attention_kernels_vs_fp64(case, dtype):
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("shape", [(5, 33, 47), (256, 768, 3072), (7, 64, 13)], ids=str)
 def test_gelu_linear_cublaslt_vs_fp64(shape, approximate, dtype):
-    """(256, 768, 3072) tanh takes cuBLASLt's GELU_AUX_BIAS epilogue; odd widths the fallback."""
+    """(256, 768, 3072) tanh in fp16/bf16 takes cuBLASLt's GELU_AUX_BIAS epilogue; fp32, the erf
+    form and odd widths take the bias epilogue (or torch's mm) and our GELU kernel."""
     _ready()
     m, kin, n = shape
     x, w, b = (torch.randn(*s, dtype=torch.float64).to(dtype).cuda().requires_grad_()
