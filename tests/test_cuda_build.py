@@ -40,9 +40,11 @@ def test_every_cu_compiles_for_sm80_sm90a_without_spills():
     assert {r["arch"] for r in records} == {"sm_80", "sm_90a"}
     assert {r["file"] for r in records} == {os.path.basename(f) for f in files}
     assert all(r["registers"] for r in records), [r["name"] for r in records if not r["registers"]]
-    # the tensor-core attention kernel is there for every 16-bit dtype and head dim, on both archs
-    mma = {(r["arch"], r["name"].split("<")[1].split(">")[0]) for r in records if "attn_fwd_mma" in r["name"]}
-    assert len(mma) == 2 * 2 * 4, sorted(mma)
+    # the tensor-core attention kernels (forward, dQ, dK/dV) are there for every 16-bit dtype
+    # and head dim, on both archs
+    for kernel in ("attn_fwd_mma", "attn_bwd_dq_mma", "attn_bwd_dkdv_mma"):
+        mma = {(r["arch"], r["name"].split("<")[1].split(">")[0]) for r in records if f"{kernel}<" in r["name"]}
+        assert len(mma) == 2 * 2 * 4, (kernel, sorted(mma))
     assert all(r["smem"] <= 48 * 1024 for r in records)
     bad = compile_check.problems(records)
     assert not bad, "\n".join(bad)

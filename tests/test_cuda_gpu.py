@@ -68,9 +68,12 @@ def test_row_kernels_match_cpu_every_config(n, dtype, op):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(1, 37, 64, True), (17, 17, 16, True), (70, 70, 128, True), (200, 333, 64, True),
-                                  (33, 65, 32, False), (9, 4, 64, False), (1, 1, 128, True)], ids=str)
+                                  (33, 65, 32, False), (9, 4, 64, False), (1, 1, 128, True), (1, 4097, 128, True),
+                                  (3, 1000, 32, False)], ids=str)
 def test_attention_kernels_vs_fp64(case, dtype):
-    """tq > 16 in fp16/bf16 runs the tensor-core kernel; fp32 and decode the CUDA-core one."""
+    """tq > 16 in fp16/bf16 runs the tensor-core kernels (forward and backward); fp32 and
+    decode the CUDA-core forward, whose long-KV decode cases (Tk 1000, 4097) split the keys
+    over warps; fp32 the CUDA-core backward."""
     _ready()
     tq, tk, d, causal = case
     q, k, v = (torch.randn(2, 3, t, d, dtype=torch.float64).to(dtype).cuda().requires_grad_() for t in (tq, tk, tk))

@@ -10,12 +10,18 @@
 //    shared memory. Causal blocks stop at the last key their last query sees.
 //  - attn_fwd_rows (fp32 on any Tq, fp16/bf16 decode with Tq <= kDecodeRows): a warp per
 //    query row on CUDA cores, 32 keys per step (one per lane), then each probability is
-//    broadcast to accumulate V with lanes across the head dim.
-//  - backward on CUDA cores, deterministic (no atomics): delta = rowsum(dO * O); dQ with
-//    a warp per query row; dK and dV with a warp per key, each looping over the queries
-//    that see it. p is recomputed from the saved lse (log2 domain).
+//    broadcast to accumulate V with lanes across the head dim. When the rows are too few
+//    to fill the GPU (decode: B H rows against a long KV cache), each row's keys are split
+//    into chunks, a warp each (flash-decoding), merged by attn_fwd_combine.
+//  - backward, deterministic (no atomics): delta = rowsum(dO * O) (a warp per row), then
+//    dQ and dK/dV in separate kernels, each recomputing p from the saved lse (log2
+//    domain). fp16/bf16: attn_bwd_dq_mma and attn_bwd_dkdv_mma, FlashAttention-2's
+//    backward on tensor cores (a block owns 64 queries, resp. 64 keys, and streams the
+//    other side through shared memory). fp32: CUDA cores, a warp per query row for dQ and
+//    a warp per key for dK and dV.
 // Every kernel takes q/k/v with any batch/head/token strides and 16-byte aligned rows
 // (entry.cpp copies otherwise); out, lse and the gradients are contiguous.
+#include <algorithm>
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -47,6 +53,11 @@ __device__ __forceinline__ int64_t visible_keys(int64_t i, int64_t tq, int64_t t
   return causal ? (tk - tq + i + 1 < tk ? tk - tq + i + 1 : tk) : tk;
 }
 
+// A score in the log2 domain. The backward recomputes p = exp2(score - lse) and must get
+// the forward's score bit for bit (same products, same order, and this one rounding, never
+// fused into the subtraction): otherwise p drifts from the forward's by ~|score| ulps.
+__device__ __forceinline__ float scaled_score(float dot, float scale_log2) { return __fmul_rn(dot, scale_log2); }
+
 // sum_d a[d] * row[d], a in shared memory (fp32), row in global memory (16-byte packs).
 template <typename T, int D>
 __device__ __forceinline__ float dot_row(const float* a, const T* row) {
@@ -63,34 +74,43 @@ __device__ __forceinline__ float dot_row(const float* a, const T* row) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward, CUDA cores: a warp per query row.
+// Forward, CUDA cores: a warp per (query row, key chunk). With one chunk (a.splits == 1)
+// the warp writes the row's output and lse; with more (flash-decoding: few rows, long KV
+// cache) it writes its chunk's unnormalised (acc, max, sum) and attn_fwd_combine merges
+// them with the online-softmax combine.
 // ---------------------------------------------------------------------------------------
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a) {
   constexpr int E = (D + 31) / 32;  // head-dim elements per lane: d = e * 32 + lane
   __shared__ float q_s[kWarps][D];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  if (row >= a.batch * a.heads * a.tq) return;  // no block-wide barriers below
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (unit >= a.batch * a.heads * a.tq * a.splits) return;  // no block-wide barriers below
+  const int64_t row = unit / a.splits, split = unit % a.splits;
   const Row r = split_row(row, a.heads, a.tq);
   const T* q = at<T>(a.q, a.q_strides, r.b, r.h, r.i);
-  for (int d = lane; d < D; d += 32) q_s[warp][d] = to_float(q[d]) * a.scale_log2;
+  for (int d = lane; d < D; d += 32) q_s[warp][d] = to_float(q[d]);
   __syncwarp();
   const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
+  // This warp's keys: a chunk of whole 32-key steps.
+  const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + 31) / 32 * 32;
+  const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
   float acc[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) acc[e] = 0.0f;
   MaxSum st = softmax_empty();
-  for (int64_t j0 = 0; j0 < n_keys; j0 += 32) {
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += 32) {
     const int64_t j = j0 + lane;
-    const float s = j < n_keys ? dot_row<T, D>(q_s[warp], at<T>(a.k, a.k_strides, r.b, r.h, j)) : kNegInf;
+    const float s = j < j_end ? scaled_score(dot_row<T, D>(q_s[warp], at<T>(a.k, a.k_strides, r.b, r.h, j)),
+                                             a.scale_log2)
+                              : kNegInf;
     const float new_max = softmax_max(st.max, warp_allreduce(s, MaxOp{}));
     const float alpha = softmax_rescale(st.max, new_max, 1.0f);
-    const float p = j < n_keys ? softmax_exp(s, softmax_shift(new_max), 1.0f) : 0.0f;
+    const float p = j < j_end ? softmax_exp(s, softmax_shift(new_max), 1.0f) : 0.0f;
     st = MaxSum{new_max, st.sum * alpha + warp_allreduce(p, SumOp{})};
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] *= alpha;
-    const int count = n_keys - j0 < 32 ? static_cast<int>(n_keys - j0) : 32;
+    const int count = j_end - j0 < 32 ? static_cast<int>(j_end - j0) : 32;
     for (int jj = 0; jj < count; ++jj) {
       const float pj = __shfl_sync(0xffffffffu, p, jj);
       const T* v = at<T>(a.v, a.v_strides, r.b, r.h, j0 + jj);
@@ -100,6 +120,18 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
       }
     }
   }
+  if (a.splits > 1) {
+    float* part = a.partial + unit * (D + 2);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (e * 32 + lane < D) part[e * 32 + lane] = acc[e];
+    }
+    if (lane == 0) {
+      part[D] = st.max;
+      part[D + 1] = st.sum;
+    }
+    return;
+  }
   // No visible key (Tk = 0): zeros, as torch gives.
   const float inv = n_keys > 0 ? 1.0f / st.sum : 0.0f;
   T* out = static_cast<T*>(a.out) + row * D;
@@ -108,6 +140,40 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
     if (e * 32 + lane < D) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
   }
   if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(st, 1.0f) : kNegInf;
+}
+
+// Merges a row's key-chunk partials: a warp per query row. An empty chunk has max -inf and
+// weighs exp2(-inf) = 0.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs a) {
+  constexpr int E = (D + 31) / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (row >= a.batch * a.heads * a.tq) return;
+  const float* part = a.partial + row * a.splits * (D + 2);
+  float m = kNegInf;
+  for (int s = 0; s < a.splits; ++s) m = softmax_max(m, part[s * (D + 2) + D]);
+  float sum = 0.0f, acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.0f;
+  for (int s = 0; s < a.splits; ++s) {
+    const float* ps = part + s * (D + 2);
+    const float w = softmax_rescale(ps[D], m, 1.0f);
+    sum += ps[D + 1] * w;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (e * 32 + lane < D) acc[e] += ps[e * 32 + lane] * w;
+    }
+  }
+  const Row r = split_row(row, a.heads, a.tq);
+  const bool any_key = visible_keys(r.i, a.tq, a.tk, a.causal) > 0;
+  const float inv = any_key ? 1.0f / sum : 0.0f;
+  T* out = static_cast<T*>(a.out) + row * D;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    if (e * 32 + lane < D) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
+  }
+  if (lane == 0) a.lse[row] = any_key ? softmax_lse(MaxSum{m, sum}, 1.0f) : kNegInf;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -145,6 +211,75 @@ __device__ __forceinline__ uint32_t load2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
+// A fragments of a warp's 16 rows (r_lo = first row + g and r_lo + 8) of a (B, H, T, D)
+// operand, straight from global memory; rows past t_end are zero.
+template <typename T, int D>
+__device__ __forceinline__ void load_a_rows(uint32_t (&frag)[D / 16][4], const void* base, const int64_t (&s)[3],
+                                            int64_t b, int64_t h, int64_t r_lo, int64_t t_end) {
+  const int tig = threadIdx.x & 3;
+  const int64_t r_hi = r_lo + 8;
+  const T* lo = at<T>(base, s, b, h, r_lo);
+  const T* hi = at<T>(base, s, b, h, r_hi);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int c0 = kk * 16 + tig * 2;
+    frag[kk][0] = r_lo < t_end ? load2(lo + c0) : 0u;
+    frag[kk][1] = r_hi < t_end ? load2(hi + c0) : 0u;
+    frag[kk][2] = r_lo < t_end ? load2(lo + c0 + 8) : 0u;
+    frag[kk][3] = r_hi < t_end ? load2(hi + c0 + 8) : 0u;
+  }
+}
+
+// Stage rows [r0, r0 + R) of a (B, H, T, D) operand in shared memory, as rows (stride
+// D + 8: a fragment's 8 rows land on distinct banks) and/or transposed (stride R + 8), for
+// whichever pointer is not null; rows past t_end are zero. All threads of the block take
+// part; the caller brackets it with __syncthreads().
+template <typename T, int D, int R>
+__device__ __forceinline__ void stage_rows(const void* base, const int64_t (&s)[3], int64_t b, int64_t h, int64_t r0,
+                                           int64_t t_end, T* rows, T* transposed) {
+  constexpr int VEC = kVec16<T>;
+  for (int idx = threadIdx.x; idx < R * (D / VEC); idx += kWarps * 32) {
+    const int rr = idx / (D / VEC), d0 = (idx % (D / VEC)) * VEC;
+    Pack<T, VEC> p;
+    if (r0 + rr < t_end) {
+      p = load_raw<T, VEC>(at<T>(base, s, b, h, r0 + rr) + d0);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) p.v[e] = from_float<T>(0.0f);
+    }
+    if (rows != nullptr) *reinterpret_cast<Pack<T, VEC>*>(&rows[rr * (D + 8) + d0]) = p;
+    if (transposed != nullptr) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) transposed[(d0 + e) * (R + 8) + rr] = p.v[e];
+    }
+  }
+}
+
+// c += A B for one m16n8k16 step, B[k][n] = tile[(n0 + n) * ld + k0 + k]: a row-major
+// tile of the n operand (K for Q K^T), or a transposed tile (V^T for P V).
+template <typename T>
+__device__ __forceinline__ void mma_tile_b(float (&c)[4], const uint32_t (&a)[4], const T* tile, int ld, int n0,
+                                           int k0) {
+  const int lane = threadIdx.x & 31;
+  const T* p = tile + (n0 + (lane >> 2)) * ld + k0 + (lane & 3) * 2;
+  mma_16816(c, a, load2(p), load2(p + 8), T{});
+}
+
+// The accumulators of n-tiles 2t and 2t+1 (fp32) as the A fragment of k-step t.
+template <typename T>
+__device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  a[0] = pack2(lo[0], lo[1], T{});
+  a[1] = pack2(lo[2], lo[3], T{});
+  a[2] = pack2(hi[0], hi[1], T{});
+  a[3] = pack2(hi[2], hi[3], T{});
+}
+
+// Two fp32 values to adjacent columns of a contiguous (rows, D) output.
+template <typename T>
+__device__ __forceinline__ void store2(T* out, int64_t row, int64_t rows, int col, int d, float x, float y) {
+  if (row < rows) *reinterpret_cast<uint32_t*>(out + row * d + col) = pack2(x, y, T{});
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) {
   constexpr int KS = D + 8;        // K tile row stride (halves): rows land on distinct banks
@@ -152,7 +287,6 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   constexpr int NT = kBlockN / 8;  // n-tiles of S per warp
   constexpr int DT = D / 8;        // n-tiles of O per warp
   constexpr int KK = D / 16;       // k-steps of Q K^T
-  constexpr int VEC = kVec16<T>;
   __shared__ alignas(16) T k_s[kBlockN * KS];
   __shared__ alignas(16) T vt_s[D * VS];
 
@@ -164,18 +298,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   const int64_t r_lo = m_block + warp * 16 + g, r_hi = r_lo + 8;
   const int64_t offset = a.tk - a.tq;  // causal: query i sees keys <= i + offset
 
-  // Q fragments (rows past Tq are zero).
   uint32_t qa[KK][4];
-#pragma unroll
-  for (int kk = 0; kk < KK; ++kk) {
-    const int c0 = kk * 16 + tig * 2;
-    const T* q_lo = at<T>(a.q, a.q_strides, b, h, r_lo);
-    const T* q_hi = at<T>(a.q, a.q_strides, b, h, r_hi);
-    qa[kk][0] = r_lo < a.tq ? load2(q_lo + c0) : 0u;
-    qa[kk][1] = r_hi < a.tq ? load2(q_hi + c0) : 0u;
-    qa[kk][2] = r_lo < a.tq ? load2(q_lo + c0 + 8) : 0u;
-    qa[kk][3] = r_hi < a.tq ? load2(q_hi + c0 + 8) : 0u;
-  }
+  load_a_rows<T, D>(qa, a.q, a.q_strides, b, h, r_lo, a.tq);
 
   float o[DT][4];
 #pragma unroll
@@ -187,21 +311,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
 
   for (int64_t n0 = 0; n0 < n_end; n0 += kBlockN) {
     __syncthreads();  // the previous tiles are consumed
-    for (int idx = tid; idx < kBlockN * (D / VEC); idx += kWarps * 32) {
-      const int rr = idx / (D / VEC), d0 = (idx % (D / VEC)) * VEC;
-      const int64_t j = n0 + rr;
-      Pack<T, VEC> kv, vv;
-      if (j < a.tk) {
-        kv = load_raw<T, VEC>(at<T>(a.k, a.k_strides, b, h, j) + d0);
-        vv = load_raw<T, VEC>(at<T>(a.v, a.v_strides, b, h, j) + d0);
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) kv.v[e] = vv.v[e] = from_float<T>(0.0f);
-      }
-      *reinterpret_cast<Pack<T, VEC>*>(&k_s[rr * KS + d0]) = kv;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) vt_s[(d0 + e) * VS + rr] = vv.v[e];
-    }
+    stage_rows<T, D, kBlockN>(a.k, a.k_strides, b, h, n0, a.tk, k_s, nullptr);
+    stage_rows<T, D, kBlockN>(a.v, a.v_strides, b, h, n0, a.tk, nullptr, vt_s);
     __syncthreads();
 
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
@@ -210,10 +321,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     for (int nt = 0; nt < NT; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < KK; ++kk) {
-        const T* kr = &k_s[(nt * 8 + g) * KS + kk * 16 + tig * 2];
-        mma_16816(s[nt], qa[kk], load2(kr), load2(kr + 8), T{});
-      }
+      for (int kk = 0; kk < KK; ++kk) mma_tile_b(s[nt], qa[kk], k_s, KS, nt * 8, kk * 16);
     }
 
     // Scale into the log2 domain, mask, and take the row maxima.
@@ -225,7 +333,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
         const int64_t col = n0 + nt * 8 + tig * 2 + (c & 1);
         const int64_t qrow = c < 2 ? r_lo : r_hi;
         const bool masked = col >= a.tk || (a.causal && col > qrow + offset);
-        s[nt][c] = masked ? kNegInf : s[nt][c] * a.scale_log2;
+        s[nt][c] = masked ? kNegInf : scaled_score(s[nt][c], a.scale_log2);
       }
       tile_max_lo = softmax_max(tile_max_lo, softmax_max(s[nt][0], s[nt][1]));
       tile_max_hi = softmax_max(tile_max_hi, softmax_max(s[nt][2], s[nt][3]));
@@ -265,14 +373,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     // 16t..16t+15; V^T rows in shared memory give the B fragments.
 #pragma unroll
     for (int t = 0; t < kBlockN / 16; ++t) {
-      const uint32_t pa[4] = {pack2(s[2 * t][0], s[2 * t][1], T{}), pack2(s[2 * t][2], s[2 * t][3], T{}),
-                              pack2(s[2 * t + 1][0], s[2 * t + 1][1], T{}),
-                              pack2(s[2 * t + 1][2], s[2 * t + 1][3], T{})};
+      uint32_t pa[4];
+      accumulators_as_a<T>(pa, s[2 * t], s[2 * t + 1]);
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        const T* vr = &vt_s[(dt * 8 + g) * VS + t * 16 + tig * 2];
-        mma_16816(o[dt], pa, load2(vr), load2(vr + 8), T{});
-      }
+      for (int dt = 0; dt < DT; ++dt) mma_tile_b(o[dt], pa, vt_s, VS, dt * 8, t * 16);
     }
   }
 
@@ -285,13 +389,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   T* out = static_cast<T*>(a.out) + bh * a.tq * D;
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
-    const int col = dt * 8 + tig * 2;
-    if (r_lo < a.tq) {
-      *reinterpret_cast<uint32_t*>(out + r_lo * D + col) = pack2(o[dt][0] * inv_lo, o[dt][1] * inv_lo, T{});
-    }
-    if (r_hi < a.tq) {
-      *reinterpret_cast<uint32_t*>(out + r_hi * D + col) = pack2(o[dt][2] * inv_hi, o[dt][3] * inv_hi, T{});
-    }
+    store2(out, r_lo, a.tq, dt * 8 + tig * 2, D, o[dt][0] * inv_lo, o[dt][1] * inv_lo);
+    store2(out, r_hi, a.tq, dt * 8 + tig * 2, D, o[dt][2] * inv_hi, o[dt][3] * inv_hi);
   }
   if (tig == 0) {
     if (r_lo < a.tq) a.lse[bh * a.tq + r_lo] = n_end > 0 ? softmax_lse(MaxSum{m_lo, l_lo}, 1.0f) : kNegInf;
@@ -300,7 +399,190 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, CUDA cores.
+// Backward, tensor cores (sm_80+): FlashAttention-2's backward as two kernels, so that
+// neither needs atomics (deterministic). P is recomputed from the saved lse exactly as the
+// forward formed it; P and dS are rounded to the input dtype for their mma, as in FA2.
+// The tile that streams through shared memory is 64 rows up to D = 64; at D = 128 it is
+// 32 (dQ) and 16 (dK/dV, which holds two D-wide accumulators), to stay within 48 KB of
+// static shared memory and within the register file without spilling.
+// ---------------------------------------------------------------------------------------
+
+// The backward's two score-shaped products for one warp: s = A B^T (the scores) and
+// dp = A' B'^T (dO V^T), A and A' the warp's 16 rows as fragments, B and B' row-major tiles
+// of 8 NT rows (stride ld) in shared memory.
+template <typename T, int NT, int KK>
+__device__ __forceinline__ void score_products(float (&s)[NT][4], const uint32_t (&a)[KK][4], const T* b,
+                                               float (&dp)[NT][4], const uint32_t (&a2)[KK][4], const T* b2, int ld) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[nt][c] = dp[nt][c] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk) {
+      mma_tile_b(s[nt], a[kk], b, ld, nt * 8, kk * 16);
+      mma_tile_b(dp[nt], a2[kk], b2, ld, nt * 8, kk * 16);
+    }
+  }
+}
+
+// dK and dV for 64 keys (16 per warp, K and V held as A fragments), streaming the queries
+// that see them: S^T = K Q^T and dP^T = V dO^T (keys as rows), P^T = exp2(S^T - lse),
+// dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q (scaled on the way out).
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBackwardArgs a) {
+  constexpr int BQ = D <= 64 ? 64 : 16;  // queries per streamed tile
+  constexpr int LD = D + 8, LDT = BQ + 8;
+  constexpr int KK = D / 16, DT = D / 8, NQ = BQ / 8;
+  __shared__ alignas(16) T q_s[BQ * LD];
+  __shared__ alignas(16) T do_s[BQ * LD];
+  __shared__ alignas(16) T qt_s[D * LDT];
+  __shared__ alignas(16) T dot_s[D * LDT];
+  __shared__ float lse_s[BQ], delta_s[BQ];
+
+  const AttentionArgs& f = a.fwd;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, tig = lane & 3;
+  const int64_t bh = blockIdx.x, b = bh / f.heads, h = bh % f.heads;
+  const int64_t n_block = static_cast<int64_t>(blockIdx.y) * kBlockN;
+  const int64_t key_lo = n_block + warp * 16 + (lane >> 2), key_hi = key_lo + 8;
+  const int64_t offset = f.tk - f.tq;
+
+  uint32_t ka[KK][4], va[KK][4];
+  load_a_rows<T, D>(ka, f.k, f.k_strides, b, h, key_lo, f.tk);
+  load_a_rows<T, D>(va, f.v, f.v_strides, b, h, key_lo, f.tk);
+  float dk[DT][4], dv[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[dt][c] = dv[dt][c] = 0.0f;
+  }
+
+  // Causal: key j is seen by queries i >= j - offset; start at the tile holding the first.
+  int64_t m_begin = 0;
+  if (f.causal && n_block - offset > 0) m_begin = (n_block - offset) / BQ * BQ;
+  const float* lse = f.lse + bh * f.tq;
+  const float* delta = a.delta + bh * f.tq;
+
+  for (int64_t m0 = m_begin; m0 < f.tq; m0 += BQ) {
+    __syncthreads();  // the previous tiles are consumed
+    stage_rows<T, D, BQ>(f.q, f.q_strides, b, h, m0, f.tq, q_s, qt_s);
+    stage_rows<T, D, BQ>(a.dout, a.dout_strides, b, h, m0, f.tq, do_s, dot_s);
+    for (int i = tid; i < BQ; i += kWarps * 32) {
+      lse_s[i] = m0 + i < f.tq ? lse[m0 + i] : 0.0f;
+      delta_s[i] = m0 + i < f.tq ? delta[m0 + i] : 0.0f;
+    }
+    __syncthreads();
+
+    float st[NQ][4], dpt[NQ][4];
+    score_products<T>(st, ka, q_s, dpt, va, do_s, LD);
+    // st becomes P^T and dpt becomes dS^T (rows: keys; columns: queries).
+#pragma unroll
+    for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = nq * 8 + tig * 2 + (c & 1);
+        const int64_t i = m0 + col, key = c < 2 ? key_lo : key_hi;
+        const bool masked = i >= f.tq || key >= f.tk || (f.causal && key > i + offset);
+        const float p = masked ? 0.0f : exp2f(scaled_score(st[nq][c], f.scale_log2) - lse_s[col]);
+        st[nq][c] = p;
+        dpt[nq][c] = p * (dpt[nq][c] - delta_s[col]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < BQ / 16; ++t) {
+      uint32_t pa[4], dsa[4];
+      accumulators_as_a<T>(pa, st[2 * t], st[2 * t + 1]);
+      accumulators_as_a<T>(dsa, dpt[2 * t], dpt[2 * t + 1]);
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        mma_tile_b(dv[dt], pa, dot_s, LDT, dt * 8, t * 16);
+        mma_tile_b(dk[dt], dsa, qt_s, LDT, dt * 8, t * 16);
+      }
+    }
+  }
+
+  T* dk_out = static_cast<T*>(a.dk) + bh * f.tk * D;
+  T* dv_out = static_cast<T*>(a.dv) + bh * f.tk * D;
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {
+    const int col = dt * 8 + tig * 2;
+    store2(dk_out, key_lo, f.tk, col, D, dk[dt][0] * a.scale, dk[dt][1] * a.scale);
+    store2(dk_out, key_hi, f.tk, col, D, dk[dt][2] * a.scale, dk[dt][3] * a.scale);
+    store2(dv_out, key_lo, f.tk, col, D, dv[dt][0], dv[dt][1]);
+    store2(dv_out, key_hi, f.tk, col, D, dv[dt][2], dv[dt][3]);
+  }
+}
+
+// dQ for 64 queries (16 per warp, Q and dO held as A fragments), streaming the keys they
+// see: S = Q K^T and dP = dO V^T as in the forward, dS = P (dP - delta), dQ += dS K.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackwardArgs a) {
+  constexpr int BN = D <= 64 ? 64 : 32;  // keys per streamed tile
+  constexpr int LD = D + 8, LDT = BN + 8;
+  constexpr int KK = D / 16, DT = D / 8, NT = BN / 8;
+  __shared__ alignas(16) T k_s[BN * LD];
+  __shared__ alignas(16) T v_s[BN * LD];
+  __shared__ alignas(16) T kt_s[D * LDT];
+
+  const AttentionArgs& f = a.fwd;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tig = lane & 3;
+  const int64_t bh = blockIdx.x, b = bh / f.heads, h = bh % f.heads;
+  const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
+  const int64_t r_lo = m_block + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
+  const int64_t offset = f.tk - f.tq;
+
+  uint32_t qa[KK][4], doa[KK][4];
+  load_a_rows<T, D>(qa, f.q, f.q_strides, b, h, r_lo, f.tq);
+  load_a_rows<T, D>(doa, a.dout, a.dout_strides, b, h, r_lo, f.tq);
+  const float lse_lo = r_lo < f.tq ? f.lse[bh * f.tq + r_lo] : 0.0f;
+  const float lse_hi = r_hi < f.tq ? f.lse[bh * f.tq + r_hi] : 0.0f;
+  const float delta_lo = r_lo < f.tq ? a.delta[bh * f.tq + r_lo] : 0.0f;
+  const float delta_hi = r_hi < f.tq ? a.delta[bh * f.tq + r_hi] : 0.0f;
+  float dq[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
+
+  const int64_t last_query = (m_block + kBlockM < f.tq ? m_block + kBlockM : f.tq) - 1;
+  const int64_t n_end = f.causal ? (last_query + offset + 1 < f.tk ? last_query + offset + 1 : f.tk) : f.tk;
+
+  for (int64_t n0 = 0; n0 < n_end; n0 += BN) {
+    __syncthreads();  // the previous tiles are consumed
+    stage_rows<T, D, BN>(f.k, f.k_strides, b, h, n0, f.tk, k_s, kt_s);
+    stage_rows<T, D, BN>(f.v, f.v_strides, b, h, n0, f.tk, v_s, nullptr);
+    __syncthreads();
+
+    float s[NT][4], dp[NT][4];
+    score_products<T>(s, qa, k_s, dp, doa, v_s, LD);
+    // dp becomes dS.
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t col = n0 + nt * 8 + tig * 2 + (c & 1), qrow = c < 2 ? r_lo : r_hi;
+        const bool masked = qrow >= f.tq || col >= f.tk || (f.causal && col > qrow + offset);
+        const float p = masked ? 0.0f : exp2f(scaled_score(s[nt][c], f.scale_log2) - (c < 2 ? lse_lo : lse_hi));
+        dp[nt][c] = p * (dp[nt][c] - (c < 2 ? delta_lo : delta_hi));
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) {
+      uint32_t dsa[4];
+      accumulators_as_a<T>(dsa, dp[2 * t], dp[2 * t + 1]);
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) mma_tile_b(dq[dt], dsa, kt_s, LDT, dt * 8, t * 16);
+    }
+  }
+
+  T* dq_out = static_cast<T*>(a.dq) + bh * f.tq * D;
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {
+    const int col = dt * 8 + tig * 2;
+    store2(dq_out, r_lo, f.tq, col, D, dq[dt][0] * a.scale, dq[dt][1] * a.scale);
+    store2(dq_out, r_hi, f.tq, col, D, dq[dt][2] * a.scale, dq[dt][3] * a.scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, CUDA cores (fp32).
 // ---------------------------------------------------------------------------------------
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_delta(AttentionBackwardArgs a) {
@@ -344,7 +626,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq(AttentionBackwardA
     if (j < n_keys) {
       const float s = dot_row<T, D>(q_s[warp], at<T>(f.k, f.k_strides, r.b, r.h, j));
       const float dp = dot_row<T, D>(do_s[warp], at<T>(f.v, f.v_strides, r.b, r.h, j));
-      const float p = exp2f(s * f.scale_log2 - lse);
+      const float p = exp2f(scaled_score(s, f.scale_log2) - lse);
       ds = p * (dp - delta) * a.scale;
     }
     const int count = n_keys - j0 < 32 ? static_cast<int>(n_keys - j0) : 32;
@@ -394,7 +676,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv(AttentionBackwar
     if (i < f.tq) {
       const float s = dot_row<T, D>(k_s[warp], at<T>(f.q, f.q_strides, r.b, r.h, i));
       const float dp = dot_row<T, D>(v_s[warp], at<T>(a.dout, a.dout_strides, r.b, r.h, i));
-      p = exp2f(s * f.scale_log2 - f.lse[bh_rows + i]);
+      p = exp2f(scaled_score(s, f.scale_log2) - f.lse[bh_rows + i]);
       ds = p * (dp - a.delta[bh_rows + i]) * a.scale;
     }
     const int count = f.tq - i0 < 32 ? static_cast<int>(f.tq - i0) : 32;
@@ -446,7 +728,9 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
         return;
       }
     }
-    attn_fwd_rows<T, D><<<warp_blocks(a.batch * a.heads * a.tq), kWarps * 32, 0, st>>>(a);
+    const int64_t rows = a.batch * a.heads * a.tq;
+    attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    if (a.splits > 1) attn_fwd_combine<T, D><<<warp_blocks(rows), kWarps * 32, 0, st>>>(a);
   });
 }
 
@@ -455,16 +739,40 @@ void backward_typed(const AttentionBackwardArgs& a, cudaStream_t st) {
   const AttentionArgs& f = a.fwd;
   with_head_dim(f.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
-    attn_bwd_delta<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
-    attn_bwd_dq<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
+    if (f.tq > 0) attn_bwd_delta<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
+    if constexpr (!std::is_same_v<T, float>) {
+      const auto bh = static_cast<unsigned int>(f.batch * f.heads);
+      if (f.tq > 0) {
+        attn_bwd_dq_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tq + kBlockM - 1) / kBlockM)), kWarps * 32,
+                                0, st>>>(a);
+      }
+      if (f.tk > 0) {
+        attn_bwd_dkdv_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tk + kBlockN - 1) / kBlockN)),
+                                  kWarps * 32, 0, st>>>(a);
+      }
+      return;
+    }
+    if (f.tq > 0) attn_bwd_dq<T, D><<<warp_blocks(f.batch * f.heads * f.tq), kWarps * 32, 0, st>>>(a);
     if (f.tk > 0) attn_bwd_dkdv<T, D><<<warp_blocks(f.batch * f.heads * f.tk), kWarps * 32, 0, st>>>(a);
   });
 }
 
 }  // namespace
 
+int attention_key_splits(DType dt, const AttentionArgs& args, int sm_count) {
+  const int64_t rows = args.batch * args.heads * args.tq;
+  if (rows == 0 || (dt != DType::kFloat32 && args.tq > kDecodeRows)) return 1;  // tensor-core path
+  // Enough warps for ~32 per SM, each chunk at least kMinChunk keys.
+  constexpr int64_t kMinChunk = 128, kMaxSplits = 64;
+  const int64_t want = (static_cast<int64_t>(sm_count) * 32 + rows - 1) / rows;
+  const int64_t by_keys = (args.tk + kMinChunk - 1) / kMinChunk;
+  const int64_t splits = std::min(std::min(want, by_keys), kMaxSplits);
+  return splits > 1 ? static_cast<int>(splits) : 1;
+}
+
 cudaError_t attention_forward(DType dt, const AttentionArgs& args, cudaStream_t stream) {
   if (args.batch * args.heads * args.tq == 0) return cudaSuccess;
+  if (args.splits > 1 && args.partial == nullptr) return cudaErrorInvalidValue;
   const bool tensor_cores = args.tq > kDecodeRows;
   switch (dt) {
     case DType::kFloat32: forward_typed<float>(args, stream, false); break;

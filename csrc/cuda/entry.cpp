@@ -203,6 +203,8 @@ cuda::AttentionArgs attention_args(const at::Tensor& q, const at::Tensor& k, con
   a.head_dim = static_cast<int>(q.size(3));
   a.causal = causal;
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
+  a.splits = 1;
+  a.partial = nullptr;
   return a;
 }
 
@@ -217,7 +219,16 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   at::Tensor lse = at::empty({batch, heads, tq}, q_in.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
   const at::Tensor q = aligned(q_in), k = aligned(k_in), v = aligned(v_in);
-  C10_CUDA_CHECK(cuda::attention_forward(dtype_of(q), attention_args(q, k, v, out, lse, causal, scale), stream()));
+  cuda::AttentionArgs args = attention_args(q, k, v, out, lse, causal, scale);
+  const int splits =
+      cuda::attention_key_splits(dtype_of(q), args, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  at::Tensor partial;
+  if (splits > 1) {
+    partial = at::empty({batch * heads * q.size(2) * splits * (d + 2)}, q.options().dtype(at::kFloat));
+    args.splits = splits;
+    args.partial = partial.data_ptr<float>();
+  }
+  C10_CUDA_CHECK(cuda::attention_forward(dtype_of(q), args, stream()));
   return {out, lse};
 }
 

@@ -69,7 +69,16 @@ struct AttentionArgs {
   int head_dim;
   bool causal;
   float scale_log2;  // scale * log2(e)
+  // Flash-decoding key split of the CUDA-core forward: each query row's keys are cut into
+  // `splits` chunks whose partial (acc[D], max, sum) go to `partial` (splits * (D + 2)
+  // floats per row) and are then combined. 1 (no workspace) unless
+  // attention_key_splits asks for more.
+  int splits;
+  float* partial;
 };
+// How many key chunks attention_forward should split each query row into: > 1 only for the
+// CUDA-core path (fp32, or decode with Tq <= 16) when its rows alone cannot fill the GPU.
+int attention_key_splits(DType dt, const AttentionArgs& args, int sm_count);
 cudaError_t attention_forward(DType dt, const AttentionArgs& args, cudaStream_t stream);
 
 struct AttentionBackwardArgs {
