@@ -1,0 +1,162 @@
+// The fiber scheduler behind emulator.h: one block at a time, its threads as ucontext
+// fibers switched at barriers.
+#include "emulator.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace gptk_emu {
+namespace {
+
+enum class Wait { kNone, kBlock, kWarp };
+
+struct Fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  ThreadContext thread;
+  Wait wait = Wait::kNone;
+  bool done = false;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<unsigned char> scratch;  // per warp: 32 lanes x kScratchPerLane
+  ucontext_t scheduler;
+  const std::function<void()>* body = nullptr;
+  int current = -1;
+};
+
+Block* g_block = nullptr;
+ThreadContext g_host_context{};
+cudaError_t g_last_error = cudaSuccess;
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "cuda emulator: %s\n", what);
+  std::abort();
+}
+
+void fiber_main() {
+  Block* b = g_block;
+  (*b->body)();
+  b->fibers[b->current].done = true;
+  // uc_link returns to the scheduler.
+}
+
+void wait_for(Wait w) {
+  Block* b = g_block;
+  if (b == nullptr) fail("barrier outside a kernel");
+  Fiber& f = b->fibers[b->current];
+  f.wait = w;
+  swapcontext(&f.context, &b->scheduler);
+}
+
+// Release barriers whose every live participant is waiting; true if any was released.
+bool release_barriers(Block& b) {
+  bool released = false;
+  bool all_block = true, any_block = false;
+  for (const Fiber& f : b.fibers) {
+    if (f.done) continue;
+    if (f.wait == Wait::kBlock) any_block = true;
+    else all_block = false;
+  }
+  if (any_block && all_block) {
+    for (Fiber& f : b.fibers) f.wait = Wait::kNone;
+    return true;
+  }
+  const int n = static_cast<int>(b.fibers.size());
+  for (int w0 = 0; w0 < n; w0 += 32) {
+    bool all = true, any = false;
+    for (int i = w0; i < n && i < w0 + 32; ++i) {
+      const Fiber& f = b.fibers[i];
+      if (f.done) continue;
+      if (f.wait == Wait::kWarp) any = true;
+      else all = false;
+    }
+    if (any && all) {
+      for (int i = w0; i < n && i < w0 + 32; ++i) b.fibers[i].wait = Wait::kNone;
+      released = true;
+    }
+  }
+  return released;
+}
+
+void run_block(dim3 grid, dim3 block_dim, dim3 block_idx, const std::function<void()>& body) {
+  const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
+  Block b;
+  b.body = &body;
+  b.fibers.resize(n);
+  b.scratch.assign(static_cast<size_t>((n + 31) / 32) * 32 * kScratchPerLane, 0);
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = b.fibers[i];
+    f.thread.thread_idx = dim3(i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y));
+    f.thread.block_idx = block_idx;
+    f.thread.block_dim = block_dim;
+    f.thread.grid_dim = grid;
+    f.thread.lane = i % 32;
+    f.thread.warp = i / 32;
+    f.stack.reset(new char[kStackBytes]);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  Block* outer = g_block;
+  g_block = &b;
+  for (;;) {
+    bool ran = false, live = false;
+    for (int i = 0; i < n; ++i) {
+      Fiber& f = b.fibers[i];
+      if (f.done) continue;
+      live = true;
+      if (f.wait != Wait::kNone) continue;
+      b.current = i;
+      swapcontext(&b.scheduler, &f.context);
+      ran = true;
+    }
+    if (!live) break;
+    if (!release_barriers(b) && !ran) fail("deadlock: threads wait at barriers that can never release");
+  }
+  g_block = outer;
+}
+
+}  // namespace
+
+ThreadContext& ctx() { return g_block != nullptr ? g_block->fibers[g_block->current].thread : g_host_context; }
+
+void sync_block() { wait_for(Wait::kBlock); }
+void sync_warp() { wait_for(Wait::kWarp); }
+
+unsigned char* warp_scratch() {
+  return g_block->scratch.data() + static_cast<size_t>(ctx().warp) * 32 * kScratchPerLane;
+}
+
+void set_error(cudaError_t e) {
+  if (g_last_error == cudaSuccess) g_last_error = e;
+}
+
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+  const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || grid.y > 65535 ||
+      grid.z > 65535) {
+    set_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) run_block(grid, block, dim3(x, y, z), body);
+}
+
+}  // namespace gptk_emu
+
+cudaError_t gptk_emu_get_last_error() {
+  const cudaError_t e = gptk_emu::g_last_error;
+  gptk_emu::g_last_error = cudaSuccess;
+  return e;
+}

@@ -1,0 +1,161 @@
+// Runs csrc/cuda/*.cu kernels on the CPU, for the tests of a machine without a GPU.
+//
+// Force-included (g++ -include) ahead of each .cu, which tests/cuda_emu.py first rewrites
+// in two places only: `kernel<<<config>>>(args)` becomes
+// `gptk_emu::launch(gptk_emu::config(config), kernel, args)`, and the inline-PTX
+// `mma.sync.m16n8k16` becomes gptk_emu::mma_m16n8k16. Everything else compiles as written.
+//
+// The model: a block's threads are fibers (ucontext) on one OS thread, each running the
+// kernel until it finishes or waits at a barrier; __syncthreads() releases when every live
+// thread of the block waits there, __syncwarp() (and so every shuffle and mma, built on
+// it) when every live thread of the warp does. A thread that returned early leaves its
+// barriers, as on the GPU. Blocks run one after another, so `__shared__` (here `static`)
+// storage is the running block's. Deadlocks and bad launch shapes are reported, not hung.
+//
+// What this does not model: timing, memory ordering between blocks, bank conflicts, and
+// the exact rounding of the hardware's exp2/mma accumulation order (fp32 throughout).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+namespace gptk_emu {
+
+struct ThreadContext {
+  dim3 thread_idx, block_idx, block_dim, grid_dim;
+  int lane, warp;
+};
+
+ThreadContext& ctx();
+void sync_block();
+void sync_warp();
+// Scratch shared by the 32 lanes of the running thread's warp (shuffles, mma operands).
+unsigned char* warp_scratch();
+constexpr int kScratchPerLane = 64;
+
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+void set_error(cudaError_t e);
+
+struct LaunchConfig {
+  dim3 grid, block;
+};
+inline LaunchConfig config(dim3 grid, dim3 block, size_t /*smem*/ = 0, cudaStream_t /*stream*/ = nullptr) {
+  return LaunchConfig{grid, block};
+}
+
+template <typename... Params, typename... Args>
+void launch(LaunchConfig c, void (*kernel)(Params...), Args&&... args) {
+  run_grid(c.grid, c.block, [&] { kernel(args...); });
+}
+
+// ---- warp exchange ----
+template <typename T>
+T shfl(T v, int src_lane) {
+  static_assert(sizeof(T) <= kScratchPerLane, "shuffled value too large");
+  unsigned char* s = warp_scratch();
+  std::memcpy(s + ctx().lane * kScratchPerLane, &v, sizeof(T));
+  sync_warp();
+  T r;
+  std::memcpy(&r, s + (src_lane & 31) * kScratchPerLane, sizeof(T));
+  sync_warp();  // the scratch is free again
+  return r;
+}
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: fragments as the PTX ISA lays them out ----
+struct f16 {};
+struct bf16 {};
+
+inline float half_of(uint32_t reg, int hi, f16) {
+  __half h;
+  const uint16_t bits = static_cast<uint16_t>(hi ? reg >> 16 : reg & 0xffffu);
+  std::memcpy(&h, &bits, 2);
+  return __half2float(h);
+}
+inline float half_of(uint32_t reg, int hi, bf16) {
+  __nv_bfloat16 h;
+  const uint16_t bits = static_cast<uint16_t>(hi ? reg >> 16 : reg & 0xffffu);
+  std::memcpy(&h, &bits, 2);
+  return __bfloat162float(h);
+}
+
+template <typename Tag>
+void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct Operands {
+    uint32_t a[4], b[2];
+  };
+  static_assert(sizeof(Operands) <= kScratchPerLane, "mma operands too large");
+  unsigned char* s = warp_scratch();
+  const Operands mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  std::memcpy(s + ctx().lane * kScratchPerLane, &mine, sizeof(mine));
+  sync_warp();
+  auto lane_ops = [&](int lane) {
+    Operands o;
+    std::memcpy(&o, s + lane * kScratchPerLane, sizeof(o));
+    return o;
+  };
+  // A (16 x 16, row): lane 4 g + t holds rows g and g + 8, columns 2t, 2t + 1 (+ 8).
+  auto a_at = [&](int row, int k) {
+    const Operands o = lane_ops((row % 8) * 4 + (k % 8) / 2);
+    return half_of(o.a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2, Tag{});
+  };
+  // B (16 x 8, col): lane 4 g + t holds column g, rows 2t, 2t + 1 (+ 8).
+  auto b_at = [&](int k, int col) {
+    const Operands o = lane_ops(col * 4 + (k % 8) / 2);
+    return half_of(o.b[k >= 8 ? 1 : 0], k % 2, Tag{});
+  };
+  // C (16 x 8): lane 4 g + t holds rows g (c0, c1) and g + 8 (c2, c3), columns 2t, 2t + 1.
+  const int g = ctx().lane >> 2, t = ctx().lane & 3;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += a_at(row, k) * b_at(k, col);
+    out[i] = acc;
+  }
+  sync_warp();  // every lane has read the operands
+  for (int i = 0; i < 4; ++i) c[i] = out[i];
+}
+
+}  // namespace gptk_emu
+
+// ---- the CUDA names the kernels use ----
+#undef __global__
+#define __global__
+#undef __device__
+#define __device__
+#undef __host__
+#define __host__
+#undef __forceinline__
+#define __forceinline__ inline
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+
+#define threadIdx (::gptk_emu::ctx().thread_idx)
+#define blockIdx (::gptk_emu::ctx().block_idx)
+#define blockDim (::gptk_emu::ctx().block_dim)
+#define gridDim (::gptk_emu::ctx().grid_dim)
+
+inline void __syncthreads() { ::gptk_emu::sync_block(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { ::gptk_emu::sync_warp(); }
+template <typename T>
+T __shfl_sync(unsigned, T v, int src, int = 32) {
+  return ::gptk_emu::shfl(v, src);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
+  return ::gptk_emu::shfl(v, ::gptk_emu::ctx().lane ^ mask);
+}
+inline float __fmul_rn(float a, float b) { return a * b; }
+
+// The launchers' error check reads the emulator's launch status. A macro, not a definition
+// of cudaGetLastError itself: a libcudart already in the process (torch's) would win that.
+cudaError_t gptk_emu_get_last_error();
+#define cudaGetLastError gptk_emu_get_last_error

@@ -1,0 +1,201 @@
+"""The CUDA kernels themselves (csrc/cuda/*.cu), run on the CPU by the emulator of
+tests/cuda_emulator/, against fp64: every launch path of every op (tensor-core and
+CUDA-core attention forward and backward, the flash-decoding key split, warp/block/
+streamed row kernels, the deterministic column reductions), with the FlashAttention rule
+for attention and the row-op tolerances of helpers.TOL elsewhere.
+
+This is how a machine without a GPU checks the kernels' indexing, fragment layouts,
+masking and synchronisation; tests/test_cuda_gpu.py checks them on real hardware."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuda_emu
+from helpers import DTYPES, TOL, assert_close, assert_within_torch_error
+from kernels import reference
+
+pytestmark = pytest.mark.skipif(cuda_emu.unavailable_reason() is not None,
+                                reason=f"CUDA emulator: {cuda_emu.unavailable_reason()}")
+
+
+def _randn(*shape, dtype, scale=1.0):
+    return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# attention
+# ---------------------------------------------------------------------------------------
+def _attention_case(b, h, tq, tk, d, causal, dtype, layout="contiguous", sm_count=132):
+    if layout == "packed":  # q, k, v as strided views of one (B, T, 3, H, D) projection, as a GPT makes them
+        assert tq == tk
+        qkv = _randn(b, tq, 3, h, d, dtype=dtype)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    else:
+        q, k, v = (_randn(b, h, t, d, dtype=dtype) for t in (tq, tk, tk))
+    out, lse = cuda_emu.attention(q, k, v, causal, sm_count=sm_count)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    qt, kt, vt = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out64 = reference.attention_explicit(q64, k64, v64, causal=causal)
+    out_t = reference.attention(qt, kt, vt, causal=causal)
+    assert_within_torch_error(out, out_t, out64, 2, what=f"out {dtype}")
+    g = _randn(b, h, tq, d, dtype=dtype)
+    out64.backward(g.double())
+    out_t.backward(g)
+    grads = cuda_emu.attention_backward(g, q, k, v, out, lse, causal)
+    for name, ours, t, r in zip(("dq", "dk", "dv"), grads, (qt, kt, vt), (q64, k64, v64)):
+        assert_within_torch_error(ours, t.grad, r.grad, 3, what=f"{name} {dtype}")
+    return out, lse, grads
+
+
+# (tq, tk, d, causal): tq > 16 in fp16/bf16 takes the tensor-core kernels (forward and
+# backward); fp32 and decode (tq <= 16) the CUDA-core forward; fp32 the CUDA-core backward.
+# Sizes straddle the 64-row blocks and the 16/32-row streamed tiles.
+ATTENTION_CASES = [(70, 70, 64, True), (17, 17, 16, True), (33, 65, 32, False), (20, 100, 128, True),
+                   (65, 130, 128, False), (129, 129, 32, True), (1, 37, 64, True), (9, 4, 64, False),
+                   (1, 1, 128, True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_attention_kernels(case, dtype):
+    tq, tk, d, causal = case
+    _attention_case(1, 2, tq, tk, d, causal, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_attention_strided_qkv_views(dtype):
+    _attention_case(2, 2, 40, 40, 32, True, dtype, layout="packed")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_attention_decode_key_split_matches_unsplit(dtype):
+    """Decode against a long KV cache splits each row's keys over warps (flash-decoding) and
+    merges the partials; the merge must agree with one warp walking all keys."""
+    q, k, v = _randn(2, 2, 1, 64, dtype=dtype), _randn(2, 2, 1000, 64, dtype=dtype), _randn(2, 2, 1000, 64, dtype=dtype)
+    assert cuda_emu.attention_key_splits(q, k, True, sm_count=132) == 8  # 1000 keys, >= 128 per chunk
+    assert cuda_emu.attention_key_splits(q, k, True, sm_count=0) == 1
+    split, lse_split = cuda_emu.attention(q, k, v, True, sm_count=132)
+    whole, lse_whole = cuda_emu.attention(q, k, v, True, sm_count=0)
+    torch.testing.assert_close(split.double(), whole.double(), **TOL[dtype])
+    torch.testing.assert_close(lse_split, lse_whole, atol=1e-5, rtol=1e-5)
+    _attention_case(2, 2, 3, 1000, 64, True, dtype, sm_count=132)  # and against fp64
+
+
+def test_attention_split_chunks_may_be_empty():
+    # 300 keys in 3 splits of 128: the last chunk has 44 keys; with 9 splits of 64 keys (via
+    # 32-key rounding) some chunks are empty and must weigh nothing.
+    q, k, v = (_randn(1, 1, t, 32, dtype=torch.float32) for t in (2, 300, 300))
+    for sm_count in (1, 132):
+        out, lse = cuda_emu.attention(q, k, v, False, sm_count=sm_count)
+        ref = reference.attention_explicit(q.double(), k.double(), v.double(), causal=False)
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_attention_backward_is_deterministic(dtype):
+    q, k, v = (_randn(1, 2, 80, 64, dtype=dtype) for _ in range(3))
+    out, lse = cuda_emu.attention(q, k, v, True)
+    g = _randn(1, 2, 80, 64, dtype=dtype)
+    first = cuda_emu.attention_backward(g, q, k, v, out, lse, True)
+    second = cuda_emu.attention_backward(g, q, k, v, out, lse, True)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_attention_fp32_backward_recomputes_the_forwards_probabilities():
+    # One key: p is exactly 1, so dv is exactly dout (a recomputed score that differs from the
+    # forward's by a rounding would make p = 1 +- 1e-6; the GPU run caught that once).
+    q, k, v = (_randn(2, 3, 1, 128, dtype=torch.float32) for _ in range(3))
+    out, lse = cuda_emu.attention(q, k, v, True)
+    g = _randn(2, 3, 1, 128, dtype=torch.float32)
+    _, dk, dv = cuda_emu.attention_backward(g, q, k, v, out, lse, True)
+    assert torch.equal(dv, g)
+    assert torch.equal(out, v)
+
+
+def test_attention_without_keys_gives_zeros():
+    q = _randn(1, 2, 5, 16, dtype=torch.float16)
+    k = v = _randn(1, 2, 0, 16, dtype=torch.float16)
+    out, lse = cuda_emu.attention(q, k, v, False)
+    assert torch.equal(out, torch.zeros_like(out)) and bool((lse == float("-inf")).all())
+    dq, dk, dv = cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, False)
+    assert torch.equal(dq, torch.zeros_like(dq)) and dk.numel() == dv.numel() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# row ops: softmax and layer norm, every launch shape (warp per row, block per row, streamed)
+# ---------------------------------------------------------------------------------------
+ROW_LENGTHS = [1, 7, 33, 256, 257, 1000, 4097, 16385]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", ROW_LENGTHS)
+@pytest.mark.parametrize("sliced", [False, True], ids=["aligned", "sliced"])
+def test_softmax_kernels(n, dtype, sliced):
+    base = _randn(3, n + int(sliced), dtype=dtype, scale=3.0)
+    x = base[:, 1:] if sliced else base  # an odd row start: the scalar (unvectorised) kernels
+    y = cuda_emu.softmax(x, 0.7)
+    x64 = x.double().requires_grad_()
+    y64 = torch.softmax(x64 / 0.7, dim=-1)
+    assert_close(y, y64, dtype, msg="y")
+    g = _randn(3, n, dtype=dtype)
+    y64.backward(g.double())
+    dx = cuda_emu.softmax_backward(g, y, 0.7)
+    # The backward starts from our rounded y: its error follows y's.
+    assert_close(dx, x64.grad, dtype, msg="dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", ROW_LENGTHS)
+@pytest.mark.parametrize("residual", [False, True], ids=["layer_norm", "add_layer_norm"])
+def test_layer_norm_kernels(n, dtype, residual):
+    x = _randn(5, n, dtype=dtype, scale=2.0) + 3.0
+    r = _randn(5, n, dtype=dtype) if residual else None
+    w, b = _randn(n, dtype=dtype), _randn(n, dtype=dtype)
+    y, mean, rstd, s = cuda_emu.layer_norm(x, w, b, 1e-5, residual=r)
+    if residual:
+        assert torch.equal(s, x + r)  # rounded to the storage dtype, as torch's add
+    normed = s if residual else x
+    x64, w64, b64 = (t.double().requires_grad_() for t in (normed, w, b))
+    y64 = F.layer_norm(x64, (n,), w64, b64, 1e-5)
+    assert_close(y, y64, dtype, msg="y")
+    torch.testing.assert_close(mean.double(), x64.detach().mean(-1), atol=1e-5, rtol=1e-5)
+    g = _randn(5, n, dtype=dtype)
+    y64.backward(g.double())
+    dsum = _randn(5, n, dtype=dtype) if residual else None
+    dx, dw, db = cuda_emu.layer_norm_backward(g, normed, w, mean, rstd, dsum=dsum)
+    expected_dx = x64.grad + (dsum.double() if residual else 0)
+    for name, ours, ref in (("dx", dx, expected_dx), ("dw", dw, w64.grad), ("db", db, b64.grad)):
+        # dw/db sum over rows: the tolerance scales with their magnitude (rtol) as usual.
+        assert_close(ours, ref, dtype, msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [7, 768, 20000])
+@pytest.mark.parametrize("value", [0.0, 3.7, -1e4])
+def test_layer_norm_constant_rows_give_exactly_the_bias(n, dtype, value):
+    x = torch.full((3, n), value, dtype=dtype)
+    w, b = _randn(n, dtype=dtype), _randn(n, dtype=dtype)
+    y, mean, rstd, _ = cuda_emu.layer_norm(x, w, b, 1e-5)
+    assert torch.equal(y, b.expand_as(y))
+    assert torch.equal(mean, torch.full((3,), float(torch.tensor(value, dtype=dtype)), dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# GELU epilogues of gelu_linear
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (70, 96)], ids=str)
+def test_gelu_kernels(shape, approximate, dtype):
+    pre = _randn(*shape, dtype=dtype, scale=3.0)
+    tanh_form = approximate == "tanh"
+    out = cuda_emu.gelu(pre, tanh_form)
+    pre64 = pre.double().requires_grad_()
+    out64 = F.gelu(pre64, approximate=approximate)
+    assert_close(out, out64, dtype, msg="gelu")
+    g = _randn(*shape, dtype=dtype)
+    out64.backward(g.double())
+    dpre, db = cuda_emu.gelu_backward(g, pre, tanh_form)
+    assert_close(dpre, pre64.grad, dtype, msg="dpre")
+    assert_close(db, pre64.grad.sum(0), dtype, msg="dbias")
