@@ -70,18 +70,21 @@ def _check_parity(backend, B, H, Tq, Tk, D, causal, dtype, backward):
         assert_within_torch_error(g, s, r, factor, what=f"{dtype} {name}")
 
 
-# fp32 and fp16 run everywhere (fp16 backward on a GPU only: the interpreter is slow);
-# bf16 needs a GPU.
-MODES = [pytest.param(torch.float32, True, id="fp32-fwd-bwd"),
-         pytest.param(torch.float16, not INTERPRET, id="fp16"),
-         pytest.param(torch.bfloat16, True, id="bf16-fwd-bwd", marks=pytest.mark.skipif(INTERPRET, reason=BF16_REASON))]
+def _interpreted(backend):
+    return backend == "triton" and INTERPRET
 
 
+# Every dtype, forward and backward, except under the Triton interpreter: there fp16 runs
+# forward only (the interpreter is slow) and bf16 not at all (its tl.dot is wrong). The
+# cuda backend's C++ CPU implementation runs them all.
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype,backward", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_parity(backend, case, causal, dtype, backward):
+def test_parity(backend, case, causal, dtype):
+    if dtype == torch.bfloat16 and _interpreted(backend):
+        pytest.skip(BF16_REASON)
+    backward = not (dtype == torch.float16 and _interpreted(backend))
     _check_parity(backend, *case, causal, dtype, backward)
 
 

@@ -15,6 +15,9 @@ Environment:
                     and link check); 0: CPU part only. Default: when a GPU and nvcc exist.
   TORCH_CUDA_ARCH_LIST  default "8.0;9.0a" (A100, H100), plus a visible GPU's own arch.
   MAX_JOBS          ninja's parallelism (torch's convention).
+  GPTK_SANITIZE     "address": build the C++ (host) code with AddressSanitizer, a separate
+                    cached build; run Python with LD_PRELOAD=$(g++ -print-file-name=libasan.so)
+                    and ASAN_OPTIONS=detect_leaks=0 (see tests/test_cuda_backend.py).
 """
 from __future__ import annotations
 
@@ -136,7 +139,14 @@ def _prepare_cuda_env() -> None:
 def flags(with_cuda: bool) -> dict:
     """Compiler and linker flags, shared by setup.py and the JIT build."""
     cflags = ["-O3", "-fopenmp", "-DGPTK_WITH_CUDA=%d" % int(with_cuda)]
-    out = {"extra_cflags": cflags, "extra_ldflags": ["-fopenmp"], "extra_include_paths": [CSRC],
+    ldflags = ["-fopenmp"]
+    sanitize = os.environ.get("GPTK_SANITIZE", "")
+    if sanitize:
+        if sanitize != "address":
+            raise BuildError(f"GPTK_SANITIZE={sanitize!r}: only 'address' is supported")
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+        ldflags += ["-fsanitize=address"]
+    out = {"extra_cflags": cflags, "extra_ldflags": ldflags, "extra_include_paths": [CSRC],
            "extra_cuda_cflags": []}
     if with_cuda:
         includes, libs = nvidia_pip_dirs()
