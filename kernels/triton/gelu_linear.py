@@ -113,6 +113,18 @@ def _gelu_grad(z, APPROX_TANH: tl.constexpr):
 
 
 @triton.jit
+def _accumulate(acc, a, b, INPUT_PRECISION: tl.constexpr):
+    """acc + a b. IEEE fp32 sums each reduction chunk from zero and then adds it to acc
+    (blocked summation): one chained sum over K = 1000 was 5.1e-6 from fp64 on the H100
+    against cuBLAS's 1.4e-6 (a numpy model of both gives 5.4e-6 and 1.3e-6). fp16/bf16 and
+    TF32 accumulate in place: their operands' rounding dominates."""
+    if a.dtype == tl.float32 and INPUT_PRECISION == "ieee":
+        return acc + tl.dot(a, b, input_precision=INPUT_PRECISION)
+    else:
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) in grouped order: GROUP_M row tiles sweep the column tiles together, so
     a band of X rows and a band of W rows stay in L2 while they are reused."""
@@ -160,7 +172,7 @@ def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
         k_left = K - k * BLOCK_K
         a = tl.load(x_base + x_offs, mask=row_ok & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(w_base + w_offs, mask=(offs_k[:, None] < k_left) & col_ok, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = _accumulate(acc, a, b, INPUT_PRECISION)
         x_base += BLOCK_K * stride_xk
         w_base += BLOCK_K * stride_wk
     if HAS_BIAS:
@@ -220,7 +232,7 @@ def _gelu_linear_bwd_kernel(dy_ptr, z_ptr, w_ptr, dx_ptr, dz_ptr, dbp_ptr, M, N,
         if HAS_BIAS:
             tl.store(dbp_base + offs_c, tl.sum(dz, axis=0), mask=(offs_c < c_left) & writer)
         w = tl.load(w_base + w_offs, mask=(offs_c[:, None] < c_left) & col_ok, other=0.0)
-        acc = tl.dot(dz_low, w, acc, input_precision=INPUT_PRECISION)
+        acc = _accumulate(acc, dz_low, w, INPUT_PRECISION)
         dy_base += BLOCK_K * stride_dyn
         z_base += BLOCK_K
         dz_base += BLOCK_K
