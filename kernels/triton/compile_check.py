@@ -47,7 +47,7 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int,
-                 num_stages: int = 3, divisible=()) -> dict:
+                 num_stages: int = 3, divisible=(), options=None) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -58,7 +58,7 @@ def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     src = ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages, **(options or {})})
     usage = resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
     return {
@@ -66,7 +66,8 @@ def compile_case(kernel, signature: dict, constexprs: dict, num_warps: int, arch
         "signature": signature, "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) else str(v))
                                                for k, v in constexprs.items()},
         "shared_bytes": int(compiled.metadata.shared), "shared_limit": SHARED_LIMIT[arch],
-        "divisible": sorted(divisible), "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx, **usage,
+        "divisible": sorted(divisible), "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
+        "fp32_fma": ptx.count("fma.rn.f32"), **usage,
     }
 
 
@@ -74,14 +75,18 @@ def check_module(module_name: str) -> list[dict]:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("compile_check needs real @triton.jit kernels: unset TRITON_INTERPRET")
     module = importlib.import_module(module_name)
+    # Compile options a launcher passes with a kernel (e.g. enable_fp_fusion), by kernel name.
+    launch_options = getattr(module, "LAUNCH_OPTIONS", {})
     results = []
     for case in module.compile_cases():
         kernel, signature, constexprs, num_warps, *rest = case
         num_stages = rest[0] if rest else 3
         divisible = tuple(rest[1]) if len(rest) > 1 else ()
+        options = launch_options.get(kernel.__name__)
         for arch in TARGETS:
             try:
-                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible))
+                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible,
+                                            options))
             except Exception as e:  # reported, and failed on, by the test
                 results.append({"kernel": getattr(kernel, "__name__", str(kernel)), "arch": arch,
                                 "num_warps": num_warps, "constexprs": {k: str(v) for k, v in constexprs.items()},

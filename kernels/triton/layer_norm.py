@@ -171,9 +171,15 @@ def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rst
     tl.store(c2_ptr + row, tl.sum(acc2, axis=0) / n_cols)
 
 
+# No FMA contraction in the dx kernel: fused, g - c2 (g = dy w, c2 = mean(g)) becomes
+# fma(dy, w, -c2), the rounding error of dy w, which rstd (up to 1/sqrt(eps) = 316) then
+# amplifies: hidden size 1 gave dx = 1.7e-5 instead of exactly 0 on the H100.
+LAUNCH_OPTIONS = {"_ln_bwd_kernel": {"enable_fp_fusion": False}}
+
+
 @triton.jit
 def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, ds_ptr, c1_ptr, c2_ptr,
-                   n_rows, n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
+                   n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                    HAS_DS: tl.constexpr, ROW_MEANS_GIVEN: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -211,8 +217,10 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
             c1 = tl.load(c1_ptr + rows, mask=row_ok, other=0.0)
             c2 = tl.load(c2_ptr + rows, mask=row_ok, other=0.0)
         else:
-            c1 = tl.sum(xhat * g, axis=1) / n_cols
-            c2 = tl.sum(g, axis=1) / n_cols
+            # A multiply: IEEE division (what no-contraction compiles `/` to) calls a slow
+            # path with a stack frame.
+            c1 = tl.sum(xhat * g, axis=1) * inv_n_cols
+            c2 = tl.sum(g, axis=1) * inv_n_cols
         dx = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DS:
             dx += tl.load(ds_ptr + rows64 * ds_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -367,11 +375,11 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
                                             dy_rows.stride(0), x_rows.stride(0), HAS_W=weight is not None,
                                             BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
     _ln_bwd_kernel[(n_col_blocks, parts)](
-        dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols,
+        dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
         dx_rows.stride(0), dy_rows.stride(0), x_rows.stride(0), ds_rows.stride(0),
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
         ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"])
+        num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
         _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
@@ -435,7 +443,7 @@ def compile_cases():
     for dtype in ("fp32", "fp16", "bf16"):
         sigs = {_ln_fwd_kernel: _sig(fwd_ptrs, dtype, ("n_rows", "n_cols") + fwd_ints, ("eps",)),
                 _ln_fwd_long_kernel: _sig(fwd_ptrs, dtype, ("n_cols",) + fwd_ints, ("eps",)),
-                _ln_bwd_kernel: _sig(bwd_ptrs, dtype, bwd_ints),
+                _ln_bwd_kernel: _sig(bwd_ptrs, dtype, bwd_ints, ("inv_n_cols",)),
                 _ln_bwd_row_means_kernel: _sig(means_ptrs, dtype, ("n_cols", "dy_row_stride", "x_row_stride")),
                 _ln_bwd_reduce_kernel: _sig(("dw_ptr", "db_ptr", "pw_ptr", "pb_ptr"), dtype, ("n_parts", "n_cols"))}
         for kernel, kernel_shapes in shapes.items():
