@@ -143,6 +143,14 @@ def lib() -> ctypes.CDLL:
     return _LIB
 
 
+SCHEDULES = {"forward": 0, "reverse": 1, "shuffle": 2, "warp_serial": 3, "warp_serial_reverse": 4}
+
+
+def set_schedule(name: str, seed: int = 0):
+    """The order a block's threads take turns between barriers (see emulator.h)."""
+    lib().emu_set_schedule(SCHEDULES[name], ctypes.c_uint(seed))
+
+
 # ---- argument helpers ----
 def _p(t):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)

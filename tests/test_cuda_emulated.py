@@ -199,3 +199,41 @@ def test_gelu_kernels(shape, approximate, dtype):
     dpre, db = cuda_emu.gelu_backward(g, pre, tanh_form)
     assert_close(dpre, pre64.grad, dtype, msg="dpre")
     assert_close(db, pre64.grad.sum(0), dtype, msg="dbias")
+
+
+# ---------------------------------------------------------------------------------------
+# barriers: results must not depend on the order threads take their turns
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def schedules():
+    yield [("forward", 0), ("reverse", 0), ("shuffle", 1), ("warp_serial", 0), ("warp_serial_reverse", 0)]
+    cuda_emu.set_schedule("forward")
+
+
+def _every_kernel_once():
+    torch.manual_seed(0)
+    outs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (_randn(1, 2, t, 64, dtype=dtype) for t in (70, 100, 100))
+        out, lse = cuda_emu.attention(q, k, v, True)
+        outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
+        q1 = _randn(1, 2, 1, 64, dtype=dtype)
+        outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
+    for n in (33, 1000, 16385):  # warp, block and streamed rows
+        x = _randn(4, n, dtype=torch.float32)
+        y = cuda_emu.softmax(x, 0.7)
+        outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
+        y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
+        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
+    outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
+    return outs
+
+
+def test_kernels_do_not_depend_on_thread_order(schedules):
+    results = []
+    for name, seed in schedules:
+        cuda_emu.set_schedule(name, seed)
+        results.append(_every_kernel_once())
+    for (name, seed), outs in zip(schedules[1:], results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], outs)):
+            assert torch.equal(a, b), f"output {i} differs between the forward and the {name}({seed}) schedule"

@@ -4,9 +4,12 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <vector>
 
 namespace gptk_emu {
@@ -35,6 +38,8 @@ struct Block {
 Block* g_block = nullptr;
 ThreadContext g_host_context{};
 cudaError_t g_last_error = cudaSuccess;
+Schedule g_schedule = Schedule::kForward;
+std::mt19937 g_rng(0);
 
 [[noreturn]] void fail(const char* what) {
   std::fprintf(stderr, "cuda emulator: %s\n", what);
@@ -109,13 +114,31 @@ void run_block(dim3 grid, dim3 block_dim, dim3 block_idx, const std::function<vo
   }
   Block* outer = g_block;
   g_block = &b;
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  if (g_schedule == Schedule::kReverse || g_schedule == Schedule::kWarpSerialReverse) {
+    std::reverse(order.begin(), order.end());
+  }
+  const bool warp_serial = g_schedule == Schedule::kWarpSerial || g_schedule == Schedule::kWarpSerialReverse;
   for (;;) {
     bool ran = false, live = false;
-    for (int i = 0; i < n; ++i) {
+    if (g_schedule == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), g_rng);
+    // Warp-serial: only the first warp (in `order`) with a runnable thread takes turns, so it
+    // runs ahead to the next __syncthreads() before any other warp moves.
+    int only_warp = -1;
+    if (warp_serial) {
+      for (const int i : order) {
+        if (!b.fibers[i].done && b.fibers[i].wait == Wait::kNone) {
+          only_warp = i / 32;
+          break;
+        }
+      }
+    }
+    for (const int i : order) {
       Fiber& f = b.fibers[i];
       if (f.done) continue;
       live = true;
-      if (f.wait != Wait::kNone) continue;
+      if (f.wait != Wait::kNone || (only_warp >= 0 && i / 32 != only_warp)) continue;
       b.current = i;
       swapcontext(&b.scheduler, &f.context);
       ran = true;
@@ -135,6 +158,11 @@ void sync_warp() { wait_for(Wait::kWarp); }
 
 unsigned char* warp_scratch() {
   return g_block->scratch.data() + static_cast<size_t>(ctx().warp) * 32 * kScratchPerLane;
+}
+
+void set_schedule(Schedule s, unsigned seed) {
+  g_schedule = s;
+  g_rng.seed(seed);
 }
 
 void set_error(cudaError_t e) {

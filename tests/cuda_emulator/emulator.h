@@ -12,6 +12,10 @@
 // barriers, as on the GPU. Blocks run one after another, so `__shared__` (here `static`)
 // storage is the running block's. Deadlocks and bad launch shapes are reported, not hung.
 //
+// Races: threads take turns in a chosen order (set_schedule: forward, reverse, shuffled,
+// warp-serial); tests run kernels under several orders and require bitwise-equal results,
+// which catches missing barriers (not a full racecheck: compute-sanitizer on a GPU is that).
+//
 // What this does not model: timing, memory ordering between blocks, bank conflicts, and
 // the exact rounding of the hardware's exp2/mma accumulation order (fp32 throughout).
 #pragma once
@@ -41,6 +45,14 @@ constexpr int kScratchPerLane = 64;
 
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
 void set_error(cudaError_t e);
+
+// The order in which a block's runnable threads take their turns between barriers. Outputs
+// of a race-free kernel do not depend on it; a missing __syncthreads() makes them. The
+// interleaved orders keep warps in step (a missing barrier after a shared-memory write
+// shows); the warp-serial ones run each warp alone up to the next __syncthreads() (a
+// missing barrier before a tile is overwritten shows).
+enum class Schedule { kForward = 0, kReverse = 1, kShuffle = 2, kWarpSerial = 3, kWarpSerialReverse = 4 };
+void set_schedule(Schedule s, unsigned seed);
 
 struct LaunchConfig {
   dim3 grid, block;
