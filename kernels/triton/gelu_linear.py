@@ -7,16 +7,18 @@ W (N, K) like nn.Linear, b (N,). Z = X W^T + b is the pre-activation.
 What it fuses. Eager `F.gelu(F.linear(x, W, b))` runs a GEMM that writes Z, then an
 elementwise kernel that reads Z and writes Y: 3 M N s bytes beyond the GEMM's own
 operands (s = bytes per element). Here the bias add and the GELU run on the fp32
-accumulator tile before a single store of Y. Backward, eager reads dY and Z and writes
-dZ in an elementwise pass, then two GEMMs read dZ again; here dZ = dY * gelu'(Z) is
-computed tile by tile inside the kernel producing dX = dZ W (dY and Z loaded as that
-GEMM's left operand), which also writes dZ (for dW) and the per-tile column sums of dZ
-(for db), so no elementwise pass over M N memory remains.
+accumulator tile before a single store of Y. Backward: one elementwise kernel reads dY
+and Z and writes dZ = dY * gelu'(Z) together with the fp32 column sums of each row tile
+of dZ (db's deterministic partials, so db costs no extra pass); then dX = dZ W and
+dW = dZ^T X are plain GEMMs (cuBLAS), as Liger and eager do. A first version formed dZ
+inside the dX GEMM's operand prologue instead: that saves nothing (dZ must be written for
+dW anyway) and recomputes gelu' once per dX column tile; on the H100 it ran at 73 TFLOP/s
+against eager's 498 (benchmarks/results/2026-11-25-h100-80gb-hbm3-run3).
 
 Roofline (FLOPs 2 M N K per GEMM; bytes are the operands read once plus outputs):
   forward   2 M N K FLOP; (M K + N K + M N) s bytes, + M N s when Z is saved.
-  backward  4 M N K FLOP (dX, dW); dX kernel reads dY, Z, W, writes dX, dZ;
-            dW = dZ^T X and db = sum of the fp32 partials are plain GEMM / tiny reduce.
+  backward  4 M N K FLOP (dX, dW); the dZ kernel moves 3 M N s bytes (+ 4 N bytes per
+            64-row tile for the db partials); the GEMMs read dZ, W and X.
 At GPT sizes (M = B T in the thousands, K = C, N = 4 C) every GEMM is compute-bound.
 
 Save Z or recompute it? Saving costs one extra store of M N s bytes in the forward and
@@ -34,8 +36,8 @@ Z; the saved Z and dZ are rounded to the input dtype (as eager does). Both GELU
 forms: "tanh" 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), written as
 z * sigmoid(2 u) (no tanh intrinsic, exact in the limits); "none" 0.5 z (1 + erf(z/sqrt 2)).
 fp32 inputs: tl.dot runs TF32 tensor cores only when torch.backends.cuda.matmul.allow_tf32
-is True (PyTorch's default is False), else full-precision IEEE fp32 FMA; dW = dZ^T X is a
-torch matmul and follows the same flag. fp16/bf16 use fp16/bf16 tensor cores (wgmma on
+is True (PyTorch's default is False), else full-precision IEEE fp32 FMA; the backward's
+torch matmuls follow the same flag. fp16/bf16 use fp16/bf16 tensor cores (wgmma on
 sm_90, mma.sync on sm_80) with fp32 accumulation.
 
 Inputs are never copied: the kernels take x's and W's strides (x.reshape copies only when
@@ -188,58 +190,26 @@ def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
 
 
 @triton.jit
-def _gelu_linear_bwd_kernel(dy_ptr, z_ptr, w_ptr, dx_ptr, dz_ptr, dbp_ptr, M, N, K,
-                            stride_dym, stride_dyn, stride_wn, stride_wk,
-                            HAS_BIAS: tl.constexpr, APPROX_TANH: tl.constexpr,
-                            INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) tile of dX = dZ W, dX (M, K), reducing over the N out-features
-    in BLOCK_K chunks. The left operand dZ = dY * gelu'(Z) is formed on chip from the dY and
-    saved-Z tiles; the programs of the first dX column tile (pid_n == 0) also store dZ
-    (contiguous (M, N)) and, with a bias, each chunk's column sums of dZ in fp32 into row
-    pid_m of dbp (db partials: deterministic, summed by the launcher).
-
-    Here BLOCK_N tiles K (the output columns) and BLOCK_K tiles N (the reduction), so the
-    forward's autotune configs mean the same thing: output tile, then reduction chunk."""
-    pid_m, pid_n = _grouped_tile(M, tl.maximum(K, 1), BLOCK_M, BLOCK_N, GROUP_M)  # K = 0: one column, for dZ
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_c = tl.arange(0, BLOCK_K)   # out-feature (reduction) chunk
-    offs_k = tl.arange(0, BLOCK_N)   # in-feature (output column) tile
-    rows_left = M - pid_m * BLOCK_M
-    cols_left = K - pid_n * BLOCK_N
-    row_base = pid_m.to(tl.int64) * BLOCK_M
-    dy_base = dy_ptr + row_base * stride_dym
-    z_base = z_ptr + row_base * N        # Z and dZ: contiguous (M, N)
-    dz_base = dz_ptr + row_base * N
-    w_base = w_ptr + (pid_n.to(tl.int64) * BLOCK_N) * stride_wk
-    dbp_base = dbp_ptr + pid_m.to(tl.int64) * N
-    dy_offs = offs_m[:, None] * stride_dym + offs_c[None, :] * stride_dyn
-    z_offs = offs_m[:, None] * N + offs_c[None, :]
-    w_offs = offs_c[:, None] * stride_wn + offs_k[None, :] * stride_wk
-    row_ok = offs_m[:, None] < rows_left
-    col_ok = offs_k[None, :] < cols_left
-    writer = pid_n == 0
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for c in range(0, tl.cdiv(N, BLOCK_K)):
-        c_left = N - c * BLOCK_K
-        tile_mask = row_ok & (offs_c[None, :] < c_left)
-        # Padding loads dY = 0, so padded dZ is 0 whatever gelu'(0) is.
-        dy = tl.load(dy_base + dy_offs, mask=tile_mask, other=0.0).to(tl.float32)
-        z = tl.load(z_base + z_offs, mask=tile_mask, other=0.0).to(tl.float32)
-        dz = dy * _gelu_grad(z, APPROX_TANH)
-        dz_low = dz.to(dz_ptr.dtype.element_ty)
-        tl.store(dz_base + z_offs, dz_low, mask=tile_mask & writer)
-        if HAS_BIAS:
-            tl.store(dbp_base + offs_c, tl.sum(dz, axis=0), mask=(offs_c < c_left) & writer)
-        w = tl.load(w_base + w_offs, mask=(offs_c[:, None] < c_left) & col_ok, other=0.0)
-        acc = _accumulate(acc, dz_low, w, INPUT_PRECISION)
-        dy_base += BLOCK_K * stride_dyn
-        z_base += BLOCK_K
-        dz_base += BLOCK_K
-        dbp_base += BLOCK_K
-        w_base += BLOCK_K * stride_wn
-    dx_base = dx_ptr + row_base * K + pid_n * BLOCK_N
-    tl.store(dx_base + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=row_ok & col_ok)
+def _gelu_linear_dz_kernel(dy_ptr, z_ptr, dz_ptr, dbp_ptr, M, N, stride_dym, stride_dyn,
+                           HAS_BIAS: tl.constexpr, APPROX_TANH: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dZ = dY * gelu'(Z) for one (BLOCK_M, BLOCK_N) tile, rounded to the input dtype (what
+    the GEMMs read), and with a bias the tile's fp32 column sums into row program_id(0) of
+    dbp (db's partials, summed in a fixed order by the launcher). Z and dZ are contiguous
+    (M, N); dY any strides. Bytes: 3 M N s."""
+    pid_m = tl.program_id(0)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    mask = (rows < M)[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+    # Padding loads dY = 0, so padded dZ is 0 whatever gelu'(0) is.
+    dy = tl.load(dy_ptr + rows64 * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + rows64 * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dz = dy * _gelu_grad(z, APPROX_TANH)
+    tl.store(dz_ptr + rows64 * N + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(dbp_ptr + pid_m.to(tl.int64) * N + cols, tl.sum(dz, axis=0), mask=col_ok)
 
 
 # -----------------------------------------------------------------------------------------
@@ -256,9 +226,8 @@ def _cfg(bm, bn, bk, stages, warps, group_m=8):
 # strides multiples of 16, the common case, where Triton vectorises the tile loads and
 # pipelines them through shared memory (cp.async). Otherwise each element is its own
 # load held in registers, so those lists use 8 warps and 2 stages to stay spill-free.
-# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). The
-# backward stages two left-operand tiles (dY and Z) and runs gelu' on them, hence its
-# lighter lists. Every entry is compiled for sm_80 and sm_90 by compile_cases().
+# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). Every
+# entry is compiled for sm_80 and sm_90 by compile_cases().
 CONFIGS = {
     "fwd": {
         ("16bit", True): [_cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
@@ -268,22 +237,18 @@ CONFIGS = {
                          _cfg(64, 64, 32, 3, 4)],
         ("fp32", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
     },
-    "bwd": {
-        ("16bit", True): [_cfg(64, 128, 64, 3, 8), _cfg(64, 64, 64, 3, 8)],
-        ("16bit", False): [_cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
-        ("fp32", True): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
-        ("fp32", False): [_cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 8)],
-    },
 }
 # Small tiles under the interpreter: several tiles and groups even at test shapes.
 INTERPRET_CONFIG = _cfg(32, 32, 32, 1, 4, group_m=2)
+# The dZ kernel (memory-bound, one fixed shape): 8192-element tiles, 32 per thread; 64 rows
+# per db partial keep the partials at 1/16 of dZ's bytes in fp32 at 16-bit inputs.
+DZ_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8}
+DZ_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4}
 
 # Per kernel: the pointer arguments, and the integer arguments whose divisibility by 16
 # decides whether Triton can vectorise (M only masks rows, so it does not matter).
-_POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr"),
-             "bwd": ("dy_ptr", "z_ptr", "w_ptr", "dx_ptr", "dz_ptr", "dbp_ptr")}
-_ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk"),
-               "bwd": ("N", "K", "stride_dym", "stride_dyn", "stride_wn", "stride_wk")}
+_POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr")}
+_ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk")}
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -323,17 +288,6 @@ def _tuned(kernel, direction, **kw):
 
 
 _fwd_tuned = _tuned(_gelu_linear_fwd_kernel, "fwd")
-# Autotuning runs every config; stale db partials of a config with smaller BLOCK_M would
-# survive into the chosen one's sum, so the partials are zeroed around each trial.
-_bwd_tuned = _tuned(_gelu_linear_bwd_kernel, "bwd", reset_to_zero=["dbp_ptr"])
-
-
-def _min_block_m(dtype: torch.dtype) -> int:
-    """Rows of the db-partials buffer follow the chosen BLOCK_M: size it for the smallest."""
-    if triton_interpreting():
-        return INTERPRET_CONFIG.kwargs["BLOCK_M"]
-    return min(c.kwargs["BLOCK_M"] for (kind, _), lst in CONFIGS["bwd"].items() if kind == _kind(dtype)
-               for c in lst)
 
 
 def _out_shape(x: torch.Tensor, n: int) -> tuple:
@@ -362,17 +316,17 @@ def gelu_linear_backward(dy, x, weight, z, has_bias: bool, approximate: str):
     m = math.prod(x.shape[:-1])
     x2 = x.reshape(m, k)
     dy2 = dy.reshape(m, n)
-    dx = torch.empty((m, k), dtype=x.dtype, device=x.device)
     dz = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    dbp = torch.zeros((triton.cdiv(m, _min_block_m(x.dtype)), n) if has_bias else (0,),
-                      dtype=torch.float32, device=x.device)
-    if m > 0:
-        # K = 0 still launches one column of programs: they produce dZ (and db).
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(max(k, 1), meta["BLOCK_N"]),)  # noqa: E731
-        _bwd_tuned[grid](dy2, z, weight, dx, dz, dbp, m, n, k, dy2.stride(0), dy2.stride(1),
-                         weight.stride(0), weight.stride(1), HAS_BIAS=has_bias,
-                         APPROX_TANH=approximate == "tanh", INPUT_PRECISION=input_precision(x.dtype))
-    # dW = dZ^T X: a plain GEMM (nothing left to fuse), cuBLAS on the GPU.
+    cfg = DZ_INTERPRET_CONFIG if triton_interpreting() else DZ_CONFIG
+    dbp = torch.empty((triton.cdiv(m, cfg["BLOCK_M"]), n) if has_bias else (0,), dtype=torch.float32,
+                      device=x.device)
+    if m > 0 and n > 0:
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+        _gelu_linear_dz_kernel[grid](dy2, z, dz, dbp if has_bias else dz, m, n, dy2.stride(0), dy2.stride(1),
+                                     HAS_BIAS=has_bias, APPROX_TANH=approximate == "tanh",
+                                     BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+    # Plain GEMMs, nothing left to fuse: cuBLAS on the GPU (fp32 as TF32 only when torch allows).
+    dx = dz @ weight
     dw = dz.t() @ x2
     db = dbp.sum(0).to(x.dtype) if has_bias else dbp.to(x.dtype)
     return dx.view(x.shape), dw, db
@@ -383,8 +337,7 @@ def _compile_signature(kernel, dtype):
     if kernel is _gelu_linear_fwd_kernel:
         return {"x_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p, "z_ptr": p, "M": "i32", "N": "i32", "K": "i32",
                 "stride_xm": "i32", "stride_wn": "i32"}
-    return {"dy_ptr": p, "z_ptr": p, "w_ptr": p, "dx_ptr": p, "dz_ptr": p, "dbp_ptr": "*fp32", "M": "i32",
-            "N": "i32", "K": "i32", "stride_dym": "i32", "stride_wn": "i32"}
+    return {"dy_ptr": p, "z_ptr": p, "dz_ptr": p, "dbp_ptr": "*fp32", "M": "i32", "N": "i32", "stride_dym": "i32"}
 
 
 # Every autotune configuration, for the sm_80/sm_90 compile test: each list in CONFIGS
@@ -398,18 +351,20 @@ def compile_cases():
     variants = (("fp16", "ieee"), ("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "ieee"))
     for (dtype, precision), tanh in itertools.product(variants, (True, False)):
         kind = "fp32" if dtype == "fp32" else "16bit"
-        for kernel, direction in ((_gelu_linear_fwd_kernel, "fwd"), (_gelu_linear_bwd_kernel, "bwd")):
-            signature = _compile_signature(kernel, dtype)
-            unit = {"stride_xk": 1, "stride_wk": 1} if direction == "fwd" else {"stride_dyn": 1, "stride_wk": 1}
-            flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision, **unit}
-            if direction == "fwd":
-                flags["STORE_Z"] = True
-            for aligned in (True, False):
-                divisible = [a for a in _POINTERS[direction] + _ALIGN_INTS[direction] if a in signature] \
-                    if aligned else []
-                for cfg in CONFIGS[direction][(kind, aligned)]:
-                    cases.append((kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
-                                  divisible))
+        signature = _compile_signature(_gelu_linear_fwd_kernel, dtype)
+        flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision, "STORE_Z": True,
+                 "stride_xk": 1, "stride_wk": 1}
+        for aligned in (True, False):
+            divisible = [a for a in _POINTERS["fwd"] + _ALIGN_INTS["fwd"] if a in signature] if aligned else []
+            for cfg in CONFIGS["fwd"][(kind, aligned)]:
+                cases.append((_gelu_linear_fwd_kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps,
+                              cfg.num_stages, divisible))
+        if precision == "ieee":  # the dZ kernel has no matmul: one case per dtype and form
+            dz_meta = {"BLOCK_M": DZ_CONFIG["BLOCK_M"], "BLOCK_N": DZ_CONFIG["BLOCK_N"]}
+            for has_bias in (True, False):
+                cases.append((_gelu_linear_dz_kernel, _compile_signature(_gelu_linear_dz_kernel, dtype),
+                              {"HAS_BIAS": has_bias, "APPROX_TANH": tanh, "stride_dyn": 1, **dz_meta},
+                              DZ_CONFIG["num_warps"]))
     return cases
 
 
