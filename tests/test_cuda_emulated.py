@@ -52,7 +52,7 @@ def _attention_case(b, h, tq, tk, d, causal, dtype, layout="contiguous", sm_coun
 # Sizes straddle the 64-row blocks and the 16/32-row streamed tiles.
 ATTENTION_CASES = [(70, 70, 64, True), (17, 17, 16, True), (33, 65, 32, False), (20, 100, 128, True),
                    (65, 130, 128, False), (129, 129, 32, True), (1, 37, 64, True), (9, 4, 64, False),
-                   (1, 1, 128, True)]
+                   (1, 1, 128, True), (200, 333, 64, True), (130, 257, 128, False)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
