@@ -78,8 +78,18 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
         s = (x + r).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + rows64 * s_row_stride + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)  # normalize what is returned as s
-    # The first element of each row (picked by a reduction: no second load).
-    shift = tl.sum(tl.where(cols[None, :] == 0, x, 0.0), axis=1)
+    # The first element of each row, as the tile holds it (x + r rounded when fused).
+    if BLOCK_M == 1:
+        # One wide row per program (16 warps, 64 registers each): picking it out of the tile
+        # by a reduction keeps these configs spill-free, where a separate load does not.
+        shift = tl.sum(tl.where(cols[None, :] == 0, x, 0.0), axis=1)
+    else:
+        # Several rows per program: a cached scalar load per row instead of one more
+        # cross-warp reduction.
+        shift = tl.load(x_ptr + rows.to(tl.int64) * x_row_stride, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r0 = tl.load(r_ptr + rows.to(tl.int64) * r_row_stride, mask=row_ok, other=0.0).to(tl.float32)
+            shift = (shift + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
     d = tl.where(mask, x - shift[:, None], 0.0)
     mean_d = tl.sum(d, axis=1) / n_cols
     diff = tl.where(mask, d - mean_d[:, None], 0.0)
