@@ -1,7 +1,8 @@
 """Build and call the CUDA kernels of csrc/cuda/ on the CPU (tests/cuda_emulator/).
 
 The .cu sources are compiled by g++ with tests/cuda_emulator/emulator.h force-included,
-after two textual rewrites (kernel launches and the inline-PTX mma; see emulator.h). The
+after one textual rewrite (kernel launches; see emulator.h), with the emulator's
+cuda/ptx.cuh ahead of csrc/cuda/ptx.cuh on the include path. The
 library is cached per hash of every input under ~/.cache/gptk/emulator (GPTK_BUILD_DIR
 moves it), so only the first test session after a change pays the ~1 min build.
 
@@ -29,7 +30,6 @@ EMU_DIR = os.path.join(ROOT, "tests", "cuda_emulator")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 _LAUNCH = re.compile(r"\b([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\)\s*;", re.S)
-_MMA = re.compile(r'asm volatile\(\s*"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\..*?\);', re.S)
 
 
 def cuda_include_dir() -> str | None:
@@ -63,11 +63,11 @@ def _keeping_lines(template):
 def rewrite(source: str, name: str) -> str:
     """The .cu text with launches and mma made emulator calls."""
     out, launches = _LAUNCH.subn(_keeping_lines(r"::gptk_emu::launch(::gptk_emu::config(\2), \1, \3);"), source)
-    out = _MMA.sub(_keeping_lines(r"::gptk_emu::mma_m16n8k16<::gptk_emu::\1>(c, a, b0, b1);"), out)
     # `static alignas(16) T x[]` is ill-formed: the attribute goes first.
     out = re.sub(r"__shared__\s+(alignas\(\d+\))", r"\1 __shared__", out)
-    if "<<<" in out or "asm" in out:
-        raise RuntimeError(f"{name}: a kernel launch or inline asm the emulator cannot rewrite is left")
+    if "<<<" in out or re.search(r"\basm\b", out):
+        raise RuntimeError(f"{name}: a kernel launch the emulator cannot rewrite, or inline PTX outside "
+                           f"csrc/cuda/ptx.cuh, is left")
     if source.count("<<<") != launches:
         raise RuntimeError(f"{name}: rewrote {launches} of {source.count('<<<')} launches")
     return out
@@ -77,7 +77,7 @@ def _inputs() -> list[str]:
     files = sorted(glob.glob(os.path.join(_build.CSRC, "cuda", "*.cu")))
     files += sorted(glob.glob(os.path.join(_build.CSRC, "cuda", "*.h*")) + glob.glob(os.path.join(_build.CSRC, "cuda", "*.cuh")))
     files += sorted(glob.glob(os.path.join(_build.CSRC, "common", "*.h")))
-    files += sorted(glob.glob(os.path.join(EMU_DIR, "*")))
+    files += sorted(glob.glob(os.path.join(EMU_DIR, "**", "*.*"), recursive=True))
     return sorted(set(files)) + [os.path.abspath(__file__)]
 
 
@@ -111,7 +111,8 @@ def build() -> str:
             f.write(f'#line 1 "{cu}"\n' + text)
         units.append(path)
     units += [os.path.join(EMU_DIR, "emulator.cpp"), os.path.join(EMU_DIR, "harness.cpp")]
-    flags = ["g++", "-std=c++20", "-O1", "-fPIC", "-w", "-I", _build.CSRC, "-I", EMU_DIR, "-I", cuda_include_dir(),
+    # EMU_DIR first: its cuda/ptx.cuh replaces csrc/cuda/ptx.cuh.
+    flags = ["g++", "-std=c++20", "-O1", "-fPIC", "-w", "-I", EMU_DIR, "-I", _build.CSRC, "-I", cuda_include_dir(),
              "-include", os.path.join(EMU_DIR, "emulator.h")]
 
     def compile_one(src):
@@ -146,9 +147,10 @@ def lib() -> ctypes.CDLL:
 SCHEDULES = {"forward": 0, "reverse": 1, "shuffle": 2, "warp_serial": 3, "warp_serial_reverse": 4}
 
 
-def set_schedule(name: str, seed: int = 0):
-    """The order a block's threads take turns between barriers (see emulator.h)."""
-    lib().emu_set_schedule(SCHEDULES[name], ctypes.c_uint(seed))
+def set_schedule(name: str, seed: int = 0, eager_copies: bool = False):
+    """The order a block's threads take turns between barriers, and whether cp.async
+    copies land at once or at the wait (see emulator.h)."""
+    lib().emu_set_schedule(SCHEDULES[name], ctypes.c_uint(seed), int(eager_copies))
 
 
 # ---- argument helpers ----

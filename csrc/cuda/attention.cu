@@ -4,10 +4,11 @@
 // FLOPs: forward 4 B H Tq Tk D (halved when causal and Tq = Tk), backward 2.5x that.
 //  - attn_fwd_mma (fp16/bf16, Tq > kDecodeRows): FlashAttention-2's forward on tensor
 //    cores (mma.sync m16n8k16, fp32 accumulate): a block of 4 warps owns 64 queries, each
-//    warp 16; Q stays in registers as A fragments, K (row-major) and V (transposed) tiles
-//    of 64 keys go through shared memory; the S accumulator is rescaled by the online
-//    softmax of csrc/common/math.h and reused as P's A fragments without a trip to
-//    shared memory. Causal blocks stop at the last key their last query sees.
+//    warp 16; Q stays in registers as A fragments, K and V tiles (64 keys, 32 at D = 128)
+//    are double-buffered in shared memory by cp.async and read as B fragments by ldmatrix
+//    (transposed for V); the S accumulator is rescaled by the online softmax of
+//    csrc/common/math.h and reused as P's A fragments without a trip to shared memory.
+//    Causal blocks stop at the last key their last query sees.
 //  - attn_fwd_rows (fp32 on any Tq, fp16/bf16 decode with Tq <= kDecodeRows): a warp per
 //    query row on CUDA cores, 32 keys per step (one per lane), then each probability is
 //    broadcast to accumulate V with lanes across the head dim. When the rows are too few
@@ -25,6 +26,7 @@
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/ptx.cuh"
 
 namespace gptk {
 namespace cuda {
@@ -179,23 +181,6 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
 // ---------------------------------------------------------------------------------------
 // Forward, tensor cores (sm_80+): FlashAttention-2 style.
 // ---------------------------------------------------------------------------------------
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
-                                          __nv_bfloat16) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two values as one 32-bit fragment register, the lower column in the low half.
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
   const __half2 h = __floats2half2_rn(lo, hi);
@@ -280,18 +265,38 @@ __device__ __forceinline__ void store2(T* out, int64_t row, int64_t rows, int co
   if (row < rows) *reinterpret_cast<uint32_t*>(out + row * d + col) = pack2(x, y, T{});
 }
 
+// Issue cp.async copies of rows [r0, r0 + R) of a (B, H, T, D) operand into a row-major
+// shared tile (stride D + 8: a fragment's 8 rows start on distinct banks, and every row
+// stays 16-byte aligned for cp.async and ldmatrix); rows past t_end are zero-filled.
+template <typename T, int D, int R>
+__device__ __forceinline__ void stage_rows_async(const void* base, const int64_t (&s)[3], int64_t b, int64_t h,
+                                                 int64_t r0, int64_t t_end, T* rows) {
+  constexpr int VEC = kVec16<T>;
+  for (int idx = threadIdx.x; idx < R * (D / VEC); idx += kWarps * 32) {
+    const int rr = idx / (D / VEC), d0 = (idx % (D / VEC)) * VEC;
+    const bool inside = r0 + rr < t_end;
+    const T* src = at<T>(base, s, b, h, inside ? r0 + rr : 0) + d0;  // a valid address either way
+    cp_async_16(&rows[rr * (D + 8) + d0], src, inside);
+  }
+}
+
+// K and V tiles are double-buffered: the copies of tile i + 1 (cp.async) fly while tile i
+// is computed. B fragments come from the row-major tiles through ldmatrix (transposed for
+// V), so neither tile needs a transposed copy.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) {
-  constexpr int KS = D + 8;        // K tile row stride (halves): rows land on distinct banks
-  constexpr int VS = kBlockN + 8;  // transposed V tile row stride
-  constexpr int NT = kBlockN / 8;  // n-tiles of S per warp
-  constexpr int DT = D / 8;        // n-tiles of O per warp
-  constexpr int KK = D / 16;       // k-steps of Q K^T
-  __shared__ alignas(16) T k_s[kBlockN * KS];
-  __shared__ alignas(16) T vt_s[D * VS];
+  constexpr int BN = D <= 64 ? 64 : 32;  // keys per tile: two buffers of K and V in 48 KB
+  constexpr int LD = D + 8;              // tile row stride (halves)
+  constexpr int NT = BN / 8;             // n-tiles of S per warp
+  constexpr int DT = D / 8;              // n-tiles of O per warp
+  constexpr int KK = D / 16;             // k-steps of Q K^T
+  __shared__ alignas(16) T k_s[2][BN * LD];
+  __shared__ alignas(16) T v_s[2][BN * LD];
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, tig = lane & 3;  // mma fragment coordinates
+  // ldmatrix row providers: lane 8 i + r gives row r of matrix i (lanes 16-31 repeat 0-15).
+  const int ld_row = lane & 7, ld_half = (lane >> 3) & 1;
   const int64_t bh = blockIdx.x;  // x: batch * heads may exceed gridDim.y's 65535
   const int64_t b = bh / a.heads, h = bh % a.heads;
   const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
@@ -308,20 +313,37 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
 
   const int64_t last_query = (m_block + kBlockM < a.tq ? m_block + kBlockM : a.tq) - 1;
   const int64_t n_end = a.causal ? (last_query + offset + 1 < a.tk ? last_query + offset + 1 : a.tk) : a.tk;
+  const int64_t tiles = (n_end + BN - 1) / BN;
 
-  for (int64_t n0 = 0; n0 < n_end; n0 += kBlockN) {
-    __syncthreads();  // the previous tiles are consumed
-    stage_rows<T, D, kBlockN>(a.k, a.k_strides, b, h, n0, a.tk, k_s, nullptr);
-    stage_rows<T, D, kBlockN>(a.v, a.v_strides, b, h, n0, a.tk, nullptr, vt_s);
-    __syncthreads();
+  if (tiles > 0) {
+    stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, 0, a.tk, k_s[0]);
+    stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, 0, a.tk, v_s[0]);
+  }
+  cp_async_commit();
+  for (int64_t it = 0; it < tiles; ++it) {
+    const int buf = static_cast<int>(it & 1);
+    const int64_t n0 = it * BN;
+    if (it + 1 < tiles) {  // into the buffer the previous iteration finished with
+      stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, n0 + BN, a.tk, k_s[buf ^ 1]);
+      stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, n0 + BN, a.tk, v_s[buf ^ 1]);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // this thread's copies of tile `it` have landed...
+    __syncthreads();     // ...and every other thread's
+    const T* ks = k_s[buf];
+    const T* vs = v_s[buf];
 
-    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+    // S = Q K^T for this warp's 16 rows and the tile's BN keys.
     float s[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < KK; ++kk) mma_tile_b(s[nt], qa[kk], k_s, KS, nt * 8, kk * 16);
+      for (int kk = 0; kk < KK; ++kk) {
+        uint32_t kb[2];  // K rows nt*8.. as B (k = dim, n = key): dims kk*16.. and kk*16+8..
+        ldmatrix_x2(kb, ks + (nt * 8 + ld_row) * LD + kk * 16 + ld_half * 8);
+        mma_16816(s[nt], qa[kk], kb[0], kb[1], T{});
+      }
     }
 
     // Scale into the log2 domain, mask, and take the row maxima.
@@ -370,14 +392,19 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     }
 
     // O += P V: the S accumulators of n-tiles 2t and 2t+1 are P's A fragment for keys
-    // 16t..16t+15; V^T rows in shared memory give the B fragments.
+    // 16t..16t+15; V rows 16t.. read transposed give the B fragments (k = key, n = dim).
 #pragma unroll
-    for (int t = 0; t < kBlockN / 16; ++t) {
+    for (int t = 0; t < BN / 16; ++t) {
       uint32_t pa[4];
       accumulators_as_a<T>(pa, s[2 * t], s[2 * t + 1]);
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) mma_tile_b(o[dt], pa, vt_s, VS, dt * 8, t * 16);
+      for (int dt = 0; dt < DT; ++dt) {
+        uint32_t vb[2];
+        ldmatrix_x2_trans(vb, vs + (t * 16 + ld_half * 8 + ld_row) * LD + dt * 8);
+        mma_16816(o[dt], pa, vb[0], vb[1], T{});
+      }
     }
+    __syncthreads();  // the next iteration's copies refill this buffer: all reads done first
   }
 
 #pragma unroll

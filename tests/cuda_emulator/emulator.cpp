@@ -17,12 +17,19 @@ namespace {
 
 enum class Wait { kNone, kBlock, kWarp };
 
+struct PendingCopy {
+  void* dst;
+  const void* src;  // null: zero fill
+};
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   ThreadContext thread;
   Wait wait = Wait::kNone;
   bool done = false;
+  std::vector<PendingCopy> open_group;             // cp.async issued since the last commit
+  std::vector<std::vector<PendingCopy>> committed;  // oldest first
 };
 
 constexpr size_t kStackBytes = 256 * 1024;
@@ -39,6 +46,7 @@ Block* g_block = nullptr;
 ThreadContext g_host_context{};
 cudaError_t g_last_error = cudaSuccess;
 Schedule g_schedule = Schedule::kForward;
+bool g_eager_copies = false;
 std::mt19937 g_rng(0);
 
 [[noreturn]] void fail(const char* what) {
@@ -160,9 +168,44 @@ unsigned char* warp_scratch() {
   return g_block->scratch.data() + static_cast<size_t>(ctx().warp) * 32 * kScratchPerLane;
 }
 
-void set_schedule(Schedule s, unsigned seed) {
+void set_schedule(Schedule s, unsigned seed, bool eager_copies) {
   g_schedule = s;
   g_rng.seed(seed);
+  g_eager_copies = eager_copies;
+}
+
+namespace {
+Fiber& current_fiber() {
+  if (g_block == nullptr) fail("cp.async outside a kernel");
+  return g_block->fibers[g_block->current];
+}
+
+void complete(const std::vector<PendingCopy>& group) {
+  for (const PendingCopy& c : group) {
+    if (c.src != nullptr) std::memcpy(c.dst, c.src, 16);
+    else std::memset(c.dst, 0, 16);
+  }
+}
+}  // namespace
+
+void cp_async_16(void* smem, const void* gmem, bool fill) {
+  const PendingCopy copy{smem, fill ? gmem : nullptr};
+  if (g_eager_copies) complete({copy});
+  else current_fiber().open_group.push_back(copy);
+}
+
+void cp_async_commit() {
+  Fiber& f = current_fiber();
+  f.committed.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void cp_async_wait(int pending_groups_allowed) {
+  Fiber& f = current_fiber();
+  while (static_cast<int>(f.committed.size()) > pending_groups_allowed) {
+    complete(f.committed.front());
+    f.committed.erase(f.committed.begin());
+  }
 }
 
 void set_error(cudaError_t e) {

@@ -1,9 +1,10 @@
 // Runs csrc/cuda/*.cu kernels on the CPU, for the tests of a machine without a GPU.
 //
 // Force-included (g++ -include) ahead of each .cu, which tests/cuda_emu.py first rewrites
-// in two places only: `kernel<<<config>>>(args)` becomes
-// `gptk_emu::launch(gptk_emu::config(config), kernel, args)`, and the inline-PTX
-// `mma.sync.m16n8k16` becomes gptk_emu::mma_m16n8k16. Everything else compiles as written.
+// in one place only: `kernel<<<config>>>(args)` becomes
+// `gptk_emu::launch(gptk_emu::config(config), kernel, args)`. The inline PTX lives in
+// csrc/cuda/ptx.cuh, which the include path replaces by tests/cuda_emulator/cuda/ptx.cuh
+// (mma, ldmatrix, cp.async on the functions below). Everything else compiles as written.
 //
 // The model: a block's threads are fibers (ucontext) on one OS thread, each running the
 // kernel until it finishes or waits at a barrier; __syncthreads() releases when every live
@@ -51,8 +52,10 @@ void set_error(cudaError_t e);
 // interleaved orders keep warps in step (a missing barrier after a shared-memory write
 // shows); the warp-serial ones run each warp alone up to the next __syncthreads() (a
 // missing barrier before a tile is overwritten shows).
+// cp.async copies land at the issuing thread's wait (lazy) or at once (eager): both are
+// legal on hardware, so a kernel must not depend on which.
 enum class Schedule { kForward = 0, kReverse = 1, kShuffle = 2, kWarpSerial = 3, kWarpSerialReverse = 4 };
-void set_schedule(Schedule s, unsigned seed);
+void set_schedule(Schedule s, unsigned seed, bool eager_copies);
 
 struct LaunchConfig {
   dim3 grid, block;
@@ -134,6 +137,43 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
   for (int i = 0; i < 4; ++i) c[i] = out[i];
 }
 
+// ---- ldmatrix.sync.aligned.m8n8.xNUM{.trans}.shared.b16 ----
+// Lane 8 i + r gives the address of row r of matrix i; lane 4 r + w receives elements
+// (r, 2 w) and (r, 2 w + 1) of matrix i, or (2 w, r) and (2 w + 1, r) when transposed.
+template <int NUM, bool TRANS>
+void ldmatrix(uint32_t (&out)[NUM], const void* row) {
+  unsigned char* s = warp_scratch();
+  const unsigned char* mine = static_cast<const unsigned char*>(row);
+  std::memcpy(s + ctx().lane * kScratchPerLane, &mine, sizeof(mine));
+  sync_warp();
+  auto row_of = [&](int lane) {
+    const unsigned char* p;
+    std::memcpy(&p, s + lane * kScratchPerLane, sizeof(p));
+    return p;
+  };
+  const int r = ctx().lane / 4, w = ctx().lane % 4;
+  for (int i = 0; i < NUM; ++i) {
+    uint16_t lo, hi;
+    if (TRANS) {
+      std::memcpy(&lo, row_of(8 * i + 2 * w) + 2 * r, 2);
+      std::memcpy(&hi, row_of(8 * i + 2 * w + 1) + 2 * r, 2);
+    } else {
+      std::memcpy(&lo, row_of(8 * i + r) + 4 * w, 2);
+      std::memcpy(&hi, row_of(8 * i + r) + 4 * w + 2, 2);
+    }
+    out[i] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+  }
+  sync_warp();
+}
+
+// ---- cp.async: copies complete at cp_async_wait (lazy) or at issue (eager) ----
+// Lazy: a kernel that reads its shared tile before waiting (or before the __syncthreads()
+// after the wait, under the warp-serial schedules) reads stale data. Eager: one that
+// refills a buffer other warps still read (no barrier before the refill) corrupts it.
+void cp_async_16(void* smem, const void* gmem, bool fill);
+void cp_async_commit();
+void cp_async_wait(int pending_groups_allowed);
+
 }  // namespace gptk_emu
 
 // ---- the CUDA names the kernels use ----
@@ -166,6 +206,7 @@ T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
   return ::gptk_emu::shfl(v, ::gptk_emu::ctx().lane ^ mask);
 }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
 
 // The launchers' error check reads the emulator's launch status. A macro, not a definition
 // of cudaGetLastError itself: a libcudart already in the process (torch's) would win that.
