@@ -18,7 +18,8 @@
 //    dQ and dK/dV in separate kernels, each recomputing p from the saved lse (log2
 //    domain). fp16/bf16: attn_bwd_dq_mma and attn_bwd_dkdv_mma, FlashAttention-2's
 //    backward on tensor cores (a block owns 64 queries, resp. 64 keys, and streams the
-//    other side through shared memory). fp32: CUDA cores, a warp per query row for dQ and
+//    other side through shared memory by cp.async; operands needed transposed are read
+//    from the row-major tiles by ldmatrix.trans). fp32: CUDA cores, a warp per query row for dQ and
 //    a warp per key for dK and dV.
 // Every kernel takes q/k/v with any batch/head/token strides and 16-byte aligned rows
 // (entry.cpp copies otherwise); out, lse and the gradients are contiguous.
@@ -215,31 +216,6 @@ __device__ __forceinline__ void load_a_rows(uint32_t (&frag)[D / 16][4], const v
   }
 }
 
-// Stage rows [r0, r0 + R) of a (B, H, T, D) operand in shared memory, as rows (stride
-// D + 8: a fragment's 8 rows land on distinct banks) and/or transposed (stride R + 8), for
-// whichever pointer is not null; rows past t_end are zero. All threads of the block take
-// part; the caller brackets it with __syncthreads().
-template <typename T, int D, int R>
-__device__ __forceinline__ void stage_rows(const void* base, const int64_t (&s)[3], int64_t b, int64_t h, int64_t r0,
-                                           int64_t t_end, T* rows, T* transposed) {
-  constexpr int VEC = kVec16<T>;
-  for (int idx = threadIdx.x; idx < R * (D / VEC); idx += kWarps * 32) {
-    const int rr = idx / (D / VEC), d0 = (idx % (D / VEC)) * VEC;
-    Pack<T, VEC> p;
-    if (r0 + rr < t_end) {
-      p = load_raw<T, VEC>(at<T>(base, s, b, h, r0 + rr) + d0);
-    } else {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) p.v[e] = from_float<T>(0.0f);
-    }
-    if (rows != nullptr) *reinterpret_cast<Pack<T, VEC>*>(&rows[rr * (D + 8) + d0]) = p;
-    if (transposed != nullptr) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) transposed[(d0 + e) * (R + 8) + rr] = p.v[e];
-    }
-  }
-}
-
 // c += A B for one m16n8k16 step, B[k][n] = tile[(n0 + n) * ld + k0 + k]: a row-major
 // tile of the n operand (K for Q K^T), or a transposed tile (V^T for P V).
 template <typename T>
@@ -278,6 +254,17 @@ __device__ __forceinline__ void stage_rows_async(const void* base, const int64_t
     const T* src = at<T>(base, s, b, h, inside ? r0 + rr : 0) + d0;  // a valid address either way
     cp_async_16(&rows[rr * (D + 8) + d0], src, inside);
   }
+}
+
+// c += A B for one m16n8k16 step with B[k][n] = tile[(k0 + k) * (D + 8) + n0 + n]: a
+// row-major tile whose rows are the reduction (V for P V, dO for P^T dO, Q for dS^T Q, K
+// for dS K), read transposed by ldmatrix.
+template <typename T, int D>
+__device__ __forceinline__ void mma_rows_as_b(float (&c)[4], const uint32_t (&a)[4], const T* tile, int n0, int k0) {
+  const int lane = threadIdx.x & 31;
+  uint32_t b[2];
+  ldmatrix_x2_trans(b, tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * (D + 8) + n0);
+  mma_16816(c, a, b[0], b[1], T{});
 }
 
 // K and V tiles are double-buffered: the copies of tile i + 1 (cp.async) fly while tile i
@@ -398,11 +385,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
       uint32_t pa[4];
       accumulators_as_a<T>(pa, s[2 * t], s[2 * t + 1]);
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        uint32_t vb[2];
-        ldmatrix_x2_trans(vb, vs + (t * 16 + ld_half * 8 + ld_row) * LD + dt * 8);
-        mma_16816(o[dt], pa, vb[0], vb[1], T{});
-      }
+      for (int dt = 0; dt < DT; ++dt) mma_rows_as_b<T, D>(o[dt], pa, vs, dt * 8, t * 16);
     }
     __syncthreads();  // the next iteration's copies refill this buffer: all reads done first
   }
@@ -458,12 +441,10 @@ __device__ __forceinline__ void score_products(float (&s)[NT][4], const uint32_t
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBackwardArgs a) {
   constexpr int BQ = D <= 64 ? 64 : 16;  // queries per streamed tile
-  constexpr int LD = D + 8, LDT = BQ + 8;
+  constexpr int LD = D + 8;
   constexpr int KK = D / 16, DT = D / 8, NQ = BQ / 8;
   __shared__ alignas(16) T q_s[BQ * LD];
   __shared__ alignas(16) T do_s[BQ * LD];
-  __shared__ alignas(16) T qt_s[D * LDT];
-  __shared__ alignas(16) T dot_s[D * LDT];
   __shared__ float lse_s[BQ], delta_s[BQ];
 
   const AttentionArgs& f = a.fwd;
@@ -491,12 +472,14 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
 
   for (int64_t m0 = m_begin; m0 < f.tq; m0 += BQ) {
     __syncthreads();  // the previous tiles are consumed
-    stage_rows<T, D, BQ>(f.q, f.q_strides, b, h, m0, f.tq, q_s, qt_s);
-    stage_rows<T, D, BQ>(a.dout, a.dout_strides, b, h, m0, f.tq, do_s, dot_s);
+    stage_rows_async<T, D, BQ>(f.q, f.q_strides, b, h, m0, f.tq, q_s);
+    stage_rows_async<T, D, BQ>(a.dout, a.dout_strides, b, h, m0, f.tq, do_s);
+    cp_async_commit();
     for (int i = tid; i < BQ; i += kWarps * 32) {
       lse_s[i] = m0 + i < f.tq ? lse[m0 + i] : 0.0f;
       delta_s[i] = m0 + i < f.tq ? delta[m0 + i] : 0.0f;
     }
+    cp_async_wait<0>();
     __syncthreads();
 
     float st[NQ][4], dpt[NQ][4];
@@ -521,8 +504,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
       accumulators_as_a<T>(dsa, dpt[2 * t], dpt[2 * t + 1]);
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt) {
-        mma_tile_b(dv[dt], pa, dot_s, LDT, dt * 8, t * 16);
-        mma_tile_b(dk[dt], dsa, qt_s, LDT, dt * 8, t * 16);
+        mma_rows_as_b<T, D>(dv[dt], pa, do_s, dt * 8, t * 16);
+        mma_rows_as_b<T, D>(dk[dt], dsa, q_s, dt * 8, t * 16);
       }
     }
   }
@@ -544,11 +527,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackwardArgs a) {
   constexpr int BN = D <= 64 ? 64 : 32;  // keys per streamed tile
-  constexpr int LD = D + 8, LDT = BN + 8;
+  constexpr int LD = D + 8;
   constexpr int KK = D / 16, DT = D / 8, NT = BN / 8;
   __shared__ alignas(16) T k_s[BN * LD];
   __shared__ alignas(16) T v_s[BN * LD];
-  __shared__ alignas(16) T kt_s[D * LDT];
 
   const AttentionArgs& f = a.fwd;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tig = lane & 3;
@@ -573,8 +555,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackw
 
   for (int64_t n0 = 0; n0 < n_end; n0 += BN) {
     __syncthreads();  // the previous tiles are consumed
-    stage_rows<T, D, BN>(f.k, f.k_strides, b, h, n0, f.tk, k_s, kt_s);
-    stage_rows<T, D, BN>(f.v, f.v_strides, b, h, n0, f.tk, v_s, nullptr);
+    stage_rows_async<T, D, BN>(f.k, f.k_strides, b, h, n0, f.tk, k_s);
+    stage_rows_async<T, D, BN>(f.v, f.v_strides, b, h, n0, f.tk, v_s);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 
     float s[NT][4], dp[NT][4];
@@ -595,7 +579,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackw
       uint32_t dsa[4];
       accumulators_as_a<T>(dsa, dp[2 * t], dp[2 * t + 1]);
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) mma_tile_b(dq[dt], dsa, kt_s, LDT, dt * 8, t * 16);
+      for (int dt = 0; dt < DT; ++dt) mma_rows_as_b<T, D>(dq[dt], dsa, k_s, dt * 8, t * 16);
     }
   }
 
