@@ -35,7 +35,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kBlockM = 64;  // queries per block in the mma kernel (16 per warp)
-constexpr int kBlockN = 64;  // keys per shared-memory tile
+constexpr int kBlockN = 64;  // keys per dK/dV block
 constexpr int kDecodeRows = 16;
 
 struct Row {
@@ -256,6 +256,21 @@ __device__ __forceinline__ void stage_rows_async(const void* base, const int64_t
   }
 }
 
+// The A fragment of a 16 x 16 row-major tile (stride ld) by two ldmatrix: matrices
+// (rows 0-7 | 8-15) x (columns 0-7), then the same for columns 8-15.
+template <typename T>
+__device__ __forceinline__ void ldmatrix_a(uint32_t (&a)[4], const T* tile, int ld) {
+  const int lane = threadIdx.x & 31;
+  const T* row = tile + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld;
+  uint32_t left[2], right[2];
+  ldmatrix_x2(left, row);
+  ldmatrix_x2(right, row + 8);
+  a[0] = left[0];
+  a[1] = left[1];
+  a[2] = right[0];
+  a[3] = right[1];
+}
+
 // c += A B for one m16n8k16 step with B[k][n] = tile[(k0 + k) * (D + 8) + n0 + n]: a
 // row-major tile whose rows are the reduction (V for P V, dO for P^T dO, Q for dS^T Q, K
 // for dS K), read transposed by ldmatrix.
@@ -435,6 +450,33 @@ __device__ __forceinline__ void score_products(float (&s)[NT][4], const uint32_t
   }
 }
 
+// One element of a score tile in the backward: its query and key, and the query's saved
+// lse and delta.
+struct ScoreEntry {
+  int64_t query, key;
+  float lse, delta;
+};
+
+// Recompute P from the scores and form dS: s becomes P = exp2(score - lse) where the query
+// sees the key (0 elsewhere) and dp becomes dS = P (dP - delta). entry(nt, c) names the
+// element behind accumulator c of n-tile nt (the dK/dV kernel's tiles are transposed).
+template <int NT, typename Entry>
+__device__ __forceinline__ void probs_and_score_grads(float (&s)[NT][4], float (&dp)[NT][4], const AttentionArgs& f,
+                                                      Entry entry) {
+  const int64_t offset = f.tk - f.tq;  // causal: query i sees keys <= i + offset
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const ScoreEntry e = entry(nt, c);
+      const bool seen = e.query < f.tq && e.key < f.tk && !(f.causal && e.key > e.query + offset);
+      const float p = seen ? exp2f(scaled_score(s[nt][c], f.scale_log2) - e.lse) : 0.0f;
+      s[nt][c] = p;
+      dp[nt][c] = p * (dp[nt][c] - e.delta);
+    }
+  }
+}
+
 // dK and dV for 64 keys (16 per warp, K and V held as A fragments), streaming the queries
 // that see them: S^T = K Q^T and dP^T = V dO^T (keys as rows), P^T = exp2(S^T - lse),
 // dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q (scaled on the way out).
@@ -445,6 +487,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
   constexpr int KK = D / 16, DT = D / 8, NQ = BQ / 8;
   __shared__ alignas(16) T q_s[BQ * LD];
   __shared__ alignas(16) T do_s[BQ * LD];
+  __shared__ alignas(16) T v_blk[kBlockN * LD];  // this block's keys of V: A fragments by ldmatrix
   __shared__ float lse_s[BQ], delta_s[BQ];
 
   const AttentionArgs& f = a.fwd;
@@ -454,9 +497,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
   const int64_t key_lo = n_block + warp * 16 + (lane >> 2), key_hi = key_lo + 8;
   const int64_t offset = f.tk - f.tq;
 
-  uint32_t ka[KK][4], va[KK][4];
+  // K's A fragments stay in registers; V's are re-read from shared memory per tile, which
+  // keeps the D = 128 kernel within the register file (dK and dV take 128 registers).
+  uint32_t ka[KK][4];
   load_a_rows<T, D>(ka, f.k, f.k_strides, b, h, key_lo, f.tk);
-  load_a_rows<T, D>(va, f.v, f.v_strides, b, h, key_lo, f.tk);
+  stage_rows_async<T, D, kBlockN>(f.v, f.v_strides, b, h, n_block, f.tk, v_blk);
+  cp_async_commit();  // waited for with the first query tile
+  const T* v_warp = v_blk + warp * 16 * LD;
   float dk[DT][4], dv[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
@@ -482,21 +529,28 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
     cp_async_wait<0>();
     __syncthreads();
 
+    // S^T = K Q^T and dP^T = V dO^T.
     float st[NQ][4], dpt[NQ][4];
-    score_products<T>(st, ka, q_s, dpt, va, do_s, LD);
-    // st becomes P^T and dpt becomes dS^T (rows: keys; columns: queries).
 #pragma unroll
     for (int nq = 0; nq < NQ; ++nq) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int col = nq * 8 + tig * 2 + (c & 1);
-        const int64_t i = m0 + col, key = c < 2 ? key_lo : key_hi;
-        const bool masked = i >= f.tq || key >= f.tk || (f.causal && key > i + offset);
-        const float p = masked ? 0.0f : exp2f(scaled_score(st[nq][c], f.scale_log2) - lse_s[col]);
-        st[nq][c] = p;
-        dpt[nq][c] = p * (dpt[nq][c] - delta_s[col]);
+      for (int c = 0; c < 4; ++c) st[nq][c] = dpt[nq][c] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk) {
+      uint32_t va[4];
+      ldmatrix_a(va, v_warp + kk * 16, LD);
+#pragma unroll
+      for (int nq = 0; nq < NQ; ++nq) {
+        mma_tile_b(st[nq], ka[kk], q_s, LD, nq * 8, kk * 16);
+        mma_tile_b(dpt[nq], va, do_s, LD, nq * 8, kk * 16);
       }
     }
+    // st becomes P^T and dpt becomes dS^T (rows: keys; columns: queries).
+    probs_and_score_grads(st, dpt, f, [&](int nq, int c) {
+      const int col = nq * 8 + tig * 2 + (c & 1);
+      return ScoreEntry{m0 + col, c < 2 ? key_lo : key_hi, lse_s[col], delta_s[col]};
+    });
 #pragma unroll
     for (int t = 0; t < BQ / 16; ++t) {
       uint32_t pa[4], dsa[4];
@@ -563,17 +617,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackw
 
     float s[NT][4], dp[NT][4];
     score_products<T>(s, qa, k_s, dp, doa, v_s, LD);
-    // dp becomes dS.
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t col = n0 + nt * 8 + tig * 2 + (c & 1), qrow = c < 2 ? r_lo : r_hi;
-        const bool masked = qrow >= f.tq || col >= f.tk || (f.causal && col > qrow + offset);
-        const float p = masked ? 0.0f : exp2f(scaled_score(s[nt][c], f.scale_log2) - (c < 2 ? lse_lo : lse_hi));
-        dp[nt][c] = p * (dp[nt][c] - (c < 2 ? delta_lo : delta_hi));
-      }
-    }
+    // s becomes P and dp becomes dS.
+    probs_and_score_grads(s, dp, f, [&](int nt, int c) {
+      return ScoreEntry{c < 2 ? r_lo : r_hi, n0 + nt * 8 + tig * 2 + (c & 1), c < 2 ? lse_lo : lse_hi,
+                        c < 2 ? delta_lo : delta_hi};
+    });
 #pragma unroll
     for (int t = 0; t < BN / 16; ++t) {
       uint32_t dsa[4];
