@@ -47,6 +47,23 @@ def max_err(a, b) -> float:
     return (a.double().cpu() - b.double().cpu()).abs().max().item() if a.numel() else 0.0
 
 
+def assert_op_within_torch_error(ours, torch_same_dtype, ref64, inputs, names):
+    """FlashAttention's rule for an op and its gradients: `ours`, `torch_same_dtype` and
+    `ref64` each run on their own copy of `inputs` (the last in float64); the output must be
+    within 2x and each input's gradient (under one random cotangent) within 3x of PyTorch's
+    own error in the same dtype."""
+    copies = [[t.detach().clone().requires_grad_() for t in inputs],
+              [t.detach().clone().requires_grad_() for t in inputs],
+              [t.detach().double().requires_grad_() for t in inputs]]
+    outs = [fn(*args) for fn, args in zip((ours, torch_same_dtype, ref64), copies)]
+    assert_within_torch_error(*outs, 2, what="out")
+    g = torch.randn_like(outs[0])
+    for out in outs:
+        out.backward(g.to(out.dtype))
+    for name, *leaves in zip(names, *copies):
+        assert_within_torch_error(*(t.grad for t in leaves), 3, what=name)
+
+
 def assert_within_torch_error(ours, torch_same_dtype, ref64, factor, slack=1e-6, what=""):
     """FlashAttention's rule: our error vs fp64 is at most `factor` x PyTorch's own error in
     the same dtype (plus a tiny absolute slack for the case where PyTorch's error is 0)."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kernels
-from helpers import DTYPES, HAS_CUDA, TOL, assert_within_torch_error
+from helpers import DTYPES, HAS_CUDA, TOL, assert_op_within_torch_error
 from kernels import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,18 +76,11 @@ def test_attention_kernels_vs_fp64(case, dtype):
     over warps; fp32 the CUDA-core backward."""
     _ready()
     tq, tk, d, causal = case
-    q, k, v = (torch.randn(2, 3, t, d, dtype=torch.float64).to(dtype).cuda().requires_grad_() for t in (tq, tk, tk))
-    qt, kt, vt = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out = kernels.attention(q, k, v, causal=causal, backend="cuda")
-    out_t = reference.attention(qt, kt, vt, causal=causal)
-    out64 = reference.attention_explicit(q64, k64, v64, causal=causal)
-    assert_within_torch_error(out, out_t, out64, 2, what="out")
-    g = torch.randn_like(out)
-    for o, gg in ((out, g), (out_t, g), (out64, g.double())):
-        o.backward(gg)
-    for name, a, t, r in (("dq", q, qt, q64), ("dk", k, kt, k64), ("dv", v, vt, v64)):
-        assert_within_torch_error(a.grad, t.grad, r.grad, 3, what=name)
+    q, k, v = (torch.randn(2, 3, t, d, dtype=torch.float64).to(dtype).cuda() for t in (tq, tk, tk))
+    assert_op_within_torch_error(lambda *t: kernels.attention(*t, causal=causal, backend="cuda"),
+                                 lambda *t: reference.attention(*t, causal=causal),
+                                 lambda *t: reference.attention_explicit(*t, causal=causal),
+                                 (q, k, v), ("dq", "dk", "dv"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -98,21 +91,12 @@ def test_gelu_linear_cublaslt_vs_fp64(shape, approximate, dtype):
     form and odd widths take the bias epilogue (or torch's mm) and our GELU kernel."""
     _ready()
     m, kin, n = shape
-    x, w, b = (torch.randn(*s, dtype=torch.float64).to(dtype).cuda().requires_grad_()
-               for s in ((m, kin), (n, kin), (n,)))
-    with torch.no_grad():
-        w.mul_(kin ** -0.5)
-    xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    out = kernels.gelu_linear(x, w, b, approximate=approximate, backend="cuda")
-    out_t = reference.gelu_linear(xt, wt, bt, approximate=approximate)
-    out64 = reference.gelu_linear(x64, w64, b64, approximate=approximate)
-    assert_within_torch_error(out, out_t, out64, 2, what="out")
-    g = torch.randn_like(out)
-    for o, gg in ((out, g), (out_t, g), (out64, g.double())):
-        o.backward(gg)
-    for name, a, t, r in (("dx", x, xt, x64), ("dw", w, wt, w64), ("db", b, bt, b64)):
-        assert_within_torch_error(a.grad, t.grad, r.grad, 3, what=name)
+    x, w, b = (torch.randn(*s, dtype=torch.float64).to(dtype).cuda() for s in ((m, kin), (n, kin), (n,)))
+    w = (w * kin ** -0.5).to(dtype)
+    assert_op_within_torch_error(lambda *t: kernels.gelu_linear(*t, approximate=approximate, backend="cuda"),
+                                 lambda *t: reference.gelu_linear(*t, approximate=approximate),
+                                 lambda *t: reference.gelu_linear(*t, approximate=approximate),
+                                 (x, w, b), ("dx", "dw", "db"))
 
 
 def test_attention_misaligned_views_are_copied_not_misread():
