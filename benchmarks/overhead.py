@@ -1,6 +1,15 @@
-"""Where a call's time goes: host overhead vs GPU time, per op x backend (GPU only).
+"""Where a call's time goes: host overhead vs GPU time, per op x backend.
 
-    python -m benchmarks.overhead [--dtype bf16]
+    python -m benchmarks.overhead [--dtype bf16]          # on a GPU: do_bench | graph replay | host
+    python -m benchmarks.overhead --host [--calls 1500]   # anywhere: the host path alone
+
+--host times the whole Python path of each op call (API checks, dispatch, allocation, the
+Triton launcher) with the GPU launch replaced by a no-op (benchmarks/stub_driver.py: kernels
+are compiled for sm_90 and launched nowhere; the cuda backend runs its C++ CPU code on tiny
+tensors), beside PyTorch's own op on the same tensors, interleaved call by call so that a
+busy machine slows both alike. Figures are p10 microseconds per call and ratios to PyTorch;
+they are CPU figures. Modes: fwd (no input needs grad), fwd+grad (records autograd), bwd
+(torch.autograd.grad over the recorded output).
 
 For each case it prints the do_bench median (what users see back to back), the CUDA-graph
 replay time (GPU work alone: graph replay removes Python and launch costs) and the host
@@ -11,6 +20,7 @@ the caller is what helps, not a faster kernel.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -61,10 +71,119 @@ def _measure(fn):
     return median, graph_ms, host
 
 
+# -----------------------------------------------------------------------------------------
+# --host: the Python path per call, without a GPU
+# -----------------------------------------------------------------------------------------
+
+def host_cases(dtype):
+    """(name, inputs, PyTorch's own op, ours(backend)) on tiny tensors: the host path dominates."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    x, res, w, b = r(4, 64), r(4, 64), r(64), r(64)
+    yield ("softmax", (x,), lambda x: torch.softmax(x / 0.8, -1),
+           lambda be: lambda x: kernels.softmax(x, 0.8, backend=be))
+    yield ("layer_norm", (x, w, b), lambda x, w, b: F.layer_norm(x, (64,), w, b),
+           lambda be: lambda x, w, b: kernels.layer_norm(x, w, b, backend=be))
+
+    def add_ln(x, res, w, b):
+        s = x + res
+        return F.layer_norm(s, (64,), w, b), s
+    yield ("add_layer_norm", (x, res, w, b), add_ln,
+           lambda be: lambda x, res, w, b: kernels.add_layer_norm(x, res, w, b, backend=be))
+    q, k, v = r(1, 2, 1, 64), r(1, 2, 64, 64), r(1, 2, 64, 64)
+    yield ("attention decode Tq1 Tk64", (q, k, v),
+           lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+           lambda be: lambda q, k, v: kernels.attention(q, k, v, causal=True, backend=be))
+    xm, wm, bm = r(4, 64), r(96, 64), r(96)
+    yield ("gelu_linear", (xm, wm, bm), lambda x, w, b: F.gelu(F.linear(x, w, b), approximate="tanh"),
+           lambda be: lambda x, w, b: kernels.gelu_linear(x, w, b, backend=be))
+
+
+def _p10_interleaved(fns, calls, warmup=30):
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    times = [[] for _ in fns]
+    clock = time.perf_counter
+    for _ in range(calls):
+        for i, f in enumerate(fns):
+            t0 = clock()
+            f()
+            times[i].append(clock() - t0)
+    return [sorted(t)[len(t) // 10] * 1e6 for t in times]
+
+
+def host_rows(dtype=torch.bfloat16, calls=1500, backends=("triton", "cuda")):
+    """[(op, mode, torch_us, {backend: us})]: run after stub_driver.install()."""
+    rows = []
+    for name, inputs, ref, ours in host_cases(dtype):
+        usable = [b for b in backends if kernels.unavailable_reason(b, "cpu") is None
+                  and not kernels.missing_ops(b, (name.split()[0],))]
+        fns = [ref] + [ours(b) for b in usable]
+        grads_in = tuple(t.detach().clone().requires_grad_() for t in inputs)
+        fwd = _p10_interleaved([lambda f=f: f(*inputs) for f in fns], calls)
+        fwd_grad = _p10_interleaved([lambda f=f: f(*grads_in) for f in fns], calls)
+        bwd_calls = []
+        for f in fns:
+            out = f(*grads_in)
+            outs = out if isinstance(out, tuple) else (out,)
+            seeds = tuple(torch.randn_like(o) for o in outs)
+            bwd_calls.append(lambda outs=outs, seeds=seeds: torch.autograd.grad(outs, grads_in, seeds,
+                                                                                retain_graph=True))
+        bwd = _p10_interleaved(bwd_calls, calls)
+        for mode, figures in (("fwd", fwd), ("fwd+grad", fwd_grad), ("bwd", bwd)):
+            rows.append((name, mode, figures[0], dict(zip(usable, figures[1:]))))
+    return rows
+
+
+def host_main(args) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("--host compiles real kernels: unset TRITON_INTERPRET")
+        return 2
+    # One config per autotuned kernel: the stand-in cannot time configs, and a tuned call
+    # costs the same host path whichever config won.
+    os.environ["GPTK_AUTOTUNE"] = "0"
+    from . import stub_driver
+    stub_driver.install()
+    dtype = DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = host_rows(dtype, args.calls)
+    backends = sorted({b for *_, ours in rows for b in ours}, key=("triton", "cuda").index)
+    print(f"host path per call, CPU figures (p10 of {args.calls} interleaved calls, {args.dtype}, "
+          f"torch {torch.__version__}); GPU launch replaced by a no-op; ratio = ours / PyTorch")
+    head = f"{'op':28} {'mode':9} {'PyTorch us':>10}" + "".join(f" {b + ' us':>10} {'ratio':>6}" for b in backends)
+    print(head)
+    worst = 0.0
+    for name, mode, ref_us, ours in rows:
+        line = f"{name:28} {mode:9} {ref_us:10.1f}"
+        for b in backends:
+            if b in ours:
+                worst = max(worst, ours[b] / ref_us)
+                line += f" {ours[b]:10.1f} {ours[b] / ref_us:6.2f}"
+            else:
+                line += f" {'-':>10} {'':6}"
+        print(line)
+    print(f"worst ratio: {worst:.2f} (target <= 2.0)")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump([{"op": n, "mode": m, "torch_us": t, **{f"{b}_us": u for b, u in o.items()}}
+                       for n, m, t, o in rows], f, indent=1)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument("--host", action="store_true", help="time the host path alone (no GPU needed)")
+    parser.add_argument("--calls", type=int, default=1500, help="--host: calls per case (p10 is reported)")
+    parser.add_argument("--threads", type=int, default=1, help="--host: torch CPU threads (steadier at 1)")
+    parser.add_argument("--json", help="--host: write the rows here")
     args = parser.parse_args(argv)
+    if args.host:
+        return host_main(args)
     if not torch.cuda.is_available():
         print("benchmarks.overhead needs a CUDA GPU; nothing measured")
         return 0

@@ -68,7 +68,8 @@ def _autocast(dtype, *tensors):
     dtype (as SDPA / F.linear do). `dtype=None` means the autocast dtype. Outside autocast,
     or for non-float inputs (left to the checks), tensors pass through untouched."""
     first = tensors[0]
-    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(
+            "cuda" if first.is_cuda else first.device.type):
         return tensors
     target = dtype or torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(target) if isinstance(t, torch.Tensor) and t.dtype in _checks.KERNEL_DTYPES
@@ -76,7 +77,11 @@ def _autocast(dtype, *tensors):
 
 
 def _run(op, backend, device, *args):
-    impl = implementation(op, backend, device)
+    impl = _IMPL_CACHE.get((op, backend, device))
+    if impl is None:
+        impl = implementation(op, backend, device)  # raises when the backend cannot run here
+        if not torch.compiler.is_compiling():
+            _IMPL_CACHE[(op, backend, device)] = impl
     if torch.is_autocast_enabled(device.type):
         # Inputs are already in the policy's dtype: autocast must not re-cast the ops'
         # internals (the C++ ops' fp32 matmuls, the reference's F.linear).
@@ -85,8 +90,21 @@ def _run(op, backend, device, *args):
     return impl(*args)
 
 
+# Resolved (op, backend, device) -> implementation, and (op, backend, device, dtype) -> the
+# concrete backend: per-call lookups instead of re-resolving (the host path is ~a microsecond
+# per op here). Only successes are cached; eager calls only.
+_IMPL_CACHE: dict = {}
+_CHOICE_CACHE: dict = {}
+
+
 def _choose(op, backend, **first):
     (name, t), = first.items()
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    return choose(op, backend, t.device, t.dtype)
+    if torch.compiler.is_compiling():
+        return choose(op, backend, t.device, t.dtype)
+    key = (op, backend, t.device, t.dtype)
+    chosen = _CHOICE_CACHE.get(key)
+    if chosen is None:
+        chosen = _CHOICE_CACHE[key] = choose(op, backend, t.device, t.dtype)
+    return chosen

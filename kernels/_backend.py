@@ -103,6 +103,11 @@ def autotune_enabled() -> bool:
     return os.environ.get("GPTK_AUTOTUNE", "1") not in ("0", "false", "no")
 
 
+# Set by benchmarks.stub_driver: Triton launches on CPU tensors go to a stand-in driver that
+# compiles for sm_90 and launches nothing (host-path timing without a GPU).
+STUB_DRIVER = False
+
+
 def _triton_unavailable_reason(device: torch.device) -> str | None:
     try:
         import triton  # noqa: F401
@@ -110,7 +115,7 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
         return f"triton is not installed ({e}); pip install triton"
     if device.type == "cuda":
         return None
-    if device.type == "cpu" and triton_interpreting():
+    if device.type == "cpu" and (triton_interpreting() or STUB_DRIVER):
         return None
     if device.type == "cpu":
         return ("the triton backend runs on CUDA tensors; on CPU tensors it runs only under "

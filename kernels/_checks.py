@@ -19,7 +19,12 @@ NORM_MAX_HIDDEN = {"triton": 65536}
 _NAMES = "float32, float16 or bfloat16"
 
 
+_KERNEL_DTYPE_SET = frozenset(KERNEL_DTYPES)
+
+
 def tensor(name: str, t, backend: str) -> None:
+    if type(t) is torch.Tensor and t.dtype in _KERNEL_DTYPE_SET:  # the common case, cheaply
+        return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.dtype.is_floating_point:
@@ -44,6 +49,8 @@ def same(names: tuple[str, ...], tensors: tuple, *, dtype: bool = True) -> None:
 
 
 def finite(name: str, value) -> float:
+    if type(value) is float and value - value == 0.0:  # the common case, cheaply: finite
+        return value
     if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
         # torch.compile may pass Python scalars as symbols: the value is unknown while
         # tracing, so it is checked in eager calls only.
@@ -62,6 +69,8 @@ def finite(name: str, value) -> float:
 
 
 def positive_finite(name: str, value) -> float:
+    if type(value) is float and value > 0.0 and value - value == 0.0:
+        return value
     value = finite(name, value)
     if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
@@ -85,7 +94,18 @@ def softmax(x, temperature, dim, backend):
     return temperature, dim_index(dim, x.dim())
 
 
+def _plain_param(p, x) -> bool:
+    """weight/bias is None, or a tensor of x's dtype, shape (x.shape[-1],) and device."""
+    return p is None or (isinstance(p, torch.Tensor) and p.dtype is x.dtype and p.dim() == 1
+                         and p.shape[0] == x.shape[-1] and p.get_device() == x.get_device())
+
+
 def norm_params(x, weight, bias, eps, backend):
+    # The common case, cheaply; anything unusual takes the full checks below (same messages).
+    if (type(x) is torch.Tensor and x.dtype in _KERNEL_DTYPE_SET and x.dim() > 0 and type(eps) is float
+            and eps > 0.0 and eps - eps == 0.0 and _plain_param(weight, x) and _plain_param(bias, x)
+            and x.shape[-1] <= NORM_MAX_HIDDEN.get(backend, x.shape[-1])):
+        return eps
     tensor("x", x, backend)
     if x.dim() == 0:
         raise ValueError("x must have at least one dim (the normalized one), got a 0-d tensor")

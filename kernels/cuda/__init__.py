@@ -71,17 +71,17 @@ def library_info() -> dict:
 
 def softmax(x, temperature=1.0, dim=-1):
     _require()
-    return torch.ops.gptk.softmax_cuda(x, float(temperature), int(dim))
+    return _CALLS["softmax"](x, float(temperature), int(dim))
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     _require()
-    return torch.ops.gptk.layer_norm_cuda(x, weight, bias, float(eps))[0]
+    return _CALLS["layer_norm"](x, weight, bias, float(eps))[0]
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     _require()
-    y, total, _, _ = torch.ops.gptk.add_layer_norm_cuda(x, residual, weight, bias, float(eps))
+    y, total, _, _ = _CALLS["add_layer_norm"](x, residual, weight, bias, float(eps))
     return y, total
 
 
@@ -96,12 +96,12 @@ def attention(q, k, v, causal=True, scale=None):
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    return torch.ops.gptk.attention_cuda(q, k, v, bool(causal), float(scale))[0]
+    return _CALLS["attention"](q, k, v, bool(causal), float(scale))[0]
 
 
 def gelu_linear(x, weight, bias=None, approximate="tanh"):
     _require()
-    return torch.ops.gptk.gelu_linear_cuda(x, weight, bias, approximate)[0]
+    return _CALLS["gelu_linear"](x, weight, bias, approximate)[0]
 
 
 # -----------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def _softmax_setup(ctx, inputs, output):
 
 def _softmax_grad(ctx, dy):
     (y,) = ctx.saved_tensors
-    return torch.ops.gptk.softmax_cuda_backward(dy, y, ctx.temperature, ctx.dim), None, None
+    return _CALLS["softmax_backward"](dy, y, ctx.temperature, ctx.dim), None, None
 
 
 def _layer_norm_setup(ctx, inputs, output):
@@ -186,7 +186,7 @@ def _layer_norm_setup(ctx, inputs, output):
 
 def _layer_norm_grad(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = torch.ops.gptk.layer_norm_cuda_backward(dy, x, weight, mean, rstd)
+    dx, dw, db = _CALLS["layer_norm_backward"](dy, x, weight, mean, rstd)
     return dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None
 
 
@@ -198,7 +198,7 @@ def _add_layer_norm_setup(ctx, inputs, output):
 
 def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
     total, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = torch.ops.gptk.add_layer_norm_cuda_backward(dy, dsum, total, weight, mean, rstd)
+    dx, dw, db = _CALLS["add_layer_norm_backward"](dy, dsum, total, weight, mean, rstd)
     return dx, dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None
 
 
@@ -209,7 +209,7 @@ def _attention_setup(ctx, inputs, output):
 
 def _attention_grad(ctx, dout, _dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.gptk.attention_cuda_backward(_last_dim_contiguous(dout), q, k, v, out, lse,
+    dq, dk, dv = _CALLS["attention_backward"](_last_dim_contiguous(dout), q, k, v, out, lse,
                                                         ctx.causal, ctx.scale)
     return dq, dk, dv, None, None
 
@@ -222,7 +222,7 @@ def _gelu_linear_setup(ctx, inputs, output):
 
 def _gelu_linear_grad(ctx, dout, _dpre):
     x, weight, pre = ctx.saved_tensors
-    dx, dw, db = torch.ops.gptk.gelu_linear_cuda_backward(dout, x, weight, pre, ctx.approximate)
+    dx, dw, db = _CALLS["gelu_linear_backward"](dout, x, weight, pre, ctx.approximate)
     return dx, dw, db if ctx.has_bias else None, None
 
 
@@ -237,9 +237,30 @@ _REGISTRATIONS = (
 )
 
 
+# Eager calls on plain tensors skip the dispatcher's autograd and autocast layers: they
+# redispatch straight to the device's C++ kernel (kernels/_eager.py); traced calls use the op.
+_KEYSETS = {}
+_CALLS: dict = {}
+
+
+def _direct(overload):
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    redispatch = overload.redispatch
+
+    def call(*args):
+        return redispatch(cuda if args[0].is_cuda else cpu, *args)
+    return call
+
+
 def _register() -> None:
+    from .._eager import fast_op
     for op, fake, fake_backward, setup, grad in _REGISTRATIONS:
         name = f"gptk::{op}_cuda"
         torch.library.register_fake(name)(fake)
         torch.library.register_fake(f"{name}_backward")(fake_backward)
         torch.library.register_autograd(name, grad, setup_context=setup)
+        forward = getattr(torch.ops.gptk, f"{op}_cuda").default
+        backward = getattr(torch.ops.gptk, f"{op}_cuda_backward").default
+        _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
+        _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))

@@ -1,10 +1,144 @@
-"""Launch helpers shared by the Triton ops: row views, block sizes, warp counts."""
+"""Launch helpers shared by the Triton ops: a cheaper launch path, the eager/compiled
+dispatch, row views, block sizes, warp counts."""
 from __future__ import annotations
 
 import functools
+import inspect
+import os
 
 import torch
 import triton
+
+# -----------------------------------------------------------------------------------------
+# Launching: `jit` is triton.jit whose repeat launches skip Triton's generic binder.
+# -----------------------------------------------------------------------------------------
+# `kernel[grid](...)` costs 6-15 us of Python per call in Triton 3.6-3.8 (binding, per-argument
+# specialisation, a string cache key, option parsing); a cached CompiledKernel launches in
+# ~0.5 us. The fast path keys each call on exactly what Triton specialises on (pointer dtype
+# and 16-byte alignment, integer == 1 / divisible by 16 / 32-bit range, constexpr values,
+# launch options, the device), so two calls with equal keys get the same compiled kernel
+# Triton itself would pick; tests/test_host_path.py checks that against Triton's own lookup.
+# A first call, a profiler's launch hook or an argument of any other type takes Triton's path.
+
+
+def _tensor_key(t):
+    return (t.dtype, t.data_ptr() & 15 == 0)
+
+
+def _int_key(i):
+    if not -0x8000000000000000 <= i < 0x8000000000000000:
+        raise KeyError(i)  # u64 range: let Triton handle it
+    return (i == 1) | ((i & 15 == 0) << 1) | ((-0x80000000 <= i < 0x80000000) << 2)
+
+
+_ARG_KEYS = {
+    torch.Tensor: _tensor_key,
+    torch.nn.Parameter: _tensor_key,
+    int: _int_key,
+    float: lambda f: 0.5,  # fp32, never specialised on its value
+    bool: lambda b: b,
+    type(None): lambda n: None,
+}
+
+
+def _hook_active(hook) -> bool:
+    # Triton 3.6+ keeps launch hooks in a HookChain (never None): active when it has calls.
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _arg_key(a):
+    return _ARG_KEYS[type(a)](a)
+
+
+def _key_function(params, constexpr):
+    """A function of the kernel's own signature returning (all arguments in order, cache key),
+    generated once per kernel (as Triton generates its binder): no per-call loops, and the
+    common argument types (tensors, ints) keyed inline without a call."""
+    args, full, key = [], [], []
+    namespace = {"K": _arg_key, "T": torch.Tensor}
+    for p, const in zip(params, constexpr):
+        n = p.name
+        if p.default is inspect.Parameter.empty:
+            args.append(n)
+        else:
+            namespace[f"default_{n}"] = p.default
+            args.append(f"{n}=default_{n}")
+        full.append(n)
+        if const:
+            key.append(n)
+        else:  # the inline forms of _tensor_key and _int_key
+            key.append(f"(({n}.dtype, {n}.data_ptr() & 15 == 0) if type({n}) is T else "
+                       f"(({n} == 1) | (({n} & 15 == 0) << 1) | ((-0x80000000 <= {n} < 0x80000000) << 2) | "
+                       f"(({n} >= 0x8000000000000000) << 3)) if type({n}) is int else "
+                       f"0.5 if type({n}) is float else K({n}))")
+    source = (f"def key_function({', '.join(args + ['**options'])}):\n"
+              f"    return ({', '.join(full)},), ({', '.join(key)}, tuple(options.items()))\n")
+    exec(source, namespace)
+    return namespace["key_function"]
+
+
+def _make_fast_jit():
+    from triton import knobs
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    class FastJITFunction(JITFunction):
+        def __init__(self, fn, **kwargs):
+            super().__init__(fn, **kwargs)
+            params = list(self.signature.parameters.values())
+            self._fast_names = tuple(p.name for p in params)
+            self._fast_key = _key_function(params, [kp.is_constexpr for kp in self.params])
+            self._fast_cache = {}
+
+        def __getitem__(self, grid):
+            return functools.partial(self._fast_launch, grid)
+
+        def run(self, *args, grid, warmup, **kwargs):  # what Autotuner and __getitem__ callers reach
+            if warmup:
+                return super().run(*args, grid=grid, warmup=warmup, **kwargs)
+            return self._fast_launch(grid, *args, **kwargs)
+
+        def _fast_launch(self, grid, *args, **kwargs):
+            runtime = knobs.runtime
+            try:
+                if self.pre_run_hooks or _hook_active(runtime.launch_enter_hook):
+                    raise KeyError("hooks")
+                full, key = self._fast_key(*args, **kwargs)
+                device = driver.active.get_current_device()
+                hit = self._fast_cache.get((device, runtime.debug, key))
+            except (KeyError, TypeError):  # an argument type we do not key on, hooks, a bad call
+                return super().run(*args, grid=grid, warmup=False, **kwargs)
+            if hit is None:
+                kernel = super().run(*args, grid=grid, warmup=False, **kwargs)
+                if kernel is not None and not hasattr(kernel, "result"):  # not a pending async compile
+                    self._fast_cache[(device, runtime.debug, key)] = (kernel, kernel.run, kernel.function,
+                                                                      kernel.packed_metadata)
+                return kernel
+            kernel, launcher, function, packed_metadata = hit
+            if callable(grid):
+                grid = grid(dict(zip(self._fast_names, full)))
+            n = len(grid)
+            exit_hook = runtime.launch_exit_hook
+            launcher(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
+                     driver.active.get_current_stream(device), function, packed_metadata,
+                     None, None, exit_hook if _hook_active(exit_hook) else None, *full)
+            return kernel
+
+    return FastJITFunction
+
+
+def jit(fn=None, **kwargs):
+    """triton.jit with a cheaper repeat launch (under the interpreter: plain triton.jit)."""
+    if fn is None:
+        return lambda f: jit(f, **kwargs)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return triton.jit(fn, **kwargs)
+    return _fast_jit_class()(fn, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_jit_class():
+    return _make_fast_jit()
 
 # Elements one program keeps on chip for a single-pass row kernel. Past this the row
 # streams through in chunks (more passes over memory, but no register spills).
@@ -28,6 +162,16 @@ def as_rows(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return rows
 
 
+def rows(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, int, int, int]:
+    """(tensor, n_rows, n_cols, row_stride) for a row kernel over `dim`. The common case (the
+    last dim of a contiguous tensor) passes `t` itself: no view is built. Otherwise as_rows."""
+    if (dim == -1 or dim == t.dim() - 1) and t.dim() > 0 and t.is_contiguous():
+        n_cols = t.shape[-1]
+        return t, (t.numel() // n_cols if n_cols else 0), n_cols, n_cols
+    r = as_rows(t, dim)
+    return r, r.shape[0], r.shape[1], r.stride(0)
+
+
 def empty_rows_like(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """(result, result_rows): a fresh tensor shaped like `t` whose `dim` is innermost and
     contiguous, plus its 2-D row view. Real and fake kernels both allocate through this,
@@ -35,6 +179,9 @@ def empty_rows_like(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch
     if t.dim() == 0:
         out = torch.empty((), dtype=t.dtype, device=t.device)
         return out, out.view(1, 1)
+    if (dim == -1 or dim == t.dim() - 1) and t.is_contiguous():
+        out = torch.empty_like(t)  # contiguous like t; its rows are t's rows
+        return out, out
     moved_shape = t.movedim(dim, -1).shape
     buf = torch.empty(moved_shape, dtype=t.dtype, device=t.device)
     rows = buf.view(-1, moved_shape[-1]) if buf.numel() else buf.new_empty((0, moved_shape[-1]))
@@ -55,8 +202,13 @@ def persistent_programs(n_work: int, device: torch.device, per_sm: int = 1) -> i
     return max(1, min(n_work, 3))
 
 
+def next_power_of_2(n: int) -> int:
+    """triton.next_power_of_2 without its per-call cost (a ConstexprFunction in Triton 3.8)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
 def row_block(n_cols: int) -> int:
-    return triton.next_power_of_2(max(int(n_cols), 1))
+    return next_power_of_2(n_cols)
 
 
 def row_warps(block_elems: int) -> int:
@@ -81,3 +233,7 @@ def row_config(n_cols: int, long_block: int) -> dict:
         return {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": long_block, "num_warps": row_warps(long_block)}
     block_m = rows_per_program(block_n)
     return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": row_warps(block_m * block_n)}
+
+
+# The eager/traced dispatch every backend shares (kernels/_eager.py).
+from .._eager import eager, fast_op  # noqa: E402,F401

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch as _fast
 from .. import _checks
 from .._backend import autotune_enabled, triton_interpreting
 
@@ -125,7 +126,7 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo
     return acc, m_i, l_i
 
 
-@triton.jit
+@_fast.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
@@ -156,7 +157,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@triton.jit
+@_fast.jit
 def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
                            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                            stride_vb, stride_vh, stride_vn,
@@ -191,7 +192,7 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
     tl.store(lse_part_ptr + part * Tq + offs_m, lse, mask=row_ok)
 
 
-@triton.jit
+@_fast.jit
 def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, stride_oh, stride_om,
                          H, Tq, n_splits, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
     """One program per (query row, batch*head): o = sum_s 2^(lse_s - lse) o_s over the
@@ -221,7 +222,7 @@ def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, st
     tl.store(lse_ptr + bh * Tq + m, top + tl.log2(l))
 
 
-@triton.jit
+@_fast.jit
 def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_om,
                                 stride_dob, stride_doh, stride_dom, H, Tq,
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -259,7 +260,7 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
     return dk, dv
 
 
-@triton.jit
+@_fast.jit
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
@@ -321,7 +322,7 @@ def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q
     return dq
 
 
-@triton.jit
+@_fast.jit
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
@@ -410,7 +411,7 @@ def configs_for(kind: str, dtype, head_dim: int) -> list[tuple[int, int, int, in
 
 def _bucket(n: int) -> int:
     # Autotune per power-of-two size class, not per length: decode grows Tk by one per step.
-    return triton.next_power_of_2(max(int(n), 1))
+    return _fast.next_power_of_2(n)
 
 
 def _tuned(kind: str, kernel):
@@ -478,10 +479,14 @@ def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
     DECODE_MAX_TQ query rows); the keys are cut so that about two programs per SM stream K/V."""
     if tq > DECODE_MAX_TQ or tk < DECODE_UNIT:
         return 0
-    units = triton.cdiv(tk, DECODE_UNIT)
-    want = triton.cdiv(2 * _sm_count(torch.device(device)), max(batch_heads, 1))
-    chunk = triton.cdiv(units, max(1, min(units, want, MAX_SPLITS))) * DECODE_UNIT
-    return triton.cdiv(tk, chunk)
+    units = _cdiv(tk, DECODE_UNIT)
+    want = _cdiv(2 * _sm_count(torch.device(device)), max(batch_heads, 1))
+    chunk = _cdiv(units, max(1, min(units, want, MAX_SPLITS))) * DECODE_UNIT
+    return _cdiv(tk, chunk)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a ConstexprFunction (microseconds per call) in Triton 3.8
 
 
 def _device_guard(t: torch.Tensor):
@@ -512,10 +517,10 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         if not n_splits:
             args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale,
                     _bucket(Tq), _bucket(Tk))
-            _launch("fwd", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
             return o, lse
-        chunk = triton.cdiv(triton.cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
-        n_splits = triton.cdiv(Tk, chunk)
+        chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
+        n_splits = _cdiv(Tk, chunk)
         o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
         args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, chunk, n_splits,
@@ -542,14 +547,14 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
     with _device_guard(q):
-        _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, PRE_BLOCK_M), H, B)](
+        _attn_bwd_preprocess_kernel[(_cdiv(Tq, PRE_BLOCK_M), H, B)](
             o, do, delta, *_bhm(o), *_bhm(do), H, Tq, HEAD_DIM=D, BLOCK_M=PRE_BLOCK_M, num_warps=4)
         args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
                 H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
-        _launch("dkdv", lambda bm, bn: (triton.cdiv(Tk, bn), H, B), args, **common)
+        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, **common)
         args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
                 H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
-        _launch("dq", lambda bm, bn: (triton.cdiv(Tq, bm), H, B), args, **common)
+        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
     return dq, dk, dv
 
 
@@ -602,11 +607,13 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::attention_triton", mutates_args=())
-def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.finite("scale", scale)  # re-checked with the real value under torch.compile
     return attention_forward(q, k, v, causal, scale)
+
+
+attention_op = torch.library.custom_op("gptk::attention_triton", _attention_impl, mutates_args=())
 
 
 @attention_op.register_fake
@@ -615,11 +622,15 @@ def _(q, k, v, causal, scale):
     return empty_bthd(q.shape, q.dtype, q.device), q.new_empty((B, H, Tq), dtype=torch.float32)
 
 
-@torch.library.custom_op("gptk::attention_triton_backward", mutates_args=())
-def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                          lse: torch.Tensor, causal: bool,
-                          scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _attention_backward_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                             lse: torch.Tensor, causal: bool,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(do, q, k, v, o, lse, causal, scale)
+
+
+attention_backward_op = torch.library.custom_op("gptk::attention_triton_backward", _attention_backward_impl,
+                                                mutates_args=())
+_attention_backward_call = _fast.fast_op(attention_backward_op, _attention_backward_impl)
 
 
 @attention_backward_op.register_fake
@@ -638,11 +649,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do, _dlse):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(do, q, k, v, o, lse, ctx.causal, ctx.scale)
+    dq, dk, dv = _attention_backward_call(do, q, k, v, o, lse, ctx.causal, ctx.scale)
     return dq, dk, dv, None, None
 
 
-attention_op.register_autograd(_backward, setup_context=_setup_context)
+_attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _backward)
 
 
 def attention(q, k, v, causal=True, scale=None):
@@ -652,4 +663,4 @@ def attention(q, k, v, causal=True, scale=None):
     if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
         raise ValueError(f"the triton attention kernels take batch size and head count up to {MAX_GRID_YZ} "
                          f"(CUDA grid y/z limit), got B={q.shape[0]}, H={q.shape[1]}")
-    return attention_op(q, k, v, bool(causal), float(scale))[0]
+    return _attention_call(q, k, v, bool(causal), float(scale))[0]

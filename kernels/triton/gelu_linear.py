@@ -52,6 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
 from .._backend import autotune_enabled, triton_interpreting
 
 # -----------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_launch.jit
 def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
                             stride_xm, stride_xk, stride_wn, stride_wk,
                             HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, APPROX_TANH: tl.constexpr,
@@ -189,7 +190,7 @@ def _gelu_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K,
     tl.store(y_ptr + out_base + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
+@_launch.jit
 def _gelu_linear_dz_kernel(dy_ptr, z_ptr, dz_ptr, dbp_ptr, M, N, stride_dym, stride_dyn,
                            HAS_BIAS: tl.constexpr, APPROX_TANH: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -302,7 +303,7 @@ def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     z = torch.empty((m, n) if save_preact else (0,), dtype=x.dtype, device=x.device)
     if m > 0 and n > 0:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        grid = lambda meta: (-(-m // meta["BLOCK_M"]) * -(-n // meta["BLOCK_N"]),)  # noqa: E731
         _fwd_tuned[grid](x2, weight, bias if bias is not None else weight, y, z, m, n, k,
                          x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
                          HAS_BIAS=bias is not None, STORE_Z=save_preact, APPROX_TANH=approximate == "tanh",
@@ -318,10 +319,10 @@ def gelu_linear_backward(dy, x, weight, z, has_bias: bool, approximate: str):
     dy2 = dy.reshape(m, n)
     dz = torch.empty((m, n), dtype=x.dtype, device=x.device)
     cfg = DZ_INTERPRET_CONFIG if triton_interpreting() else DZ_CONFIG
-    dbp = torch.empty((triton.cdiv(m, cfg["BLOCK_M"]), n) if has_bias else (0,), dtype=torch.float32,
+    dbp = torch.empty((-(-m // cfg["BLOCK_M"]), n) if has_bias else (0,), dtype=torch.float32,
                       device=x.device)
     if m > 0 and n > 0:
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+        grid = (-(-m // cfg["BLOCK_M"]), -(-n // cfg["BLOCK_N"]))
         _gelu_linear_dz_kernel[grid](dy2, z, dz, dbp if has_bias else dz, m, n, dy2.stride(0), dy2.stride(1),
                                      HAS_BIAS=has_bias, APPROX_TANH=approximate == "tanh",
                                      BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
@@ -374,10 +375,12 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::gelu_linear_triton", mutates_args=())
-def gelu_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str,
-                   save_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _gelu_linear_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str,
+                      save_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return gelu_linear_forward(x, weight, bias, approximate, save_preact)
+
+
+gelu_linear_op = torch.library.custom_op("gptk::gelu_linear_triton", _gelu_linear_impl, mutates_args=())
 
 
 @gelu_linear_op.register_fake
@@ -386,10 +389,14 @@ def _(x, weight, bias, approximate, save_preact):
     return x.new_empty(shape), x.new_empty(shape if save_preact else (0,))
 
 
-@torch.library.custom_op("gptk::gelu_linear_triton_backward", mutates_args=())
-def gelu_linear_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
-                            has_bias: bool, approximate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gelu_linear_backward_impl(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+                               has_bias: bool, approximate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return gelu_linear_backward(dy, x, weight, z, has_bias, approximate)
+
+
+gelu_linear_backward_op = torch.library.custom_op("gptk::gelu_linear_triton_backward", _gelu_linear_backward_impl,
+                                                  mutates_args=())
+_gelu_linear_backward_call = _launch.fast_op(gelu_linear_backward_op, _gelu_linear_backward_impl)
 
 
 @gelu_linear_backward_op.register_fake
@@ -410,15 +417,15 @@ def _backward(ctx, dy, _dz):
     if not ctx.saved_preact:
         raise RuntimeError("gptk::gelu_linear_triton was called with save_preact=False, so it has no "
                            "pre-activation to differentiate through; call kernels.gelu_linear instead")
-    dx, dw, db = gelu_linear_backward_op(dy, x, weight, z, ctx.has_bias, ctx.approximate)
+    dx, dw, db = _gelu_linear_backward_call(dy, x, weight, z, ctx.has_bias, ctx.approximate)
     return dx, dw, (db if ctx.has_bias else None), None, None
 
 
-gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
+_gelu_linear_call = _launch.fast_op(gelu_linear_op, _gelu_linear_impl, _setup_context, _backward)
 
 
 def gelu_linear(x, weight, bias=None, approximate="tanh"):
     """The triton backend's gelu_linear (arguments already validated by kernels.gelu_linear).
     Z is written for backward only when autograd will need it."""
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return gelu_linear_op(x, weight, bias, approximate, needs_grad)[0]
+    return _gelu_linear_call(x, weight, bias, approximate, needs_grad)[0]

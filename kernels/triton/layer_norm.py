@@ -59,7 +59,7 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_launch.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
                    y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -104,7 +104,7 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
     tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
 
-@triton.jit
+@_launch.jit
 def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_cols,
                         y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -158,7 +158,7 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
         tl.store(y_ptr + row * y_row_stride + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, n_cols,
                              dy_row_stride, x_row_stride, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks.
@@ -187,7 +187,7 @@ def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rst
 LAUNCH_OPTIONS = {"_ln_bwd_kernel": {"enable_fp_fusion": False}}
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, ds_ptr, c1_ptr, c2_ptr,
                    n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
@@ -245,7 +245,7 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
         tl.store(pb_ptr + part * n_cols + cols, tl.sum(acc_db, axis=0), mask=col_ok)
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
                           COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -283,6 +283,7 @@ BWD_TILE_ELEMS = 2048            # row tile of the backward: ~8 values per threa
 REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
 
 
+@functools.lru_cache(maxsize=None)
 def forward_config(n_cols: int) -> dict:
     """Whole rows on chip up to MAX_ROW_BLOCK (several short rows per program), else chunks."""
     return _launch.row_config(n_cols, LONG_FWD_BLOCK)
@@ -294,6 +295,7 @@ def _bwd_warps(tile_elems: int) -> int:
     return max(4, min(16, tile_elems // 256))
 
 
+@functools.lru_cache(maxsize=None)
 def backward_config(n_cols: int) -> dict:
     """Row tiles of ~BWD_TILE_ELEMS on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path."""
     block_n = _launch.row_block(n_cols)
@@ -333,24 +335,23 @@ def forward(x, residual, weight, bias, eps):
     """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, shape x.shape[:-1]."""
     y, y_rows = _launch.empty_rows_like(x)
     s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
-    mean, rstd = _stats_like(x), _stats_like(x)
+    mean, rstd = torch.empty((2, *x.shape[:-1]), dtype=torch.float32, device=x.device).unbind(0)
     if x.numel() == 0:
         mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
         rstd.fill_(float("nan"))
         return y, s, mean, rstd
-    x_rows = _launch.as_rows(x)
-    r_rows = _launch.as_rows(residual) if residual is not None else x_rows
-    n_rows, n_cols = x_rows.shape
+    x_rows, n_rows, n_cols, x_stride = _launch.rows(x)
+    r_rows, _, _, r_stride = _launch.rows(residual) if residual is not None else (x_rows, 0, 0, x_stride)
     if s_rows is None:
         s_rows = y_rows  # never written: HAS_RES is False
     args = (y_rows, s_rows, mean, rstd, x_rows, r_rows,
             _unit_stride(weight) if weight is not None else x_rows,
             _unit_stride(bias) if bias is not None else x_rows)
-    strides = (y_rows.stride(0), s_rows.stride(0), x_rows.stride(0), r_rows.stride(0), eps)
+    strides = (n_cols, n_cols, x_stride, r_stride, eps)  # y and s: fresh contiguous rows
     flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
     cfg = forward_config(n_cols)
     if cfg["single_pass"]:
-        _ln_fwd_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]),)](
+        _ln_fwd_kernel[(-(-n_rows // cfg["BLOCK_M"]),)](
             *args, n_rows, n_cols, *strides, **flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
             num_warps=cfg["num_warps"])
     else:
@@ -368,13 +369,13 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     db = x.new_empty((n_cols,) if need_db else (0,))
     if x.numel() == 0:
         return dx, dw.zero_(), db.zero_()
-    x_rows, dy_rows = _launch.as_rows(x), _launch.as_rows(dy)
-    ds_rows = _launch.as_rows(ds) if ds is not None else dy_rows
+    x_rows, n_rows, _, x_stride = _launch.rows(x)
+    dy_rows, _, _, dy_stride = _launch.rows(dy)
+    ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
-    n_rows = x_rows.shape[0]
     cfg = backward_config(n_cols)
-    n_col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    parts = n_partials(x.device, triton.cdiv(n_rows, cfg["BLOCK_M"]), n_col_blocks)
+    n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
+    parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
     pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
     pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
     w_arg = _unit_stride(weight) if weight is not None else x_rows
@@ -382,17 +383,17 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     if not cfg["single_pass"]:
         c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
         _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
-                                            dy_rows.stride(0), x_rows.stride(0), HAS_W=weight is not None,
+                                            dy_stride, x_stride, HAS_W=weight is not None,
                                             BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
     _ln_bwd_kernel[(n_col_blocks, parts)](
         dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
-        dx_rows.stride(0), dy_rows.stride(0), x_rows.stride(0), ds_rows.stride(0),
+        n_cols, dy_stride, x_stride, ds_stride,
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
         ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
-        _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
+        _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
             dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
             COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
@@ -474,12 +475,14 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::layer_norm_triton", mutates_args=())
-def layer_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_norm_impl(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     y, _, mean, rstd = forward(x, None, weight, bias, eps)
     return y, mean, rstd
+
+
+layer_norm_op = torch.library.custom_op("gptk::layer_norm_triton", _layer_norm_impl, mutates_args=())
 
 
 @layer_norm_op.register_fake
@@ -487,12 +490,14 @@ def _(x, weight, bias, eps):
     return _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x)
 
 
-@torch.library.custom_op("gptk::add_layer_norm_triton", mutates_args=())
-def add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor], eps: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _add_layer_norm_impl(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], eps: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     return forward(x, residual, weight, bias, eps)
+
+
+add_layer_norm_op = torch.library.custom_op("gptk::add_layer_norm_triton", _add_layer_norm_impl, mutates_args=())
 
 
 @add_layer_norm_op.register_fake
@@ -500,11 +505,15 @@ def _(x, residual, weight, bias, eps):
     return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x))
 
 
-@torch.library.custom_op("gptk::layer_norm_triton_backward", mutates_args=())
-def layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                           mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
-                           need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_norm_backward_impl(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                              mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
+                              need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward(dy, x, weight, mean, rstd, ds, need_dw, need_db)
+
+
+layer_norm_backward_op = torch.library.custom_op("gptk::layer_norm_triton_backward", _layer_norm_backward_impl,
+                                                 mutates_args=())
+_layer_norm_backward_call = _launch.fast_op(layer_norm_backward_op, _layer_norm_backward_impl)
 
 
 @layer_norm_backward_op.register_fake
@@ -520,7 +529,7 @@ def _norm_grads(ctx, dy, ds, w_index):
     need = ctx.needs_input_grad
     need_dw = weight is not None and need[w_index]
     need_db = ctx.has_bias and need[w_index + 1]
-    dx, dw, db = layer_norm_backward_op(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
+    dx, dw, db = _layer_norm_backward_call(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
     return dx, (dw if need_dw else None), (db if need_db else None)
 
 
@@ -550,16 +559,17 @@ def _add_layer_norm_backward(ctx, dy, ds, _dmean, _drstd):
     return dsum, dsum, dw, db, None
 
 
-layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_setup_context)
-add_layer_norm_op.register_autograd(_add_layer_norm_backward, setup_context=_setup_context)
+_layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward)
+_add_layer_norm_call = _launch.fast_op(add_layer_norm_op, _add_layer_norm_impl, _setup_context,
+                                       _add_layer_norm_backward)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """The triton backend's layer norm (arguments already validated by kernels.layer_norm)."""
-    return layer_norm_op(x, weight, bias, float(eps))[0]
+    return _layer_norm_call(x, weight, bias, float(eps))[0]
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     """(layer_norm(x + residual), x + residual) in one pass (arguments already validated)."""
-    y, s, _, _ = add_layer_norm_op(x, residual, weight, bias, float(eps))
+    y, s, _, _ = _add_layer_norm_call(x, residual, weight, bias, float(eps))
     return y, s

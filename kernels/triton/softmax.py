@@ -17,6 +17,7 @@ large logits exact (x - m is exact when x is near m), which scaling first does n
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,7 +32,7 @@ from . import _launch
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_launch.jit
 def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """BLOCK_M whole rows per program, each row held on chip: one read, one write."""
@@ -49,7 +50,7 @@ def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride
     tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
                              BLOCK_N: tl.constexpr):
     """Rows too long for the chip, streamed in BLOCK_N chunks: pass 1 keeps a per-lane
@@ -81,7 +82,7 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_s
             tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride,
                         y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program."""
@@ -96,7 +97,7 @@ def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy
     tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride, y_row_stride,
                              inv_temperature, BLOCK_N: tl.constexpr):
     """Long rows, persistent grid: pass 1 accumulates sum(dy * y) per lane, pass 2 writes dx."""
@@ -124,9 +125,11 @@ def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_strid
 # Launchers
 # -----------------------------------------------------------------------------------------
 
+_LOG2E = math.log2(math.e)
 LONG_ROW_BLOCK = 4096  # chunk width when a row does not fit on chip
 
 
+@functools.lru_cache(maxsize=None)
 def launch_config(n_cols: int) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
     cfg = _launch.row_config(n_cols, LONG_ROW_BLOCK)
@@ -142,18 +145,17 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     y, y_rows = _launch.empty_rows_like(x, dim)
     if x.numel() == 0:
         return y
-    x_rows = _launch.as_rows(x, dim)
-    n_rows, n_cols = x_rows.shape
+    x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
     cfg = launch_config(n_cols)
-    scale_log2 = math.log2(math.e) / temperature
+    scale_log2 = _LOG2E / temperature
     if cfg["single_pass"]:
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
-        _softmax_fwd_kernel[grid](y_rows, x_rows, n_rows, n_cols, x_rows.stride(0), y_rows.stride(0),
+        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
+        _softmax_fwd_kernel[grid](y_rows, x_rows, n_rows, n_cols, x_stride, n_cols,
                                   scale_log2, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                   num_warps=cfg["num_warps"])
     else:
         _softmax_fwd_long_kernel[(_launch.persistent_programs(n_rows, x.device),)](
-            y_rows, x_rows, n_rows, n_cols, x_rows.stride(0), y_rows.stride(0), scale_log2,
+            y_rows, x_rows, n_rows, n_cols, x_stride, n_cols, scale_log2,
             BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return y
 
@@ -163,14 +165,13 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     dx, dx_rows = _launch.empty_rows_like(y, dim)
     if y.numel() == 0:
         return dx
-    y_rows = _launch.as_rows(y, dim)
-    dy_rows = _launch.as_rows(dy, dim)
-    n_rows, n_cols = y_rows.shape
+    y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
+    dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
     cfg = launch_config(n_cols)
     inv_t = 1.0 / temperature
-    strides = (dx_rows.stride(0), dy_rows.stride(0), y_rows.stride(0))
+    strides = (n_cols, dy_stride, y_stride)
     if cfg["single_pass"]:
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
+        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
         _softmax_bwd_kernel[grid](dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
                                   BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     else:
@@ -210,11 +211,13 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::softmax_triton", mutates_args=())
-def softmax_op(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+def _softmax_impl(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     # kernels.softmax checks this eagerly; under torch.compile only here, with the real value.
     _checks.positive_finite("temperature", temperature)
     return softmax_forward(x, temperature, dim)
+
+
+softmax_op = torch.library.custom_op("gptk::softmax_triton", _softmax_impl, mutates_args=())
 
 
 @softmax_op.register_fake
@@ -222,9 +225,13 @@ def _(x, temperature, dim):
     return _launch.empty_rows_like(x, dim)[0]
 
 
-@torch.library.custom_op("gptk::softmax_triton_backward", mutates_args=())
-def softmax_backward_op(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+def _softmax_backward_impl(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     return softmax_backward(dy, y, temperature, dim)
+
+
+softmax_backward_op = torch.library.custom_op("gptk::softmax_triton_backward", _softmax_backward_impl,
+                                              mutates_args=())
+_softmax_backward_call = _launch.fast_op(softmax_backward_op, _softmax_backward_impl)
 
 
 @softmax_backward_op.register_fake
@@ -240,12 +247,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (y,) = ctx.saved_tensors
-    return softmax_backward_op(dy, y, ctx.temperature, ctx.dim), None, None
+    return _softmax_backward_call(dy, y, ctx.temperature, ctx.dim), None, None
 
 
-softmax_op.register_autograd(_backward, setup_context=_setup_context)
+_softmax_call = _launch.fast_op(softmax_op, _softmax_impl, _setup_context, _backward)
 
 
 def softmax(x, temperature=1.0, dim=-1):
     """The triton backend's softmax (arguments already validated by kernels.softmax)."""
-    return softmax_op(x, float(temperature), int(dim))
+    return _softmax_call(x, float(temperature), int(dim))

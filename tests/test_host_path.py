@@ -1,0 +1,115 @@
+"""The host path: eager calls reach the kernels without the dispatcher, and the cached Triton
+launch picks exactly the compiled kernel Triton itself would pick.
+
+The launch check compiles real kernels for sm_90 through a stand-in driver whose launcher
+does nothing (benchmarks/stub_driver.py), in a subprocess without the interpreter.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_LAUNCH_CHECK = r"""
+import json, torch
+from benchmarks import stub_driver
+stub_driver.install()
+from triton.runtime.jit import JITFunction
+from kernels.triton import softmax as sm, layer_norm as ln
+
+def same_kernel(kernel, grid, *args, **kw):
+    kernel[grid](*args, **kw)           # first call: Triton's own path, cached by the fast path
+    kernel[grid](*args, **kw)           # second call: the fast path
+    ours = [hit[0] for hit in kernel._fast_cache.values()]
+    theirs = JITFunction.run(kernel, *args, grid=grid, warmup=True, **kw)
+    return theirs in ours, theirs
+
+base = torch.zeros(4 * 4096 + 64, dtype=torch.bfloat16)
+checks, picked = {}, {}
+for offset in (0, 1, 8):                 # 16-byte aligned, 2-byte aligned, 16-byte aligned again
+    for n_cols in (1, 16, 17):            # Triton specialises ints == 1 and divisible by 16
+        x = base[offset:offset + 4 * n_cols].view(4, n_cols)
+        y = torch.empty_like(x)
+        cfg = sm.launch_config(n_cols)
+        ok, picked[offset, n_cols] = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 4, n_cols, n_cols, n_cols,
+                                                 1.25, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                                 num_warps=cfg["num_warps"])
+        checks[f"softmax offset={offset} n={n_cols}"] = ok
+# Where Triton's specialisation differs the kernels differ (alignment, n == 1 vs 16 vs 17),
+# and where it agrees they are shared (offsets 0 and 8 elements are both 16-byte aligned).
+checks["alignment keys apart"] = picked[0, 16] is not picked[1, 16]
+checks["ints key apart"] = len({id(picked[0, n]) for n in (1, 16, 17)}) == 3
+checks["equal keys share"] = picked[0, 17] is picked[8, 17]
+for big in (2**31 - 1, 2**31, 2**40):    # i32 / i64 range
+    x = base[:64].view(1, 64)
+    y = torch.empty_like(x)
+    ok, _ = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 1, 64, big, 64, 1.0, BLOCK_M=1, BLOCK_N=64,
+                        num_warps=4)
+    checks[f"softmax stride={big}"] = ok
+# Every op and backend runs its whole eager path (forward, forward with grad, backward).
+import kernels
+for backend in ("triton",):
+    x = torch.randn(3, 40, requires_grad=True)
+    w, b = torch.randn(40, requires_grad=True), torch.randn(40, requires_grad=True)
+    kernels.softmax(x, 0.5, backend=backend).sum().backward()
+    kernels.layer_norm(x, w, b, backend=backend).sum().backward()
+    y, s = kernels.add_layer_norm(x, x.detach(), w, b, backend=backend)
+    (y.sum() + s.sum()).backward()
+    q = torch.randn(1, 2, 3, 16, requires_grad=True)
+    kernels.attention(q, q, q, backend=backend).sum().backward()
+    kernels.gelu_linear(x, torch.randn(24, 40), torch.randn(24), backend=backend).sum().backward()
+checks["every op ran"] = True
+print(json.dumps(checks))
+"""
+
+
+def _run_without_interpreter(script):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["GPTK_AUTOTUNE"] = "0"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_cached_launch_picks_tritons_own_kernel():
+    checks = _run_without_interpreter(_LAUNCH_CHECK)
+    failed = [name for name, ok in checks.items() if not ok]
+    assert not failed, f"the fast launch path disagrees with Triton's kernel cache: {failed}"
+
+
+def _backends():
+    return [b for b in ("triton", "cuda") if b in kernels.available_backends("cpu")]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_eager_calls_skip_the_dispatcher(backend):
+    x = torch.randn(3, 40, requires_grad=True)
+    y = kernels.softmax(x, 0.7, backend=backend)
+    # The eager path records our autograd.Function, not the custom op's autograd node.
+    assert "_eager" in type(y.grad_fn).__name__ or "Eager" in type(y.grad_fn).__name__, type(y.grad_fn)
+    y.sum().backward()
+    ref = torch.softmax(x.detach().double() / 0.7, -1)
+    torch.testing.assert_close(y.detach().double(), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert kernels.softmax(x, 0.7, backend=backend).grad_fn is None
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_traced_calls_use_the_custom_op(backend):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.randn(3, 40)
+        y = kernels.softmax(x, 0.7, backend=backend)  # through register_fake: no kernel runs
+    assert y.shape == (3, 40)
+    from torch.fx.experimental.proxy_tensor import make_fx
+    graph = make_fx(lambda t: kernels.softmax(t, 0.7, backend=backend))(torch.randn(3, 40))
+    assert any("gptk" in str(node.target) for node in graph.graph.nodes), graph.graph
