@@ -14,7 +14,7 @@ import torch
 
 from .env import DTYPE_NAMES, card_slug, describe, measure_ceilings, pick_device
 from .model import GPT_BENCH
-from .ops import OPS, OUR_BACKENDS, PROVIDERS
+from .ops import AUTO, OPS, OUR_BACKENDS, PROVIDERS
 
 ALL_OPS = tuple(OPS) + ("gpt",)
 ALL_MODES = ("fwd", "bwd", "decode", "train")
@@ -151,7 +151,7 @@ def order(cases: list) -> list:
 
 def providers_for(op: str, wanted) -> list[str]:
     spec = GPT_BENCH if op == "gpt" else OPS[op]
-    return [p for p in wanted if p in OUR_BACKENDS or p in spec.baselines]
+    return [p for p in wanted if p in OUR_BACKENDS or p == AUTO or p in spec.baselines]
 
 
 def main(argv=None) -> int:

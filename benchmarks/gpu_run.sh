@@ -13,7 +13,8 @@
 #
 # Wall time: every step is time-boxed against --budget (default 480 s); the benchmark suite
 # gets what is left (--time-budget) and runs the quick sizes of every op first.
-# Output (at most 8 files, one folder): run.log (everything printed, versions, nvidia-smi),
+# Output (one folder): run.log (everything printed, versions, nvidia-smi), model.json/.md (the
+# whole-model rows, run first), host.json (host path per call),
 # tests.xml (junit), bench.json, summary.md, plots.tar.gz (PNGs, and traces with --profile),
 # pytest_benchmark.json, sanitizer-{memcheck,racecheck}.log. Commit them under benchmarks/results/<date>-<card>/
 # (the folder name is printed at the end and in run.log).
@@ -100,6 +101,20 @@ fi
 
 step "2. ceilings ($DEVICE)"
 "$PY" -m benchmarks --ceilings-only --device "$DEVICE" 2>&1 | grep -v '^$'
+
+step "2b. whole-model figures first: GPT-2 124M training step and decode, every provider"
+# Every earlier run lost these rows to the time budget: they now run before anything else.
+if [ "$DRY" = 1 ]; then
+  boxed 300 "$PY" -m benchmarks --device cpu --quick --threads 1 --ops gpt --json "$OUT/model.json" \
+    --markdown "$OUT/model.md" | tail -30
+else
+  boxed "${MODEL_BOX:-200}" "$PY" -m benchmarks --device cuda --sizes quick --ops gpt --dtypes bf16 \
+    --time-budget $(( ${MODEL_BOX:-200} - 20 )) --json "$OUT/model.json" --markdown "$OUT/model.md" | tail -40
+fi
+echo "model benchmark exit status: $?"
+
+step "2c. host path per op call (launch replaced by a no-op; CPU figures)"
+env -u TRITON_INTERPRET boxed 120 "$PY" -m benchmarks.overhead --host --calls 1000 --json "$OUT/host.json"
 
 step "3. test suite"
 if [ "$DRY" = 1 ]; then

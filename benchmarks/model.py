@@ -2,7 +2,9 @@
 
 Providers: our backends (`gpt.GPT` with backend="triton"/"cuda", every layer on that
 backend), eager (the same model on backend="torch": nn.Linear, F.layer_norm and SDPA, i.e.
-nanoGPT's fast path) and compile (that eager model under `nn.Module.compile`). All run with
+nanoGPT's fast path), compile (that eager model under `nn.Module.compile`), and for decode
+transformers' GPT2LMHeadModel with the same weights: hf (its own eager `generate`) and
+hf_patched (after `gpt.patch_hf_gpt2(backend="auto")`). All run with
 their parameters in the case's dtype; the check compares loss and gradients (train) or the
 last-position logits of a cached decode step (decode) with the fp32 model on the torch backend.
 """
@@ -30,17 +32,17 @@ class GPTBench:
                -> GB/s over the copy ceiling."""
     name = "gpt"
     modes = ("train", "decode")
-    baselines = ("eager", "compile")
+    baselines = ("eager", "compile", "hf", "hf_patched")
     gpu_train = {"quick": [8], "standard": [8], "full": [4, 16]}
     cpu_train = {"quick": [2], "standard": [2, 4]}
-    gpu_decode = {"quick": [1], "standard": [1, 16], "full": [4, 64]}
+    gpu_decode = {"quick": [1, 16], "standard": [1, 16], "full": [1, 4, 16, 64]}
     cpu_decode = {"quick": [1], "standard": [1, 4]}
 
     def cases(self, preset, gpu, dtypes, modes):
         cfg = GPT2_124M if gpu else CPU_TINY
         what = "GPT-2 124M" if gpu else f"tiny GPT ({cfg['n_layer']}L {cfg['n_embd']}d)"
         t = 1024 if gpu else 64
-        prompt, new = (128, 64) if gpu else (16, 16)
+        prompt, new = (128, 256) if gpu else (16, 16)
         out = []
         for mode, sizes in (("train", self.gpu_train if gpu else self.cpu_train),
                             ("decode", self.gpu_decode if gpu else self.cpu_decode)):
@@ -71,14 +73,34 @@ class GPTBench:
             if missing:
                 raise Skip(f"the {provider} backend does not implement {', '.join(missing)} yet, "
                            f"so a GPT cannot run on it")
-        elif provider not in self.baselines:
+        elif provider not in self.baselines and provider != "auto":
             raise Skip(f"{provider} is not a whole-model provider")
+        if provider in ("hf", "hf_patched"):
+            return self.hf_model(provider, case, base, device)
         model = copy.deepcopy(base).to(case.dtype)
-        if provider in OUR_BACKENDS:
+        if provider in OUR_BACKENDS or provider == "auto":
             model.set_backend(provider)
         if provider == "compile":
             torch._dynamo.reset()
             model.compile(backend=compile_backend)
+        return model
+
+    @staticmethod
+    def hf_model(provider: str, case: Case, base: gpt.GPT, device):
+        """transformers' GPT2LMHeadModel with `base`'s weights (decode only: its loss shifts the
+        labels itself, so a training step would not be the same computation)."""
+        if case.mode != "decode":
+            raise Skip("transformers' GPT-2 is timed for decode only")
+        try:
+            import tempfile
+            from transformers import GPT2LMHeadModel
+        except ImportError as e:
+            raise Skip(f"transformers is not installed ({e})") from None
+        with tempfile.TemporaryDirectory() as folder:
+            gpt.save_hf(base, folder)
+            model = GPT2LMHeadModel.from_pretrained(folder, dtype=case.dtype).to(device).eval()
+        if provider == "hf_patched":
+            gpt.patch_hf_gpt2(model, backend="auto")
         return model
 
     def batch(self, case: Case, device):
@@ -95,6 +117,11 @@ class GPTBench:
             _, loss = model(idx, targets)
             grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
             return [loss.detach().float().reshape(1), torch.cat([g.float().flatten() for g in grads])]
+        if not isinstance(model, gpt.GPT):  # transformers: the prompt, then one cached step
+            with torch.no_grad():
+                out = model(idx, use_cache=True)
+                step = model(idx[:, :1], past_key_values=out.past_key_values, use_cache=True)
+            return [step.logits[:, -1].float()]
         with torch.no_grad():  # the prompt, then one cached step: the shapes `generate` runs first
             cache = gpt.KVCache(model.config, idx.shape[0], idx.device, model.lm_head.weight.dtype)
             model(idx, cache=cache)
@@ -112,6 +139,9 @@ class GPTBench:
                 opt.zero_grad(set_to_none=True)
             return step
         new = case.params["new"]
+        if not isinstance(model, gpt.GPT):  # transformers: sample exactly `new` tokens, no early stop
+            return lambda: model.generate(idx, max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=0,
+                                          pad_token_id=0, attention_mask=torch.ones_like(idx))
         return lambda: model.generate(idx, new, temperature=1.0)
 
     def work(self, case: Case, base: gpt.GPT) -> tuple[str, float, float]:

@@ -25,8 +25,9 @@ from kernels import reference
 from .env import SHORT
 
 OUR_BACKENDS = ("triton", "cuda")
-BASELINES = ("eager", "compile", "sdpa", "liger")
-PROVIDERS = OUR_BACKENDS + BASELINES
+AUTO = "auto"  # backend="auto": what users get by default (kernels/_auto.py's measured table)
+BASELINES = ("eager", "compile", "sdpa", "liger", "hf", "hf_patched")
+PROVIDERS = OUR_BACKENDS + (AUTO,) + BASELINES
 
 
 class Skip(Exception):
@@ -127,6 +128,8 @@ class OpBench:
         if provider in OUR_BACKENDS:
             our_provider(self.name, provider, device)
             return self.call(provider)
+        if provider == AUTO:
+            return self.call(AUTO)
         if provider not in self.baselines:
             raise Skip(f"{provider} is not a baseline for {self.name}")
         if provider == "eager":

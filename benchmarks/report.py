@@ -11,7 +11,7 @@ from pathlib import Path
 
 OP_ORDER = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "gpt")
 MODE_ORDER = ("fwd", "bwd", "decode", "train")
-PROVIDER_ORDER = ("triton", "cuda", "eager", "compile", "sdpa", "liger")
+PROVIDER_ORDER = ("triton", "cuda", "auto", "eager", "compile", "sdpa", "liger")
 STATUS_STYLE = {"ok": "", "wrong": "bold red", "error": "red", "skipped": "dim"}
 
 

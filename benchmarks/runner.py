@@ -82,7 +82,7 @@ def rel_error(got, ref) -> float:
 
 
 def base_record(case: Case, provider: str, ctx: Context) -> dict:
-    backend = provider if provider in ("triton", "cuda") else ("liger" if provider == "liger" else "torch")
+    backend = provider if provider in ("triton", "cuda", "auto") else ("liger" if provider == "liger" else "torch")
     rec = {
         "op": case.op, "mode": case.mode, "dtype": case.dtype_name, "shape": case.shape,
         "params": {k: v for k, v in case.params.items()}, "x": case.x, "xlabel": case.xlabel,

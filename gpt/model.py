@@ -66,20 +66,46 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (n_layer, B, n_head, block_size, head_dim)."""
+    """Preallocated keys and values for every layer: (n_layer, B, n_head, block_size, head_dim).
+
+    A step either appends at the Python-side `length` (slices: prefill and plain decode), or,
+    as a static step (gpt/decode.py), writes at the device-side `position` and attends to the
+    whole buffer with per-sequence lengths: every shape is then the same at every step, so one
+    decode step can be captured in a CUDA graph and replayed."""
 
     def __init__(self, config, batch_size, device, dtype):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # tokens already cached (the same for every layer)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # `length` on the device
+        self.static = False
+        self._write, self._lengths = None, None
+
+    def positions(self, T, device):
+        """Absolute positions of the next T tokens; a static step also prepares its writes."""
+        if not self.static:
+            return torch.arange(self.length, self.length + T, dtype=torch.long, device=device)
+        self._write = self.position + torch.arange(T, device=device)  # (T,)
+        self._lengths = (self.position + T).expand(self.k.shape[1])   # (B,) keys after this step
+        return self._write
 
     def append(self, layer, k, v):
-        """Store this step's k, v at the end; return all keys and values so far (views)."""
+        """Store this step's k, v; return the keys and values to attend to and, for a static
+        step, the number of valid keys per sequence (None: all of them)."""
+        if self.static:
+            self.k[layer].index_copy_(2, self._write, k)
+            self.v[layer].index_copy_(2, self._write, v)
+            return self.k[layer], self.v[layer], self._lengths
         start, end = self.length, self.length + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
+
+    def advance(self, T):
+        self.length += T
+        if self.static:
+            self.position += T  # on the device: a captured step advances itself at each replay
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,9 +123,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        kv_lengths = None
         if cache is not None:
-            k, v = cache.append(layer, k, v)  # (B, nh, cached + T, hs)
-        y = kernels.attention(q, k, v, causal=True, backend=self.backend)  # (B, nh, T, hs)
+            k, v, kv_lengths = cache.append(layer, k, v)  # (B, nh, cached + T, hs)
+        y = kernels.attention(q, k, v, causal=True, kv_lengths=kv_lengths, backend=self.backend)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -193,14 +220,14 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        pos = cache.positions(T, idx.device) if cache is not None else torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         pending = None
         for layer, block in enumerate(self.transformer.h):
             x, pending = block(x, pending, cache, layer)
         x = self.transformer.ln_f(x) if pending is None else self.transformer.ln_f(pending, residual=x)[0]
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         if targets is None:
             # Sampling needs only the last position: skip a (B, T, vocab) matmul on prefill.
             return self.lm_head(x[:, -1:, :] if last_only else x), None
@@ -209,28 +236,41 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
-        """Append `max_new_tokens` sampled tokens to idx (B, T); temperature=0 is greedy decoding."""
-        for token in self.stream(idx, max_new_tokens, temperature, top_k, use_cache, generator):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, *,
+                 cuda_graph=None):
+        """Append `max_new_tokens` sampled tokens to idx (B, T); temperature=0 is greedy decoding.
+        On a CUDA model each decode step replays a CUDA graph (cuda_graph=False turns it off)."""
+        for token in self.stream(idx, max_new_tokens, temperature, top_k, use_cache, generator,
+                                 cuda_graph=cuda_graph):
             idx = torch.cat((idx, token), dim=1)
         return idx
 
     @torch.no_grad()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, *,
+               cuda_graph=None):
         """Yield the next token (B, 1) step by step. With use_cache the prompt runs once, then one
-        token per step against a preallocated KV cache; once the context is full it is cropped
-        to block_size and recomputed (learned positions shift, so the cache cannot be reused)."""
+        token per step against a preallocated KV cache (on a CUDA model, one CUDA-graph replay per
+        step: gpt/decode.py); once the context is full it is cropped to block_size and recomputed
+        (learned positions shift, so the cache cannot be reused)."""
         if not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
         if idx.dim() != 2 or idx.shape[1] < 1:
             raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+        graphed = self._use_cuda_graph(cuda_graph, idx) and use_cache
         block = self.config.block_size
         cache = None
         if use_cache and idx.shape[1] <= block:
-            cache = KVCache(self.config, idx.shape[0], idx.device, self.lm_head.weight.dtype)
-        logits, _ = self(idx[:, -block:], cache=cache, last_only=True)  # prefill
+            if graphed:
+                from .decode import decoder_for
+                cache = decoder_for(self, idx.shape[0], idx.device, self.lm_head.weight.dtype)
+            else:
+                cache = KVCache(self.config, idx.shape[0], idx.device, self.lm_head.weight.dtype)
+        if graphed and cache is not None:
+            logits = cache.prefill(idx)
+        else:
+            logits, _ = self(idx[:, -block:], cache=cache, last_only=True)  # prefill
         for step in range(max_new_tokens):
             token = self.sample(logits[:, -1, :], temperature, top_k, generator)
             yield token
@@ -238,9 +278,24 @@ class GPT(nn.Module):
                 break
             idx = torch.cat((idx, token), dim=1)
             if cache is not None and cache.length < block:
-                logits, _ = self(token, cache=cache)  # decode: only the newest token
+                # decode: only the newest token (a graph replay when graphed)
+                logits = cache.step(token) if graphed else self(token, cache=cache)[0]
             else:
                 logits, _ = self(idx[:, -block:], last_only=True)
+
+    def _use_cuda_graph(self, cuda_graph, idx) -> bool:
+        if cuda_graph not in (None, True, False):
+            raise ValueError(f"cuda_graph must be None (on for CUDA models), True or False, got {cuda_graph!r}")
+        on_cuda = idx.is_cuda and self.lm_head.weight.is_cuda
+        if cuda_graph and not on_cuda:
+            raise ValueError(f"cuda_graph=True needs a model and idx on a CUDA device, got {idx.device}; "
+                             f"use cuda_graph=None or False on the CPU")
+        # Dropout draws random numbers per step; a captured step would replay the same mask.
+        usable = kernels.supports_kv_lengths(self.config.backend) and not (self.training and self.config.dropout > 0)
+        if cuda_graph and not usable:
+            raise ValueError(f"cuda_graph=True: backend={self.config.backend!r} cannot attend to a static KV cache "
+                             f"(kv_lengths) yet, or the model is training with dropout")
+        return bool(on_cuda and cuda_graph is not False and usable)
 
     def sample(self, logits, temperature=1.0, top_k=None, generator=None):
         """Next token (B, 1) from last-position logits (B, V)."""

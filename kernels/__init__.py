@@ -14,14 +14,15 @@ from ._backend import (BACKENDS, OPS, available_backends, choose, implementation
 
 __all__ = [
     "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear",
-    "available_backends", "missing_ops", "unavailable_reason", "BACKENDS", "OPS",
+    "available_backends", "missing_ops", "unavailable_reason", "supports_kv_lengths", "BACKENDS", "OPS",
 ]
 
 
 def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
     """softmax(x / temperature) along `dim`; temperature must be finite and > 0."""
     (x,) = _autocast(torch.float32, x)
-    backend = _choose("softmax", backend, x=x)
+    backend = _choose("softmax", backend, x.shape[dim] if isinstance(x, torch.Tensor) and x.dim() and
+                      isinstance(dim, int) and -x.dim() <= dim < x.dim() else None, x=x)
     temperature, dim = _checks.softmax(x, temperature, dim, backend)
     return _run("softmax", backend, x.device, x, temperature, dim)
 
@@ -29,7 +30,7 @@ def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """Layer norm over the last dim; weight and bias may each be None."""
     x, weight, bias = _autocast(torch.float32, x, weight, bias)
-    backend = _choose("layer_norm", backend, x=x)
+    backend = _choose("layer_norm", backend, _last(x), (weight, bias), x=x)
     eps = _checks.layer_norm(x, weight, bias, eps, backend)
     return _run("layer_norm", backend, x.device, x, weight, bias, eps)
 
@@ -37,29 +38,55 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """(layer_norm(x + residual), x + residual): a pre-LN block's residual add fused into its norm."""
     x, residual, weight, bias = _autocast(torch.float32, x, residual, weight, bias)
-    backend = _choose("add_layer_norm", backend, x=x)
+    backend = _choose("add_layer_norm", backend, _last(x), (residual, weight, bias), x=x)
     eps = _checks.add_layer_norm(x, residual, weight, bias, eps, backend)
     return _run("add_layer_norm", backend, x.device, x, residual, weight, bias, eps)
 
 
-def attention(q, k, v, *, causal=True, scale=None, backend="auto"):
+def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="auto"):
     """Scaled dot-product attention; q (B, H, Tq, D), k/v (B, H, Tk, D), queries end-aligned.
 
     With causal=True query i sits at absolute position Tk - Tq + i (KV-cache decode:
     Tq=1). Same result as F.scaled_dot_product_attention with that mask.
+
+    kv_lengths (an integer tensor (B,) on q's device, or None): only the first kv_lengths[b]
+    keys of sequence b are attended to and its queries align to the end of those
+    (position kv_lengths[b] - Tq + i). A static KV cache read whole with its lengths on the
+    device keeps every shape fixed from step to step, which is what a CUDA graph of a decode
+    step needs. Values must lie in [Tq, Tk] when causal, [1, Tk] otherwise (not checked on the
+    host: that would synchronise). Inference only: no gradient flows through such a call.
     """
     q, k, v = _autocast(None, q, k, v)
-    backend = _choose("attention", backend, q=q)
+    if kv_lengths is not None and backend == "auto":
+        backend = next(b for b in ("triton", "cuda", "torch") if b in _KV_LENGTHS)
+    backend = _choose("attention", backend, q.shape[2] if isinstance(q, torch.Tensor) and q.dim() == 4 else None,
+                      (k, v), q=q)
     scale = _checks.attention(q, k, v, causal, scale, backend)
+    if kv_lengths is not None:
+        _checks.kv_lengths(kv_lengths, q, k, v)
+        return _run("attention", backend, q.device, q, k, v, bool(causal), scale, kv_lengths)
     return _run("attention", backend, q.device, q, k, v, bool(causal), scale)
+
+
+# Backends whose attention takes kv_lengths (the static KV cache of a captured decode step).
+_KV_LENGTHS = ("torch",)
+
+
+def supports_kv_lengths(backend: str) -> bool:
+    """Whether kernels.attention(..., kv_lengths=...) runs on `backend` ("auto": whatever it picks)."""
+    return backend == "auto" or backend in _KV_LENGTHS
 
 
 def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
     """gelu(x @ weight.T + bias), weight shaped (out_features, in_features) like nn.Linear."""
     x, weight, bias = _autocast(None, x, weight, bias)
-    backend = _choose("gelu_linear", backend, x=x)
+    backend = _choose("gelu_linear", backend, None, (weight, bias), x=x)
     _checks.gelu_linear(x, weight, bias, approximate, backend)
     return _run("gelu_linear", backend, x.device, x, weight, bias, approximate)
+
+
+def _last(x):
+    return x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else None
 
 
 def _autocast(dtype, *tensors):
@@ -97,14 +124,22 @@ _IMPL_CACHE: dict = {}
 _CHOICE_CACHE: dict = {}
 
 
-def _choose(op, backend, **first):
+def _choose(op, backend, size=None, grads=(), **first):
+    """The concrete backend; for "auto" on a GPU it depends on the op's size class and on
+    whether any of `grads` (the differentiable inputs) needs a gradient (kernels/_auto.py)."""
     (name, t), = first.items()
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    training = False
+    if backend == "auto" and t.is_cuda:
+        training = torch.is_grad_enabled() and any(isinstance(g, torch.Tensor) and g.requires_grad
+                                                   for g in (t, *grads))
+    else:
+        size = None
     if torch.compiler.is_compiling():
-        return choose(op, backend, t.device, t.dtype)
-    key = (op, backend, t.device, t.dtype)
+        return choose(op, backend, t.device, t.dtype, size, training)
+    key = (op, backend, t.device, t.dtype, size, training)
     chosen = _CHOICE_CACHE.get(key)
     if chosen is None:
-        chosen = _CHOICE_CACHE[key] = choose(op, backend, t.device, t.dtype)
+        chosen = _CHOICE_CACHE[key] = choose(op, backend, t.device, t.dtype, size, training)
     return chosen

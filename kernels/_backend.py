@@ -165,19 +165,25 @@ def _find_impl(backend: str, op: str):
     return _IMPLS[key]
 
 
-def choose(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """The concrete backend name that `backend` (possibly "auto") means for this call."""
+def choose(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None,
+           size: int | None = None, training: bool = False) -> str:
+    """The concrete backend name that `backend` (possibly "auto") means for this call.
+
+    auto on a GPU follows the measured table in kernels/_auto.py (per capability, op, size
+    class and inference/training), taking the first available backend it lists; on the CPU
+    PyTorch's own kernels are the fastest thing available (the interpreter and our C++ CPU
+    code are for testing). float64 only runs on the reference."""
     if not isinstance(backend, str):
         raise ValueError(f"backend must be a string, got {type(backend).__name__}")
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
         return backend
-    # On a GPU the compiled backends win; on the CPU PyTorch's own kernels are the
-    # fastest thing available (the interpreter and our C++ CPU code are for testing).
-    # float64 only runs on the reference.
     if device.type == "cuda" and dtype != torch.float64:
-        for candidate in ("triton", "cuda"):
+        from . import _auto
+        for candidate in _auto.order(op, device, size, training):
+            if candidate == "torch":
+                return "torch"
             if unavailable_reason(candidate, device) is None and _find_impl(candidate, op) is not None:
                 return candidate
     return "torch"

@@ -51,9 +51,11 @@ def same(names: tuple[str, ...], tensors: tuple, *, dtype: bool = True) -> None:
 def finite(name: str, value) -> float:
     if type(value) is float and value - value == 0.0:  # the common case, cheaply: finite
         return value
-    if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
+    if isinstance(value, (torch.SymFloat, torch.SymInt)) or (
+            torch.compiler.is_compiling() and not isinstance(value, (int, float))):
         # torch.compile may pass Python scalars as symbols: the value is unknown while
-        # tracing, so it is checked in eager calls only.
+        # tracing, so it is checked in eager calls (and by the ops on the real value).
+        # A concrete number is checked here under torch.compile too.
         return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -72,7 +74,7 @@ def positive_finite(name: str, value) -> float:
     if type(value) is float and value > 0.0 and value - value == 0.0:
         return value
     value = finite(name, value)
-    if torch.compiler.is_compiling() or isinstance(value, (torch.SymFloat, torch.SymInt)):
+    if isinstance(value, (torch.SymFloat, torch.SymInt)) or not isinstance(value, (int, float)):
         return value
     if value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
@@ -97,7 +99,8 @@ def softmax(x, temperature, dim, backend):
 def _plain_param(p, x) -> bool:
     """weight/bias is None, or a tensor of x's dtype, shape (x.shape[-1],) and device."""
     return p is None or (isinstance(p, torch.Tensor) and p.dtype is x.dtype and p.dim() == 1
-                         and p.shape[0] == x.shape[-1] and p.get_device() == x.get_device())
+                         and p.shape[0] == x.shape[-1] and p.get_device() == x.get_device()
+                         and p.is_meta == x.is_meta)  # get_device() is -1 for CPU and meta alike
 
 
 def norm_params(x, weight, bias, eps, backend):
@@ -158,6 +161,20 @@ def attention(q, k, v, causal, scale, backend):
     if scale is None:
         return 1.0 / math.sqrt(q.shape[3]) if q.shape[3] > 0 else 1.0
     return finite("scale", scale)
+
+
+def kv_lengths(lengths, q, k, v):
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"kv_lengths must be a torch.Tensor of key counts per sequence, got {type(lengths).__name__}")
+    if lengths.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"kv_lengths must be an int32 or int64 tensor, got {lengths.dtype}")
+    if tuple(lengths.shape) != (q.shape[0],):
+        raise ValueError(f"kv_lengths must have shape (B,) = ({q.shape[0]},), got {tuple(lengths.shape)}")
+    if lengths.device != q.device:
+        raise ValueError(f"kv_lengths is on {lengths.device} but q is on {q.device}; move them to one device")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("kv_lengths is for inference (KV-cache decode): call it under torch.no_grad(), "
+                         "no gradient flows through a length-masked attention")
 
 
 def gelu_linear(x, weight, bias, approximate, backend):

@@ -32,19 +32,34 @@ def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
-def attention(q, k, v, causal=True, scale=None):
+def length_mask(kv_lengths, tq: int, tk: int, causal: bool) -> torch.Tensor:
+    """(B, 1, Tq, Tk) boolean mask: key j is visible to query i of sequence b when
+    j < kv_lengths[b] (and, causal, j <= kv_lengths[b] - Tq + i)."""
+    lengths = kv_lengths.view(-1, 1, 1, 1).long()
+    keys = torch.arange(tk, device=kv_lengths.device).view(1, 1, 1, tk)
+    mask = keys < lengths
+    if causal:
+        mask = mask & (keys <= lengths - tq + torch.arange(tq, device=kv_lengths.device).view(1, 1, tq, 1))
+    return mask
+
+
+def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     tq, tk = q.shape[2], k.shape[2]
+    if kv_lengths is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=length_mask(kv_lengths, tq, tk, causal), scale=scale)
     if causal and tq == tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     mask = causal_mask(tq, tk, q.device) if causal else None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def attention_explicit(q, k, v, causal=True, scale=None):
+def attention_explicit(q, k, v, causal=True, scale=None, kv_lengths=None):
     """softmax(Q K^T * scale) V written out, in q's dtype: the fp64 ground truth for tests."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
-    if causal:
+    if kv_lengths is not None:
+        scores = scores.masked_fill(~length_mask(kv_lengths, q.shape[2], k.shape[2], causal), float("-inf"))
+    elif causal:
         scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 

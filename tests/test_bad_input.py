@@ -78,6 +78,20 @@ def test_bad_input(backend, call, exc, match):
         call(backend)
 
 
+# Under torch.compile the same calls raise the same errors (not the C++ ops' RuntimeError):
+# the value checks, which used to run in eager calls only, and one shape and dtype case.
+COMPILED = ("softmax-t0", "ln-eps-neg", "addln-eps", "attn-scale", "gl-dtype")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,exc,match", [c[1:] for c in CASES if c[0] in COMPILED],
+                         ids=[c[0] for c in CASES if c[0] in COMPILED])
+def test_bad_input_under_torch_compile(backend, call, exc, match):
+    torch._dynamo.reset()
+    with pytest.raises(exc, match=match):
+        torch.compile(lambda: call(backend), backend="aot_eager")()
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 def test_unsupported_head_dim_on_kernel_backends(backend):
     q = r(1, 1, 4, 48)

@@ -91,8 +91,10 @@ def _last_dim_contiguous(t):
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def attention(q, k, v, causal=True, scale=None):
+def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     _require()
+    if kv_lengths is not None:
+        raise ValueError("kv_lengths is not supported by backend='cuda' yet; use backend='torch'")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))

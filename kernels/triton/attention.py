@@ -656,8 +656,10 @@ def _backward(ctx, do, _dlse):
 _attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _backward)
 
 
-def attention(q, k, v, causal=True, scale=None):
+def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     """The triton backend's attention (arguments already validated by kernels.attention)."""
+    if kv_lengths is not None:
+        raise ValueError("kv_lengths is not supported by backend='triton' yet; use backend='torch'")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:

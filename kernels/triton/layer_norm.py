@@ -42,6 +42,7 @@ the broadcast gradient of a `.sum()`).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -328,14 +329,17 @@ def _unit_stride(p: torch.Tensor) -> torch.Tensor:
 
 
 def _stats_like(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    # Flat (rows,): only the backward reads them (the C++ ops' statistics have this shape too).
+    n_cols = x.shape[-1]
+    return torch.empty(x.numel() // n_cols if n_cols else math.prod(x.shape[:-1]), dtype=torch.float32,
+                       device=x.device)
 
 
 def forward(x, residual, weight, bias, eps):
-    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, shape x.shape[:-1]."""
+    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, flat (rows,)."""
     y, y_rows = _launch.empty_rows_like(x)
     s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
-    mean, rstd = torch.empty((2, *x.shape[:-1]), dtype=torch.float32, device=x.device).unbind(0)
+    mean, rstd = _stats_like(x), _stats_like(x)  # separate buffers: custom-op outputs may not alias
     if x.numel() == 0:
         mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
         rstd.fill_(float("nan"))
