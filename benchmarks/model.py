@@ -77,7 +77,10 @@ class GPTBench:
             raise Skip(f"{provider} is not a whole-model provider")
         if provider in ("hf", "hf_patched"):
             return self.hf_model(provider, case, base, device)
-        model = copy.deepcopy(base).to(case.dtype)
+        # Training as users run it: fp32 parameters and AdamW state, the forward under autocast
+        # (bf16/fp16 matmuls); decode with the weights in the case's dtype.
+        train_autocast = case.mode == "train" and case.dtype != torch.float32
+        model = copy.deepcopy(base).to(torch.float32 if train_autocast else case.dtype)
         if provider in OUR_BACKENDS or provider == "auto":
             model.set_backend(provider)
         if provider == "compile":
@@ -114,7 +117,8 @@ class GPTBench:
     def outputs(self, model, case: Case, idx, targets):
         """What the check compares: [loss, all gradients flattened] or [logits of a cached step]."""
         if case.mode == "train":
-            _, loss = model(idx, targets)
+            with _autocast(case, idx.device):
+                _, loss = model(idx, targets)
             grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
             return [loss.detach().float().reshape(1), torch.cat([g.float().flatten() for g in grads])]
         if not isinstance(model, gpt.GPT):  # transformers: the prompt, then one cached step
@@ -133,7 +137,8 @@ class GPTBench:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
 
             def step():
-                _, loss = model(idx, targets)
+                with _autocast(case, device):
+                    _, loss = model(idx, targets)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -156,6 +161,11 @@ class GPTBench:
         contexts = range(p["P"] + 1, p["P"] + p["new"])
         kv = sum(2 * L * p["B"] * c * C * s for c in contexts)
         return "bytes", p["new"] * weights + kv, p["B"] * p["new"]
+
+
+def _autocast(case: Case, device):
+    """The training step's autocast: on for bf16/fp16 cases, off for fp32."""
+    return torch.autocast(torch.device(device).type, dtype=case.dtype, enabled=case.dtype != torch.float32)
 
 
 GPT_BENCH = GPTBench()

@@ -88,3 +88,23 @@ def test_kv_lengths_bad_input():
         kernels.attention(q, k, k, kv_lengths=torch.tensor([1, 2, 3]), backend="torch")
     with pytest.raises(ValueError, match="no_grad"):
         kernels.attention(q.requires_grad_(), k, k, kv_lengths=torch.tensor([1, 2]), backend="torch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (graph capture and replay)")
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_decode_gives_the_same_greedy_tokens_on_gpu(backend, dtype):
+    if backend != "auto" and kernels.unavailable_reason(backend, "cuda") is not None:
+        pytest.skip(kernels.unavailable_reason(backend, "cuda"))
+    if not kernels.supports_kv_lengths(backend):
+        pytest.skip(f"backend={backend!r} has no kv_lengths attention yet: generate runs without a graph")
+    model = _model(backend).cuda().to(dtype)
+    idx = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(2)).cuda()
+    plain = model.generate(idx, 30, temperature=0, cuda_graph=False)  # 6 + 30 > 24: overflow too
+    graphed = model.generate(idx, 30, temperature=0, cuda_graph=True)
+    assert torch.equal(plain, graphed)
+    (dec,) = [d for _, d in decode._GRAPHS[model].values()]
+    assert dec.graph is not None, "the decode step was not captured"
+    graph = dec.graph
+    assert torch.equal(model.generate(idx, 30, temperature=0), plain)
+    assert dec.graph is graph, "the captured step must be reused by the next call"
