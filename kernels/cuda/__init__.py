@@ -7,8 +7,11 @@ _build.py), registers each op's fake (meta) kernel and autograd formula, and exp
 one function per op with the functional API's signature (arguments already validated
 by kernels._checks; the C++ entry points check them again).
 
-Nothing is built at import: the first `unavailable_reason` or op call does it. A build
-failure is remembered and reported, and the other backends keep working.
+`import kernels` builds nothing; the first use of the cuda backend imports this module, which
+loads the library (building it if needed) right then, as plain Python: when that first use is
+inside torch.compile, Dynamo runs the import itself rather than tracing the build's file
+checks (it cannot trace os.stat). A build failure is remembered and reported, and the other
+backends keep working.
 """
 from __future__ import annotations
 
@@ -266,3 +269,7 @@ def _register() -> None:
         backward = getattr(torch.ops.gptk, f"{op}_cuda_backward").default
         _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
         _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
+
+
+# Load now (see the module docstring): a first use under torch.compile must not trace the build.
+_load()
