@@ -15,6 +15,7 @@ import os
 import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,7 +78,21 @@ def _extension():
     return [ext], {"build_ext": BuildOrDefer.with_options(use_ninja=True)}
 
 
+class BuildPyWithSources(build_py):
+    """Ship csrc/ inside the package as kernels/_csrc: an installed wheel can then JIT-build the
+    cuda backend (kernels/cuda/_build.py looks there when there is no checkout)."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "kernels", "_csrc")
+        if os.path.isdir(os.path.join(HERE, "csrc")):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(os.path.join(HERE, "csrc"), target,
+                            ignore=shutil.ignore_patterns("*.o", "*.so", "__pycache__"))
+
+
 ext_modules, cmdclass = _extension()
+cmdclass["build_py"] = BuildPyWithSources
 
 setup(
     name="gptk",

@@ -32,7 +32,11 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The sources: csrc/ in a checkout (and editable installs); an installed wheel carries a copy
+# as kernels/_csrc (setup.py's build_py puts it there).
 CSRC = os.path.join(ROOT, "csrc")
+if not os.path.isdir(CSRC):
+    CSRC = os.path.join(ROOT, "kernels", "_csrc")
 DEFAULT_ARCH_LIST = "8.0;9.0a"
 PREBUILT_NAME = "_C"  # kernels/_C*.so, written by setup.py
 PREBUILT_META = os.path.join(ROOT, "kernels", "_C_build.json")
@@ -167,8 +171,11 @@ def source_hash(with_cuda: bool) -> str:
         h.update(os.path.relpath(path, CSRC).encode())
         with open(path, "rb") as f:
             h.update(f.read())
+    # Where the sources live is not part of what is built: a wheel's copy and the checkout it
+    # came from share one cached library.
+    build_flags = json.dumps(flags(with_cuda)).replace(json.dumps(CSRC)[1:-1], "<csrc>")
     h.update(json.dumps([torch.__version__, sys.version_info[:2], with_cuda,
-                         arch_list() if with_cuda else "", flags(with_cuda)]).encode())
+                         arch_list() if with_cuda else "", build_flags]).encode())
     return h.hexdigest()[:16]
 
 
@@ -194,7 +201,7 @@ def jit_build(with_cuda: bool, verbose: bool = False) -> str:
     from torch.utils import cpp_extension
     if not os.path.isdir(CSRC):
         raise BuildError(f"the C++/CUDA sources ({CSRC}) are not part of this installation; "
-                         f"install from a checkout with `pip install -e .`")
+                         f"reinstall gptk (a wheel carries them as kernels/_csrc)")
     if with_cuda:
         _prepare_cuda_env()
     variant = "cuda" if with_cuda else "cpu"
