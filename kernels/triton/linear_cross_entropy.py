@@ -320,7 +320,7 @@ def forward(x, weight, bias, target, temperature, ignore_index, reduction, need_
     """(loss, dx, dw, db): the gradients formed now for reduction mean/sum when need_grad,
     else empty; see the module docstring."""
     v, c = weight.shape
-    x2 = x.reshape(-1, c)
+    x2 = x.reshape(math.prod(x.shape[:-1]), c)
     t = target.reshape(-1)
     check_targets(t, v, ignore_index)
     valid = (t != ignore_index).sum()
@@ -344,7 +344,7 @@ def forward(x, weight, bias, target, temperature, ignore_index, reduction, need_
 def backward_none(grad, x, weight, bias, target, temperature, ignore_index):
     """(dx, dw, db) for reduction "none": rerun the chunks with per-token scales grad."""
     v, c = weight.shape
-    x2 = x.reshape(-1, c)
+    x2 = x.reshape(math.prod(x.shape[:-1]), c)
     g = grad.reshape(-1).to(torch.float32).contiguous()
     _, dx, dw, db = _run_chunks(x2, weight, bias, target.reshape(-1), temperature, ignore_index, g, True,
                                    False, True)
