@@ -67,9 +67,10 @@ void rows_typed(void* z, int64_t ld, int64_t rows, int64_t n, const int64_t* tar
   const float c = kLog2e * inv_t;
   T* zp = static_cast<T*>(z);
   const unsigned int grid = static_cast<unsigned int>(rows);
-  if (aligned16(z) && ld % kVec16<T> == 0) {
-    lce_rows_kernel<T, kVec16<T>><<<grid, kLceThreads, 0, st>>>(zp, ld, n, target, scale, per_token, c, inv_t,
-                                                               ignore_index, want_grad, loss);
+  constexpr int kVec = kVec16<T>;
+  if (aligned16(z) && ld % kVec == 0) {
+    lce_rows_kernel<T, kVec><<<grid, kLceThreads, 0, st>>>(zp, ld, n, target, scale, per_token, c, inv_t,
+                                                          ignore_index, want_grad, loss);
   } else {
     lce_rows_kernel<T, 1><<<grid, kLceThreads, 0, st>>>(zp, ld, n, target, scale, per_token, c, inv_t,
                                                        ignore_index, want_grad, loss);
