@@ -65,6 +65,22 @@ inline void check_lce_targets(const at::Tensor& t, int64_t v, int64_t ignore_ind
   }
 }
 
+// acc (fp32) += z^T xs for 16-bit operands. On CUDA cuBLAS writes the fp32 sum in place
+// (aten::addmm.dtype_out: no 16-bit temporary, one rounding); where that kernel is missing
+// (older torch, the CPU) the 16-bit product is rounded once per chunk and added in fp32.
+inline void lce_accumulate_16bit(at::Tensor& acc, const at::Tensor& z, const at::Tensor& xs) {
+  static bool fp32_out = true;  // cleared for the process once the dtype_out kernel is refused
+  if (acc.is_cuda() && fp32_out) {
+    try {
+      at::addmm_out(acc, acc, z.t(), xs, at::kFloat);
+      return;
+    } catch (const c10::Error&) {
+      fp32_out = false;
+    }
+  }
+  acc.add_(at::mm(z.t(), xs));
+}
+
 struct LceResult {
   at::Tensor losses;  // fp32 (N,)
   at::Tensor dx, dw, db;  // undefined without a gradient; db undefined without a bias
@@ -106,7 +122,7 @@ inline LceResult lce_chunks(const at::Tensor& x2, const at::Tensor& weight, cons
       if (compute == x2.scalar_type()) at::mm_out(dxs, z, w);
       else dxs.copy_(at::mm(z, w));
       if (compute == at::kFloat) dw_acc.addmm_(z.t(), xs);
-      else dw_acc.add_(at::mm(z.t(), xs));  // 16-bit product, rounded once per chunk, summed in fp32
+      else lce_accumulate_16bit(dw_acc, z, xs);
       if (has_bias) db_acc.add_(z.sum(0, false, at::kFloat));
     }
   }
