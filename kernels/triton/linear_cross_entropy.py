@@ -192,7 +192,12 @@ def _tuned(kernel):
     every = [c for lst in CONFIGS.values() for c in lst]
     key = ["M", "V", "K", "stride_xm", "stride_xk", "stride_wv", "stride_wk", "stride_z", "HAS_BIAS", "STORE_Z",
            "INPUT_PRECISION"]
-    return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
+    # Configs differ in BLOCK_N, so in how many partial columns they write: a narrower config
+    # benchmarked first leaves its (max, sum) in columns the chosen one does not write. Zeroed
+    # sums make those columns add nothing (their stale maxima, partial maxima of the same row,
+    # never exceed the row max, so 0 * exp(max_col - max) = 0).
+    return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
+                           reset_to_zero=["sum_ptr"])(kernel)
 
 
 _logits_tuned = _tuned(_lce_logits_kernel)
