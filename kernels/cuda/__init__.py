@@ -112,8 +112,8 @@ def gelu_linear(x, weight, bias=None, approximate="tanh"):
 def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, reduction="mean"):
     _require()
     need = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return torch.ops.gptk.linear_cross_entropy_cuda(x, weight, bias, target, float(temperature), int(ignore_index),
-                                                    reduction, need)[0]
+    return _CALLS["linear_cross_entropy"](x, weight, bias, target, float(temperature), int(ignore_index), reduction,
+                                          need)[0]
 
 
 # -----------------------------------------------------------------------------------------
@@ -265,8 +265,8 @@ def _lce_grad(ctx, grad, *_unused):
         raise RuntimeError("gptk::linear_cross_entropy_cuda ran with need_grad=False, so it formed no gradient; "
                            "call kernels.linear_cross_entropy instead of the op")
     if ctx.reduction == "none":
-        dx, dw, db = torch.ops.gptk.linear_cross_entropy_cuda_backward(grad, *ctx.saved_tensors, ctx.temperature,
-                                                                       ctx.ignore_index)
+        dx, dw, db = _CALLS["linear_cross_entropy_backward"](grad, *ctx.saved_tensors, ctx.temperature,
+                                                             ctx.ignore_index)
     else:
         dx, dw, db = (t * grad for t in ctx.saved_tensors)
     return dx, dw, (db if ctx.has_bias else None), None, None, None, None, None

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks
+from . import _launch
 from .._backend import autotune_enabled, triton_interpreting
 from .gelu_linear import _accumulate, _grouped_tile, input_precision
 
@@ -61,7 +62,7 @@ INTERPRET_CHUNK_BYTES = 32 << 10
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_launch.jit
 def _lce_logits_kernel(x_ptr, w_ptr, b_ptr, t_ptr, z_ptr, max_ptr, sum_ptr, zt_ptr, M, V, K,
                        stride_xm, stride_xk, stride_wv, stride_wk, stride_z, n_vtiles, inv_temp,
                        HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -113,7 +114,7 @@ def _lce_logits_kernel(x_ptr, w_ptr, b_ptr, t_ptr, z_ptr, max_ptr, sum_ptr, zt_p
                  mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@_launch.jit
 def _lce_grad_kernel(z_ptr, lse_ptr, t_ptr, scale_ptr, dbp_ptr, M, V, stride_z, ignore_index, inv_temp,
                      PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -394,13 +395,15 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::linear_cross_entropy_triton", mutates_args=())
-def lce_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
+def _lce_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
            temperature: float, ignore_index: int, reduction: str, need_grad: bool
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # kernels.linear_cross_entropy checks this eagerly; under torch.compile only here.
     _checks.positive_finite("temperature", temperature)
     return forward(x, weight, bias, target, temperature, ignore_index, reduction, need_grad)
+
+
+lce_op = torch.library.custom_op("gptk::linear_cross_entropy_triton", _lce_impl, mutates_args=())
 
 
 def fake_outputs(x, weight, bias, target, reduction, need_grad):
@@ -417,11 +420,15 @@ def _(x, weight, bias, target, temperature, ignore_index, reduction, need_grad):
     return fake_outputs(x, weight, bias, target, reduction, need_grad)
 
 
-@torch.library.custom_op("gptk::linear_cross_entropy_triton_backward", mutates_args=())
-def lce_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def _lce_backward_impl(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     target: torch.Tensor, temperature: float, ignore_index: int
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward_none(grad, x, weight, bias, target, temperature, ignore_index)
+
+
+lce_backward_op = torch.library.custom_op("gptk::linear_cross_entropy_triton_backward", _lce_backward_impl,
+                                          mutates_args=())
+_lce_backward_call = _launch.fast_op(lce_backward_op, _lce_backward_impl)
 
 
 @lce_backward_op.register_fake
@@ -458,10 +465,10 @@ def scaled_grads(ctx, grad, backward_none_op):
 
 
 def _backward(ctx, grad, *_unused):
-    return scaled_grads(ctx, grad, lce_backward_op)
+    return scaled_grads(ctx, grad, _lce_backward_call)
 
 
-lce_op.register_autograd(_backward, setup_context=setup_context)
+_lce_call = _launch.fast_op(lce_op, _lce_impl, setup_context, _backward)
 
 
 def needs_grad(*tensors) -> bool:
@@ -471,4 +478,4 @@ def needs_grad(*tensors) -> bool:
 def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, reduction="mean"):
     """The triton backend's linear_cross_entropy (arguments validated by kernels.linear_cross_entropy)."""
     need = needs_grad(x, weight, bias)
-    return lce_op(x, weight, bias, target, float(temperature), int(ignore_index), reduction, need)[0]
+    return _lce_call(x, weight, bias, target, float(temperature), int(ignore_index), reduction, need)[0]
