@@ -22,8 +22,9 @@ ALL_MODES = ("fwd", "bwd", "decode", "train")
 EPILOG = """\
 what is measured
   ops       softmax (fwd, bwd), layer_norm and add_layer_norm (fwd, bwd), attention (fwd, bwd,
-            decode), gelu_linear (fwd, bwd), gpt (train: a GPT-2 124M training step; decode:
-            KV-cached generate), every op x backend that `kernels` provides at run time.
+            decode), gelu_linear (fwd, bwd), linear_cross_entropy (train: loss + gradients
+            in one call), gpt (train: a GPT-2 124M training step; decode: KV-cached
+            generate), every op x backend that `kernels` provides at run time.
   providers triton, cuda (ours, through kernels.<op>(..., backend=...)); eager (the plain
             torch / F.* calls a user writes); compile (torch.compile of that same eager
             function); sdpa (F.scaled_dot_product_attention, attention); liger (Liger-Kernel
@@ -89,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_csv(ALL_OPS, "--ops"), default=list(ALL_OPS),
                    help=f"comma list of ops (default: all: {','.join(ALL_OPS)})")
     p.add_argument("--modes", type=_csv(ALL_MODES, "--modes"), default=list(ALL_MODES),
-                   help="comma list of fwd,bwd,decode (attention),train (gpt) (default: all)")
+                   help="comma list of fwd,bwd,decode (attention),train (gpt, linear_cross_entropy) "
+                        "(default: all)")
     p.add_argument("--providers", type=_csv(PROVIDERS, "--providers"), default=None,
                    help=f"comma list of {','.join(PROVIDERS)} (default: all; on CPU all but compile)")
     p.add_argument("--dtypes", type=_csv(tuple(DTYPE_NAMES), "--dtypes"), default=None,

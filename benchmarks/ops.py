@@ -424,7 +424,77 @@ class GeluLinear(OpBench):
         return 2 * p["M"] * p["K"] * p["N"] * (2 if case.mode == "bwd" else 1)
 
 
-OPS = {spec.name: spec for spec in (Softmax(), LayerNorm(), AddLayerNorm(), Attention(), GeluLinear())}
+# ---------------------------------------------------------------------------------------------
+# Fused unembedding + cross-entropy (compute-bound: TFLOP/s over matmul; peak memory matters)
+# ---------------------------------------------------------------------------------------------
+
+class LinearCrossEntropy(OpBench):
+    """loss = cross_entropy(x @ W^T, target), x (N, C), W (V, C): GPT-2's unembedding and loss
+    (C 768, V 50257) on N = B x T tokens. One "train" call is the forward and the backward
+    together (loss, dx, dW): our backends form the gradient during the forward pass, so the
+    two only make sense timed as one.
+    train: 6 N V C FLOPs (logits, dX, dW); the softmax and the loss are not counted.
+    eager materialises the (N, V) logits, their log-softmax and gradients (~4 N V s bytes held);
+    ours holds a chunk of them ("mem MiB" shows it)."""
+    name = "linear_cross_entropy"
+    modes = ("train",)
+    metric = "flops"
+    hidden, vocab = 768, 50257
+    gpu_sizes = {"quick": [8192], "standard": [8192, 16384], "full": [4096, 32768]}
+    cpu_sizes = {"quick": [128], "standard": [64, 128]}
+    cpu_hidden, cpu_vocab = 64, 1001
+
+    def __init__(self):
+        self._target = None  # the case's targets: the runner casts every input to float for its reference
+
+    def cases(self, preset, gpu, dtypes, modes):
+        if "train" not in modes:
+            return []
+        c, v = (self.hidden, self.vocab) if gpu else (self.cpu_hidden, self.cpu_vocab)
+        sizes = self.gpu_sizes if gpu else self.cpu_sizes
+        return [Case(self.name, "train", dtype, {"N": n, "C": c, "V": v}, n, "tokens N", tier=tier,
+                     shape=f"N{n} C{c} V{v}")
+                for dtype in dtypes for n, tier in tiered(preset, sizes)]
+
+    def inputs(self, case, device):
+        p = case.params
+        g = torch.Generator(device="cpu").manual_seed(2)
+        target = torch.randint(0, p["V"], (p["N"],), generator=g)
+        target[::50] = -100  # a few ignored positions (padding), as in real batches
+        self._target = target.to(device)
+        return {"x": _randn((p["N"], p["C"]), case, device),
+                "weight": _randn((p["V"], p["C"]), case, device, 2 * p["C"] ** -0.5)}
+
+    def _train(self, loss_fn):
+        """(loss, dx, dW) of loss_fn(x, weight, target): one forward + backward."""
+        def step(x, weight):
+            x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+            loss = loss_fn(x, weight, self._target)
+            dx, dw = torch.autograd.grad(loss, (x, weight))
+            return loss.detach().float().reshape(1), dx, dw
+        return step
+
+    def call(self, backend):
+        return self._train(lambda x, w, t: kernels.linear_cross_entropy(x, w, t, backend=backend))
+
+    def _eager_loss(self):
+        return lambda x, w, t: F.cross_entropy(F.linear(x, w), t)
+
+    def eager(self, case, device):
+        return self._train(self._eager_loss())
+
+    def provider(self, provider, case, device, compile_backend="inductor"):
+        if provider == "compile":  # the loss compiled; autograd.grad stays outside the graph
+            return self._train(compiled(self._eager_loss(), compile_backend))
+        return super().provider(provider, case, device, compile_backend)
+
+    def work(self, case):
+        p = case.params
+        return 6 * p["N"] * p["V"] * p["C"]
+
+
+OPS = {spec.name: spec for spec in (Softmax(), LayerNorm(), AddLayerNorm(), Attention(), GeluLinear(),
+                                    LinearCrossEntropy())}
 
 
 def reference_call(op: str):

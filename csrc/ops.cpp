@@ -37,4 +37,13 @@ TORCH_LIBRARY_FRAGMENT(gptk, m) {
   // -> (dx, dweight, dbias); dbias is computed even when the forward had no bias.
   m.def("gelu_linear_cuda_backward(Tensor dout, Tensor x, Tensor weight, Tensor pre, str approximate)"
         " -> (Tensor, Tensor, Tensor)");
+
+  // -> (loss, dx, dweight, dbias); loss float32 (target's shape for "none", else 0-d). With
+  // need_grad and reduction mean/sum the gradients for a unit incoming gradient are formed
+  // here (dbias empty without a bias); otherwise the last three are empty.
+  m.def("linear_cross_entropy_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor target, float temperature,"
+        " int ignore_index, str reduction, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  // reduction "none": -> (dx, dweight, dbias) for per-token gradients `grad`, recomputing the logits.
+  m.def("linear_cross_entropy_cuda_backward(Tensor grad, Tensor x, Tensor weight, Tensor? bias, Tensor target,"
+        " float temperature, int ignore_index) -> (Tensor, Tensor, Tensor)");
 }

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import kernels
 
-MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "softmax")
+MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "softmax", "linear_cross_entropy")
 
 
 @dataclass
@@ -215,7 +215,9 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache=None, last_only=False):
+    def forward(self, idx, targets=None, cache=None, last_only=False, return_logits=False):
+        """(logits, loss). With targets the loss is fused with the unembedding and the logits are
+        never formed: (None, loss), unless return_logits=True. Targets of -1 are ignored."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -231,9 +233,13 @@ class GPT(nn.Module):
         if targets is None:
             # Sampling needs only the last position: skip a (B, T, vocab) matmul on prefill.
             return self.lm_head(x[:, -1:, :] if last_only else x), None
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if return_logits:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        loss = kernels.linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, ignore_index=-1,
+                                            backend=self.backend)
+        return None, loss
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, *,

@@ -13,7 +13,7 @@ from ._backend import (BACKENDS, OPS, available_backends, choose, implementation
                        unavailable_reason)
 
 __all__ = [
-    "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear",
+    "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy",
     "available_backends", "missing_ops", "unavailable_reason", "supports_kv_lengths", "BACKENDS", "OPS",
 ]
 
@@ -83,6 +83,22 @@ def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
     backend = _choose("gelu_linear", backend, None, (weight, bias), x=x)
     _checks.gelu_linear(x, weight, bias, approximate, backend)
     return _run("gelu_linear", backend, x.device, x, weight, bias, approximate)
+
+
+def linear_cross_entropy(x, weight, target, bias=None, *, temperature=1.0, ignore_index=-100, reduction="mean",
+                         backend="auto"):
+    """F.cross_entropy((x @ weight.T + bias) / temperature, target, ignore_index=..., reduction=...)
+    without materialising the (tokens, V) logits: x (..., C), weight (V, C), target x.shape[:-1]
+    (integer class indices). The loss is float32 (float64 for float64 inputs); "mean" averages
+    over the non-ignored tokens (NaN when all are ignored), "none" is shaped like target."""
+    x, weight, bias = _autocast(None, x, weight, bias)
+    backend = _choose("linear_cross_entropy", backend, None, (weight, bias), x=x)
+    temperature = _checks.linear_cross_entropy(x, weight, target, bias, temperature, ignore_index, reduction,
+                                               backend)
+    if target.dtype != torch.int64:
+        target = target.long()
+    return _run("linear_cross_entropy", backend, x.device, x, weight, target, bias, temperature, ignore_index,
+                reduction)
 
 
 def _last(x):

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear")
+OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy")
 BACKENDS = ("torch", "triton", "cuda")
 
 # Each op of each backend, loaded on first use by a literal import (torch.compile traces
@@ -40,6 +40,11 @@ def _triton_layer_norm():
 def _triton_add_layer_norm():
     from .triton import layer_norm as module
     return module.add_layer_norm
+
+
+def _triton_linear_cross_entropy():
+    from .triton import linear_cross_entropy as module
+    return module.linear_cross_entropy
 
 
 def _cuda_module():
@@ -73,6 +78,11 @@ def _cuda_gelu_linear():
     return gelu_linear
 
 
+def _cuda_linear_cross_entropy():
+    from .cuda import linear_cross_entropy
+    return linear_cross_entropy
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
@@ -80,6 +90,7 @@ _LOADERS = {
         "attention": _triton_attention,
         "layer_norm": _triton_layer_norm,
         "add_layer_norm": _triton_add_layer_norm,
+        "linear_cross_entropy": _triton_linear_cross_entropy,
     },
     "cuda": {
         "softmax": _cuda_softmax,
@@ -87,6 +98,7 @@ _LOADERS = {
         "add_layer_norm": _cuda_add_layer_norm,
         "attention": _cuda_attention,
         "gelu_linear": _cuda_gelu_linear,
+        "linear_cross_entropy": _cuda_linear_cross_entropy,
     },
 }
 _IMPLS: dict = {}

@@ -195,3 +195,39 @@ def gelu_linear(x, weight, bias, approximate, backend):
             raise ValueError(f"bias must have shape ({weight.shape[0]},) (out_features), "
                              f"got {tuple(bias.shape)}")
     same(("x", "weight", "bias"), (x, weight, bias))
+
+
+LCE_REDUCTIONS = ("mean", "sum", "none")
+
+
+def linear_cross_entropy(x, weight, target, bias, temperature, ignore_index, reduction, backend):
+    """Validates the fused unembedding + cross-entropy's arguments; returns temperature."""
+    if reduction not in LCE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LCE_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    tensor("x", x, backend)
+    tensor("weight", weight, backend)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dim (the hidden size C), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (V, C), got shape {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one row (vocabulary size V >= 1), got shape "
+                         f"{tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"hidden size mismatch: x.shape[-1]={x.shape[-1]} but weight.shape[1]={weight.shape[1]}")
+    if bias is not None:
+        tensor("bias", bias, backend)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) (V, weight.shape[0]), "
+                             f"got {tuple(bias.shape)}")
+    same(("x", "weight", "bias"), (x, weight, bias))
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target must be an integer tensor (class indices, int64), got {target.dtype}")
+    if tuple(target.shape) != tuple(x.shape[:-1]):
+        raise ValueError(f"target must have shape {tuple(x.shape[:-1])} (x.shape[:-1]), got {tuple(target.shape)}")
+    same(("x", "target"), (x, target), dtype=False)
+    return positive_finite("temperature", temperature)

@@ -66,3 +66,16 @@ def attention_explicit(q, k, v, causal=True, scale=None, kv_lengths=None):
 
 def gelu_linear(x, weight, bias=None, approximate="tanh"):
     return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+
+
+def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, reduction="mean"):
+    """F.cross_entropy((x W^T + b) / temperature, target) literally, in x's dtype as eager runs it
+    (the full logits, no upcast: the GPT benchmark's eager baseline); the loss is returned as
+    float32 like the fused backends' (float64 for float64 inputs), shaped like target for "none"."""
+    logits = F.linear(x, weight, bias)
+    if temperature != 1.0:
+        logits = logits / temperature
+    loss = F.cross_entropy(logits.reshape(-1, weight.shape[0]), target.reshape(-1), ignore_index=ignore_index,
+                           reduction=reduction)
+    loss = loss.to(_compute_dtype(x))
+    return loss.view(target.shape) if reduction == "none" else loss

@@ -299,3 +299,17 @@ def attention_backward(dout, q, k, v, out, lse, causal, scale=None):
                                         _f(scale * 1.4426950408889634), _p(dout), _strides3(dout), _p(delta), _p(dq),
                                         _p(dk), _p(dv), _f(scale)), "attention_backward")
     return dq, dk, dv
+
+
+def lce_rows(z, target, scale, temperature, ignore_index, want_grad, per_token=False, ld=None):
+    """(loss, dz): linear_cross_entropy's row step over logits z (rows, V), laid out in a
+    buffer of row stride `ld` (V rounded up to 8 elements, as csrc/common/lce.h pads it)."""
+    rows, n = z.shape
+    ld = ld or (n + 7) // 8 * 8
+    buf = torch.zeros(rows, ld, dtype=z.dtype)
+    buf[:, :n] = z
+    loss = torch.empty(rows, dtype=torch.float32)
+    _check(lib().emu_lce_rows(DTYPE_CODES[z.dtype], _p(buf), _i(ld), _i(rows), _i(n), _p(target), _p(scale),
+                              int(per_token), _f(1.0 / temperature),
+                              _i(ignore_index), int(want_grad), _p(loss)), "lce_rows")
+    return loss, buf[:, :n]

@@ -20,7 +20,8 @@ from benchmarks.runner import Context, run_case
 REPO = Path(__file__).resolve().parent.parent
 EVERY_OP_MODE = {("softmax", "fwd"), ("softmax", "bwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
                  ("add_layer_norm", "fwd"), ("add_layer_norm", "bwd"), ("attention", "fwd"), ("attention", "bwd"),
-                 ("attention", "decode"), ("gelu_linear", "fwd"), ("gelu_linear", "bwd"), ("gpt", "train"),
+                 ("attention", "decode"), ("gelu_linear", "fwd"), ("gelu_linear", "bwd"),
+                 ("linear_cross_entropy", "train"), ("gpt", "train"),
                  ("gpt", "decode")}
 RECORD_FIELDS = ("op", "backend", "provider", "mode", "dtype", "shape", "ms", "gbps", "tflops", "pct_of_peak",
                  "device", "torch", "triton", "driver", "python", "commit", "status", "cpu_figure")

@@ -35,7 +35,8 @@ def test_ptxas_parser_reads_kernels_spills_and_registers():
 @needs_nvcc
 def test_every_cu_compiles_for_sm80_sm90a_without_spills():
     files = compile_check.cu_files()
-    assert {os.path.basename(f) for f in files} >= {"softmax.cu", "layer_norm.cu", "attention.cu", "gelu_linear.cu"}
+    assert {os.path.basename(f) for f in files} >= {"softmax.cu", "layer_norm.cu", "attention.cu", "gelu_linear.cu",
+                                                    "linear_cross_entropy.cu"}
     records = compile_check.check(files)
     assert {r["arch"] for r in records} == {"sm_80", "sm_90a"}
     assert {r["file"] for r in records} == {os.path.basename(f) for f in files}

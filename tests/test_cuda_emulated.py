@@ -229,6 +229,9 @@ def _every_kernel_once():
         y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
         outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
     outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
+    # linear_cross_entropy's row step reads the target logit before the row is overwritten
+    outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=torch.float32), torch.tensor([5, 1000, 0]),
+                                   torch.ones(1), 1.0, -100, True))
     return outs
 
 
@@ -243,3 +246,34 @@ def test_kernels_do_not_depend_on_thread_order(schedules):
         for i, (a, b) in enumerate(zip(results[0], outs)):
             assert torch.equal(a, b), (f"output {i} differs between the forward schedule and {name}({seed}) "
                                        f"with {'eager' if eager else 'lazy'} cp.async")
+
+
+# ---------------------------------------------------------------------------------------
+# linear_cross_entropy: the row step after the chunk's cuBLAS GEMM
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,ld", [(3, None), (1001, None), (1001, 1001), (50257, None), (700, 703)],
+                         ids=["V3", "V1001-vec", "V1001-scalar", "V50257", "V700-unaligned"])
+def test_lce_row_step(dtype, n, ld):
+    rows = 5 if n > 10000 else 9
+    z = _randn(rows, n, dtype=dtype, scale=3.0)
+    target = torch.randint(0, n, (rows,))
+    target[::4] = -100
+    target[1] = n - 1  # the last column: the scalar tail or the last vector
+    temperature = 0.8
+    z64 = z.double() / temperature
+    lse = torch.logsumexp(z64, dim=1)
+    counted = target != -100
+    safe = target.clamp(min=0)
+    loss64 = torch.where(counted, lse - z64.gather(1, safe[:, None])[:, 0], 0.0)
+    for per_token in (False, True):
+        scale = torch.rand(rows, dtype=torch.float32) if per_token else torch.tensor([0.25])
+        loss, dz = cuda_emu.lce_rows(z, target, scale, temperature, -100, True, per_token=per_token, ld=ld)
+        torch.testing.assert_close(loss.double(), loss64, atol=1e-5, rtol=1e-5)
+        s = (scale.double() if per_token else scale.double().expand(rows)) * counted / temperature
+        onehot = torch.zeros(rows, n, dtype=torch.float64).scatter_(1, safe[:, None], 1.0)
+        dz64 = (torch.softmax(z64, dim=1) - onehot) * s[:, None]
+        assert_close(dz, dz64, dtype)
+    loss_only, untouched = cuda_emu.lce_rows(z, target, torch.ones(1), temperature, -100, False, ld=ld)
+    torch.testing.assert_close(loss_only, loss)
+    assert torch.equal(untouched, z)  # without a gradient the logits stay

@@ -25,7 +25,10 @@ def test_forward_shapes_and_tied_embedding():
     logits, loss = model(idx)
     assert logits.shape == (3, 17, 61) and loss is None
     logits, loss = model(idx, idx)
-    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert logits is None and loss.ndim == 0 and math.isfinite(loss.item())
+    full, loss_with_logits = model(idx, idx, return_logits=True)
+    assert full.shape == (3, 17, 61)
+    torch.testing.assert_close(loss, loss_with_logits)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert abs(loss.item() - math.log(61)) < 0.5  # GPT-2 init starts near uniform
 
@@ -167,8 +170,9 @@ def test_trains_under_autocast_bf16(backend):
     idx = torch.randint(0, 61, (2, 19), device=DEVICE)
     device_type = torch.device(DEVICE).type
     with torch.autocast(device_type, dtype=torch.bfloat16):
-        logits, loss = model(idx, idx)
-        ref_logits, ref_loss = ref(idx, idx)
+        logits, ref_logits = model(idx)[0], ref(idx)[0]
+        _, loss = model(idx, idx)  # the fused loss on `backend`, the plain formula on the reference
+        _, ref_loss = ref(idx, idx)
     loss.backward()
     ref_loss.backward()
     assert logits.dtype == ref_logits.dtype

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/lce.h"
 #include "common/math.h"
 #include "common/rows.h"
 #include "cuda/launch.h"
@@ -414,6 +415,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_linear_backward_cuda(const a
   return {dx, dw, db};
 }
 
+// ---------------------------------------------------------------------------------------
+// linear_cross_entropy: cuBLAS GEMMs per token chunk (common/lce.h), our row step
+// ---------------------------------------------------------------------------------------
+void lce_row_step_cuda(at::Tensor& z, const at::Tensor& target, const at::Tensor& scale, bool per_token,
+                       double temperature, int64_t ignore_index, bool want_grad, at::Tensor& loss) {
+  C10_CUDA_CHECK(cuda::lce_rows(dtype_of(z), z.data_ptr(), z.stride(0), z.size(0), z.size(1),
+                                target.const_data_ptr<int64_t>(), scale.const_data_ptr<float>(), per_token,
+                                static_cast<float>(1.0 / temperature), ignore_index, want_grad,
+                                loss.data_ptr<float>(), stream()));
+}
+
+// Tokens per chunk: 128 MiB of logits, at most a quarter of the free memory, whole 128-row tiles.
+int64_t lce_chunk_cuda(const at::Tensor& x, const at::Tensor& weight) {
+  size_t free_bytes = 0, total = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  const int64_t budget = std::min<int64_t>(128 << 20, static_cast<int64_t>(free_bytes / 4));
+  const int64_t per_row = weight.size(0) * x.element_size();
+  return std::max<int64_t>(128, budget / per_row / 128 * 128);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cuda(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+    double temperature, int64_t ignore_index, c10::string_view reduction, bool need_grad) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return lce_forward(x, weight, bias, target, temperature, ignore_index, reduction, need_grad,
+                     lce_chunk_cuda(x, weight), x.scalar_type(), lce_row_step_cuda, "gptk::linear_cross_entropy_cuda");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& target, double temperature, int64_t ignore_index) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return lce_backward(grad, x, weight, bias, target, temperature, ignore_index, lce_chunk_cuda(x, weight),
+                      x.scalar_type(), lce_row_step_cuda, "gptk::linear_cross_entropy_cuda_backward");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gptk, CUDA, m) {
@@ -427,6 +464,8 @@ TORCH_LIBRARY_IMPL(gptk, CUDA, m) {
   m.impl("attention_cuda_backward", &attention_backward_cuda);
   m.impl("gelu_linear_cuda", &gelu_linear_cuda);
   m.impl("gelu_linear_cuda_backward", &gelu_linear_backward_cuda);
+  m.impl("linear_cross_entropy_cuda", &linear_cross_entropy_cuda);
+  m.impl("linear_cross_entropy_cuda_backward", &linear_cross_entropy_backward_cuda);
 }
 
 }  // namespace gptk

@@ -93,5 +93,14 @@ struct AttentionBackwardArgs {
 };
 cudaError_t attention_backward(DType dt, const AttentionBackwardArgs& args, cudaStream_t stream);
 
+// ---- linear_cross_entropy.cu: the row step of one token chunk ----
+// z (rows, n), row stride ld, holds the chunk's logits (x W^T + b, not yet divided by T);
+// loss[r] = logsumexp(z_r / T) - z_r[t_r] / T (0 where t_r == ignore_index); with want_grad
+// z_r becomes (softmax(z_r / T) - onehot(t_r)) * scale / T in place, scale = scale[r] when
+// per_token else scale[0], and 0 on ignored rows.
+cudaError_t lce_rows(DType dt, void* z, int64_t ld, int64_t rows, int64_t n, const int64_t* target,
+                     const float* scale, bool per_token, float inv_t, int64_t ignore_index, bool want_grad,
+                     float* loss, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace gptk

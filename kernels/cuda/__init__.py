@@ -109,6 +109,13 @@ def gelu_linear(x, weight, bias=None, approximate="tanh"):
     return _CALLS["gelu_linear"](x, weight, bias, approximate)[0]
 
 
+def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, reduction="mean"):
+    _require()
+    need = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _CALLS["linear_cross_entropy"](x, weight, bias, target, float(temperature), int(ignore_index), reduction,
+                                          need)[0]
+
+
 # -----------------------------------------------------------------------------------------
 # Fake kernels (shapes and strides exactly as the C++ allocates them) and autograd.
 # -----------------------------------------------------------------------------------------
@@ -173,6 +180,19 @@ def _fake_gelu_linear_backward(dout, x, weight, pre, approximate):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],))
 
 
+def _fake_linear_cross_entropy(x, weight, bias, target, temperature, ignore_index, reduction, need_grad):
+    loss = x.new_empty(target.shape if reduction == "none" else (), dtype=torch.float32)
+    if not need_grad or reduction == "none":
+        return loss, x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,))
+    db = x.new_empty((weight.shape[0],) if bias is not None else (0,))
+    return loss, x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _fake_linear_cross_entropy_backward(grad, x, weight, bias, target, temperature, ignore_index):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty((weight.shape[0],) if bias is not None
+                                                                             else (0,))
+
+
 def _softmax_setup(ctx, inputs, output):
     _, ctx.temperature, ctx.dim = inputs
     ctx.save_for_backward(output)
@@ -231,6 +251,27 @@ def _gelu_linear_grad(ctx, dout, _dpre):
     return dx, dw, db if ctx.has_bias else None, None
 
 
+def _lce_setup(ctx, inputs, output):
+    x, weight, bias, target, ctx.temperature, ctx.ignore_index, ctx.reduction, ctx.need_grad = inputs
+    _, dx, dw, db = output
+    ctx.mark_non_differentiable(dx, dw, db)
+    ctx.has_bias = bias is not None
+    # mean/sum: the forward formed the gradients; "none": the backward reruns the chunks.
+    ctx.save_for_backward(*((x, weight, bias, target) if ctx.reduction == "none" else (dx, dw, db)))
+
+
+def _lce_grad(ctx, grad, *_unused):
+    if not ctx.need_grad:
+        raise RuntimeError("gptk::linear_cross_entropy_cuda ran with need_grad=False, so it formed no gradient; "
+                           "call kernels.linear_cross_entropy instead of the op")
+    if ctx.reduction == "none":
+        dx, dw, db = _CALLS["linear_cross_entropy_backward"](grad, *ctx.saved_tensors, ctx.temperature,
+                                                             ctx.ignore_index)
+    else:
+        dx, dw, db = (t * grad for t in ctx.saved_tensors)
+    return dx, dw, (db if ctx.has_bias else None), None, None, None, None, None
+
+
 _REGISTRATIONS = (
     # (op, fake, backward fake, setup_context, backward)
     ("softmax", _fake_softmax, _fake_softmax_backward, _softmax_setup, _softmax_grad),
@@ -239,6 +280,7 @@ _REGISTRATIONS = (
      _add_layer_norm_grad),
     ("attention", _fake_attention, _fake_attention_backward, _attention_setup, _attention_grad),
     ("gelu_linear", _fake_gelu_linear, _fake_gelu_linear_backward, _gelu_linear_setup, _gelu_linear_grad),
+    ("linear_cross_entropy", _fake_linear_cross_entropy, _fake_linear_cross_entropy_backward, _lce_setup, _lce_grad),
 )
 
 

@@ -119,4 +119,10 @@ int emu_attention_backward(int dt, const void* q, const int64_t* qs, const void*
   return gptk::cuda::attention_backward(dtype(dt), a, nullptr);
 }
 
+int emu_lce_rows(int dt, void* z, int64_t ld, int64_t rows, int64_t n, const int64_t* target, const float* scale,
+                 int per_token, float inv_t, int64_t ignore_index, int want_grad, float* loss) {
+  return gptk::cuda::lce_rows(dtype(dt), z, ld, rows, n, target, scale, per_token != 0, inv_t, ignore_index,
+                              want_grad != 0, loss, nullptr);
+}
+
 }  // extern "C"
