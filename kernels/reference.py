@@ -69,10 +69,11 @@ def gelu_linear(x, weight, bias=None, approximate="tanh"):
 
 
 def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, reduction="mean"):
-    """F.cross_entropy((x W^T + b) / temperature, target) literally, in x's dtype as eager runs it
-    (the full logits, no upcast: the GPT benchmark's eager baseline); the loss is returned as
-    float32 like the fused backends' (float64 for float64 inputs), shaped like target for "none"."""
-    logits = F.linear(x, weight, bias)
+    """F.cross_entropy((x W^T + b) / temperature, target) as eager runs it under autocast: the
+    full logits from a matmul in x's dtype, the softmax and loss in float32 (F.cross_entropy is
+    on autocast's float32 list). The loss is float32 (float64 for float64 inputs), shaped like
+    target for "none"."""
+    logits = F.linear(x, weight, bias).to(_compute_dtype(x))
     if temperature != 1.0:
         logits = logits / temperature
     loss = F.cross_entropy(logits.reshape(-1, weight.shape[0]), target.reshape(-1), ignore_index=ignore_index,
