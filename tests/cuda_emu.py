@@ -153,6 +153,12 @@ def set_schedule(name: str, seed: int = 0, eager_copies: bool = False):
     lib().emu_set_schedule(SCHEDULES[name], ctypes.c_uint(seed), int(eager_copies))
 
 
+def set_smem_limit(bytes_: int = 227 * 1024):
+    """The opt-in shared memory per block the launchers see (an H100's by default): smaller
+    values send short rows down the paths meant for rows longer than shared memory."""
+    lib().emu_set_smem_limit(int(bytes_))
+
+
 # ---- argument helpers ----
 def _p(t):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)

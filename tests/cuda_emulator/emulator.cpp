@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -208,6 +209,23 @@ void cp_async_wait(int pending_groups_allowed) {
   }
 }
 
+namespace {
+std::vector<unsigned char> g_dynamic_smem;
+size_t g_dynamic_bytes = 0;
+int g_smem_limit = 227 * 1024;
+std::map<const void*, int> g_allowed;
+}  // namespace
+
+unsigned char* dynamic_smem() { return g_dynamic_smem.data(); }
+void set_dynamic_smem(size_t bytes) { g_dynamic_bytes = bytes; }
+void set_smem_limit(int bytes) { g_smem_limit = bytes; }
+int smem_limit() { return g_smem_limit; }
+void allow_dynamic_smem(const void* kernel, int bytes) { g_allowed[kernel] = bytes; }
+int dynamic_smem_allowed(const void* kernel) {
+  const auto it = g_allowed.find(kernel);
+  return it == g_allowed.end() ? 0 : it->second;
+}
+
 void set_error(cudaError_t e) {
   if (g_last_error == cudaSuccess) g_last_error = e;
 }
@@ -221,7 +239,10 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
   }
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) run_block(grid, block, dim3(x, y, z), body);
+      for (unsigned x = 0; x < grid.x; ++x) {
+        g_dynamic_smem.assign(g_dynamic_bytes + 16, 0xff);
+        run_block(grid, block, dim3(x, y, z), body);
+      }
 }
 
 }  // namespace gptk_emu

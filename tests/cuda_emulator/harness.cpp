@@ -44,6 +44,8 @@ void emu_set_schedule(int order, unsigned seed, int eager_copies) {
   gptk_emu::set_schedule(static_cast<gptk_emu::Schedule>(order), seed, eager_copies != 0);
 }
 
+void emu_set_smem_limit(int bytes) { gptk_emu::set_smem_limit(bytes); }
+
 int emu_softmax_forward(int dt, const void* x, int64_t xs, void* y, int64_t ys, int64_t rows, int64_t n, float c) {
   return gptk::cuda::softmax_forward(dtype(dt), x, xs, y, ys, rows, n, c, nullptr);
 }
