@@ -122,35 +122,6 @@ __device__ __forceinline__ V row_allreduce(V v, Op op, V* smem) {
   return v;
 }
 
-// Launch shapes of the row kernels: THREADS per row, EPT elements per thread held in
-// registers (as EPT / VEC packs), ROWS rows per block (a warp per row packs 4 rows).
-// EPT caps registers: 32 elements is 32 fp32 or 16 fp16/bf16 registers per array.
-template <int THREADS_, int EPT_>
-struct RowConfig {
-  static constexpr int THREADS = THREADS_;
-  static constexpr int EPT = EPT_;
-  static constexpr int ROWS = THREADS_ == 32 ? 4 : 1;
-  template <int VEC>
-  __host__ __device__ static constexpr int vpt() {
-    return EPT_ / VEC > 0 ? EPT_ / VEC : 1;
-  }
-};
-
-// Call f(RowConfig<...>{}) for the smallest config holding a row of n elements in
-// registers; returns false when none does (the caller streams the row instead).
-// Scalar access (VEC == 1, unaligned rows) stops at 4096: 32 separately guarded
-// elements per thread need too many registers.
-template <int VEC, typename F>
-bool with_row_config(int64_t n, F&& f) {
-  if (n <= 32 * 8) return f(RowConfig<32, 8>{}), true;
-  if (n <= 128 * 8) return f(RowConfig<128, 8>{}), true;
-  if (n <= 256 * 16) return f(RowConfig<256, 16>{}), true;
-  if constexpr (VEC > 1) {
-    if (n <= 512 * 32) return f(RowConfig<512, 32>{}), true;
-  }
-  return false;
-}
-
 // ---- rows at any alignment ----
 // A row of n elements at p moves as a head of < VEC elements up to the first 16-byte
 // boundary, (n - head) / VEC aligned packs of 16 bytes, and a tail of < VEC elements. Head
