@@ -220,6 +220,38 @@ __device__ __forceinline__ int stage_row(T* buf, const T* __restrict__ g, int n,
   return off;
 }
 
+// Two rows staged by one loop (each at its own phase): UNROLL packs of each in flight.
+// Returns both phases.
+template <typename T, int THREADS, int UNROLL>
+__device__ __forceinline__ int2 stage_rows2(T* buf_a, const T* __restrict__ a, T* buf_b, const T* __restrict__ b,
+                                            int n) {
+  constexpr int VEC = kVec16<T>;
+  const int off_a = phase_of<T>(a), off_b = phase_of<T>(b);
+  const RowSpan<T> sa(a, n), sb(b, n);
+  const int t = threadIdx.x;
+  const int packs = sa.packs > sb.packs ? sa.packs : sb.packs;
+  for (int p0 = 0; p0 < packs; p0 += THREADS * UNROLL) {
+    Pack<T, VEC> va[UNROLL], vb[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sa.packs) va[u] = load_raw<T, VEC>(a + sa.head + p * VEC);
+      if (p < sb.packs) vb[u] = load_raw<T, VEC>(b + sb.head + p * VEC);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sa.packs) *reinterpret_cast<Pack<T, VEC>*>(buf_a + off_a + sa.head + p * VEC) = va[u];
+      if (p < sb.packs) *reinterpret_cast<Pack<T, VEC>*>(buf_b + off_b + sb.head + p * VEC) = vb[u];
+    }
+  }
+  if (t < sa.head) buf_a[off_a + t] = a[t];
+  if (t < sa.tail) buf_a[off_a + sa.tail0 + t] = a[sa.tail0 + t];
+  if (t < sb.head) buf_b[off_b + t] = b[t];
+  if (t < sb.tail) buf_b[off_b + sb.tail0 + t] = b[sb.tail0 + t];
+  return make_int2(off_a, off_b);
+}
+
 // Walk the row of n elements that `dst` (a global output row) spans, in dst's own packs:
 // f(j, Pack<T, VEC>-sized tag) for each aligned pack starting at element j, and
 // f(j, scalar tag) for the head and tail elements this thread owns. The same thread sees

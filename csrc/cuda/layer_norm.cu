@@ -574,16 +574,17 @@ void with_reg_threads(int64_t n, F&& f) {
 }
 
 // Launch a staged-row kernel with `bytes` of dynamic shared memory: 256 threads for rows
-// a register block would hold (operands at different phases), 1024 beyond.
-template <typename K256, typename K1024, typename Launch>
-void launch_staged(int64_t n, size_t bytes, K256* k256, K1024* k1024, Launch&& launch) {
+// a register block would hold (operands at different phases), 512 beyond (at most 64
+// registers: two blocks of a 100 KB row fit an SM, so one loads while the other computes).
+template <typename K256, typename K512, typename Launch>
+void launch_staged(int64_t n, size_t bytes, K256* k256, K512* k512, Launch&& launch) {
   const int b = static_cast<int>(bytes);
   if (n <= kMaxRegRow) {
     if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
     launch(k256, 256);
   } else {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k1024, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
-    launch(k1024, 1024);
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(k512, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    launch(k512, 512);
   }
 }
 
@@ -607,7 +608,7 @@ void forward_add(const void* x, int64_t xs, const void* r, int64_t rs, void* sum
   }
   const size_t bytes = (ADD ? 4 : 3) * staged_elems<T>(n) * sizeof(T);
   if (bytes <= static_cast<size_t>(max_smem_per_block())) {
-    launch_staged(n, bytes, ln_fwd_smem<T, 256, ADD>, ln_fwd_smem<T, 1024, ADD>, [&](auto kernel, int threads) {
+    launch_staged(n, bytes, ln_fwd_smem<T, 256, ADD>, ln_fwd_smem<T, 512, ADD>, [&](auto kernel, int threads) {
       kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, ni,
                                                                       eps);
     });
@@ -650,7 +651,7 @@ void backward_typed(const void* dy, int64_t dys, const void* dsum, int64_t dss, 
   }
   const size_t bytes = 4 * staged_elems<T>(n) * sizeof(T);
   if (bytes <= static_cast<size_t>(max_smem_per_block())) {
-    launch_staged(n, bytes, ln_bwd_smem<T, 256>, ln_bwd_smem<T, 1024>, [&](auto kernel, int threads) {
+    launch_staged(n, bytes, ln_bwd_smem<T, 256>, ln_bwd_smem<T, 512>, [&](auto kernel, int threads) {
       kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(dyp, dys, dsp, dss, xp, xs, wp, mean, rstd,
                                                                       dxp, ni);
     });

@@ -15,7 +15,7 @@
 //    device's opt-in limit (227 KB: 116K bf16 or 58K fp32 elements on an H100; the
 //    backward stages two rows). The forward recomputes exp2 in its output pass there
 //    (two per element) rather than double its shared memory with fp32 exponentials.
-//  - Longer rows still stream: pass 1 keeps a per-thread online (max, sum) pair combined
+//  - Longer rows still stream (16-byte packs when the operands share a phase): pass 1 keeps a per-thread online (max, sum) pair combined
 //    across the block (csrc/common/math.h), pass 2 re-reads x: 3 N s bytes.
 // The temperature is folded into the exponent: exp2((x - max) * c), c = log2(e) / t.
 #include <type_traits>
@@ -151,6 +151,10 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
 }
 
 // One block per row, the row staged in shared memory at x's phase; y written at its own.
+// 64 bytes of loads in flight per thread at 64 registers: 4 packs of bf16, 8 of fp32 (whose
+// vocabulary rows leave room for one block per SM only).
+template <typename T>
+constexpr int kStageUnroll = sizeof(T) == 4 ? 8 : 4;
 template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
     softmax_fwd_smem(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y, int64_t y_stride, int n, float c) {
@@ -160,7 +164,7 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
   const T* xr = x + static_cast<int64_t>(blockIdx.x) * x_stride;
   T* yr = y + static_cast<int64_t>(blockIdx.x) * y_stride;
   float m = kNegInf;
-  const int off = stage_row<T, THREADS>(buf, xr, n, [&](float v) { m = softmax_max(m, v); });
+  const int off = stage_row<T, THREADS, kStageUnroll<T>>(buf, xr, n, [&](float v) { m = softmax_max(m, v); });
   m = row_allreduce<THREADS>(m, MaxOp{}, smem);  // its barrier also publishes buf
   const bool aligned = (off + RowSpan<T>(yr, n).head) % VEC == 0;
   float s = 0.0f;
@@ -198,8 +202,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
   T* gbuf = ybuf + staged_elems<T>(n);
   const int64_t row = blockIdx.x;
   T* dr = dx + row * dx_stride;
-  const int yoff = stage_row<T, THREADS, 2>(ybuf, y + row * y_stride, n, [](float) {});
-  const int goff = stage_row<T, THREADS, 2>(gbuf, dy + row * dy_stride, n, [](float) {});
+  const int2 offs = stage_rows2<T, THREADS, 2>(ybuf, y + row * y_stride, gbuf, dy + row * dy_stride, n);
+  const int yoff = offs.x, goff = offs.y;
   __syncthreads();
   const int head = RowSpan<T>(dr, n).head;
   const bool y_aligned = (yoff + head) % VEC == 0, g_aligned = (goff + head) % VEC == 0;
@@ -228,58 +232,82 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
   });
 }
 
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kStreamThreads, 1)
-    softmax_fwd_stream(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y, int64_t y_stride, int64_t n,
-                       float c) {
-  __shared__ MaxSum smem[32];
-  const T* xr = x + static_cast<int64_t>(blockIdx.x) * x_stride;
-  MaxSum st = softmax_empty();
-  #pragma unroll 2
-  for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
-    float v[VEC];
-    load_pack<T, VEC>(xr + idx, v);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) st = softmax_update(st, v[e], c);
-  }
-  st = row_allreduce<kStreamThreads>(st, MaxSumOp{c}, smem);
-  const float inv = 1.0f / st.sum;
-  T* yr = y + static_cast<int64_t>(blockIdx.x) * y_stride;
-  #pragma unroll 2
-  for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
-    float v[VEC];
-    load_pack<T, VEC>(xr + idx, v);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = softmax_exp(v[e], st.max, c) * inv;
-    store_pack<T, VEC>(yr + idx, v);
+// Visit the row at p in its own 16-byte packs (VECTOR: every operand shares p's phase), or
+// element by element.
+template <typename T, bool VECTOR, typename F>
+__device__ __forceinline__ void stream_row(const void* p, int n, F&& f) {
+  if constexpr (VECTOR) {
+    walk_row<T, kStreamThreads>(p, n, f);
+  } else {
+    for (int j = threadIdx.x; j < n; j += kStreamThreads) f(j, ScalarTag{});
   }
 }
 
-template <typename T, int VEC>
+template <typename T, bool VECTOR>
+__global__ void __launch_bounds__(kStreamThreads, 1)
+    softmax_fwd_stream(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y, int64_t y_stride, int n,
+                       float c) {
+  constexpr int VEC = kVec16<T>;
+  __shared__ MaxSum smem[32];
+  const T* xr = x + static_cast<int64_t>(blockIdx.x) * x_stride;
+  T* yr = y + static_cast<int64_t>(blockIdx.x) * y_stride;
+  MaxSum st = softmax_empty();
+  stream_row<T, VECTOR>(xr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> v = load_raw<T, VEC>(xr + j);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) st = softmax_update(st, to_float(v.v[e]), c);
+    } else {
+      st = softmax_update(st, to_float(xr[j]), c);
+    }
+  });
+  st = row_allreduce<kStreamThreads>(st, MaxSumOp{c}, smem);
+  const float inv = 1.0f / st.sum;
+  stream_row<T, VECTOR>(yr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> v = load_raw<T, VEC>(xr + j);
+      float out[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) out[e] = softmax_exp(to_float(v.v[e]), st.max, c) * inv;
+      store_pack<T, VEC>(yr + j, out);
+    } else {
+      yr[j] = from_float<T>(softmax_exp(to_float(xr[j]), st.max, c) * inv);
+    }
+  });
+}
+
+template <typename T, bool VECTOR>
 __global__ void __launch_bounds__(kStreamThreads, 1)
     softmax_bwd_stream(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ y, int64_t y_stride,
-                       T* __restrict__ dx, int64_t dx_stride, int64_t n, float inv_t) {
+                       T* __restrict__ dx, int64_t dx_stride, int n, float inv_t) {
+  constexpr int VEC = kVec16<T>;
   __shared__ float smem[32];
   const int64_t row = blockIdx.x;
+  const T* yr = y + row * y_stride;
+  const T* gr = dy + row * dy_stride;
+  T* dr = dx + row * dx_stride;
   float dot = 0.0f;
-  #pragma unroll 2
-  for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
-    float yv[VEC], gv[VEC];
-    load_pack<T, VEC>(y + row * y_stride + idx, yv);
-    load_pack<T, VEC>(dy + row * dy_stride + idx, gv);
+  stream_row<T, VECTOR>(dr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> a = load_raw<T, VEC>(yr + j), b = load_raw<T, VEC>(gr + j);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) dot += yv[e] * gv[e];
-  }
+      for (int e = 0; e < VEC; ++e) dot += to_float(a.v[e]) * to_float(b.v[e]);
+    } else {
+      dot += to_float(yr[j]) * to_float(gr[j]);
+    }
+  });
   dot = row_allreduce<kStreamThreads>(dot, SumOp{}, smem);
-  #pragma unroll 2
-  for (int64_t idx = threadIdx.x * VEC; idx < n; idx += kStreamThreads * VEC) {
-    float yv[VEC], gv[VEC];
-    load_pack<T, VEC>(y + row * y_stride + idx, yv);
-    load_pack<T, VEC>(dy + row * dy_stride + idx, gv);
+  stream_row<T, VECTOR>(dr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> a = load_raw<T, VEC>(yr + j), b = load_raw<T, VEC>(gr + j);
+      float out[VEC];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) gv[e] = yv[e] * (gv[e] - dot) * inv_t;
-    store_pack<T, VEC>(dx + row * dx_stride + idx, gv);
-  }
+      for (int e = 0; e < VEC; ++e) out[e] = to_float(a.v[e]) * (to_float(b.v[e]) - dot) * inv_t;
+      store_pack<T, VEC>(dr + j, out);
+    } else {
+      dr[j] = from_float<T>(to_float(yr[j]) * (to_float(gr[j]) - dot) * inv_t);
+    }
+  });
 }
 
 // Call f(std::integral_constant<int, THREADS>) for the register-row block holding n
@@ -295,15 +323,17 @@ void with_reg_threads(int64_t n, F&& f) {
 }
 
 // Launch a staged-row kernel with `bytes` of dynamic shared memory: 256 threads for rows
-// a register block would hold (operands at different phases), 1024 beyond.
-template <typename K256, typename K1024, typename Launch>
-void launch_staged(int64_t n, size_t bytes, K256* k256, K1024* k1024, Launch&& launch) {
+// a register block would hold (operands at different phases), LONG_THREADS beyond: 512
+// for the forward (at most 64 registers: two blocks of a 100 KB row fit an SM, one loading
+// while the other computes), 1024 for the backward's two rows (one block per SM).
+template <int LONG_THREADS, typename K256, typename KLONG, typename Launch>
+void launch_staged(int64_t n, size_t bytes, K256* k256, KLONG* klong, Launch&& launch) {
   if (n <= kMaxRegRow) {
     if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     launch(k256, 256);
   } else {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k1024, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-    launch(k1024, 1024);
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(klong, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    launch(klong, LONG_THREADS);
   }
 }
 
@@ -322,16 +352,15 @@ void forward_typed(const void* x, int64_t xs, void* y, int64_t ys, int64_t rows,
   }
   const size_t bytes = staged_elems<T>(n) * sizeof(T);
   if (bytes <= static_cast<size_t>(max_smem_per_block())) {
-    launch_staged(n, bytes, softmax_fwd_smem<T, 256>, softmax_fwd_smem<T, 1024>, [&](auto kernel, int threads) {
+    launch_staged<512>(n, bytes, softmax_fwd_smem<T, 256>, softmax_fwd_smem<T, 512>, [&](auto kernel, int threads) {
       kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(xp, xs, yp, ys, ni, c);
     });
     return;
   }
-  if (vector_ok<T>(x, xs, n) && vector_ok<T>(y, ys, n)) {
-    constexpr int vec = kVec16<T>;
-    softmax_fwd_stream<T, vec><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, n, c);
+  if (same_phase<T>(rows, {{x, xs}, {y, ys}})) {
+    softmax_fwd_stream<T, true><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
   } else {
-    softmax_fwd_stream<T, 1><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, n, c);
+    softmax_fwd_stream<T, false><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
   }
 }
 
@@ -352,16 +381,17 @@ void backward_typed(const void* dy, int64_t dys, const void* y, int64_t ys, void
   }
   const size_t bytes = 2 * staged_elems<T>(n) * sizeof(T);
   if (bytes <= static_cast<size_t>(max_smem_per_block())) {
-    launch_staged(n, bytes, softmax_bwd_smem<T, 256>, softmax_bwd_smem<T, 1024>, [&](auto kernel, int threads) {
-      kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(dyp, dys, yp, ys, dxp, dxs, ni, inv_t);
+    // Two staged rows: beyond 16384 elements only one block fits an SM, so it takes 1024 threads.
+    launch_staged<1024>(n, bytes, softmax_bwd_smem<T, 256>, softmax_bwd_smem<T, 1024>, [&](auto kernel, int threads) {
+      kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(dyp, dys, yp, ys, dxp, dxs, ni,
+                                                                                       inv_t);
     });
     return;
   }
-  if (vector_ok<T>(dy, dys, n) && vector_ok<T>(y, ys, n) && vector_ok<T>(dx, dxs, n)) {
-    constexpr int vec = kVec16<T>;
-    softmax_bwd_stream<T, vec><<<rows, kStreamThreads, 0, st>>>(dyp, dys, yp, ys, dxp, dxs, n, inv_t);
+  if (same_phase<T>(rows, {{y, ys}, {dy, dys}, {dx, dxs}})) {
+    softmax_bwd_stream<T, true><<<rows, kStreamThreads, 0, st>>>(dyp, dys, yp, ys, dxp, dxs, ni, inv_t);
   } else {
-    softmax_bwd_stream<T, 1><<<rows, kStreamThreads, 0, st>>>(dyp, dys, yp, ys, dxp, dxs, n, inv_t);
+    softmax_bwd_stream<T, false><<<rows, kStreamThreads, 0, st>>>(dyp, dys, yp, ys, dxp, dxs, ni, inv_t);
   }
 }
 

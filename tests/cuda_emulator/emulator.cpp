@@ -2,6 +2,7 @@
 // fibers switched at barriers.
 #include "emulator.h"
 
+#include <dlfcn.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -215,6 +216,36 @@ size_t g_dynamic_bytes = 0;
 int g_smem_limit = 227 * 1024;
 std::map<const void*, int> g_allowed;
 }  // namespace
+
+struct LaunchRecord {
+  uint64_t offset;  // kernel address - the library's load address (a symbol's value in `nm`)
+  unsigned grid[3], block[3];
+  uint64_t smem;
+};
+std::vector<LaunchRecord> g_launches;
+bool g_dry_run = false;
+
+void record_launch(const void* kernel, const LaunchConfig& c) {
+  Dl_info info{};
+  const uint64_t base = dladdr(kernel, &info) != 0 ? reinterpret_cast<uint64_t>(info.dli_fbase) : 0;
+  g_launches.push_back(LaunchRecord{reinterpret_cast<uint64_t>(kernel) - base,
+                                    {c.grid.x, c.grid.y, c.grid.z},
+                                    {c.block.x, c.block.y, c.block.z},
+                                    c.smem});
+}
+bool dry_run() { return g_dry_run; }
+void set_dry_run(bool on) { g_dry_run = on; }
+void clear_launches() { g_launches.clear(); }
+int launch_count() { return static_cast<int>(g_launches.size()); }
+void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem) {
+  const LaunchRecord& r = g_launches.at(static_cast<size_t>(i));
+  *offset = r.offset;
+  for (int k = 0; k < 3; ++k) {
+    grid[k] = r.grid[k];
+    block[k] = r.block[k];
+  }
+  *smem = r.smem;
+}
 
 unsigned char* dynamic_smem() { return g_dynamic_smem.data(); }
 void set_dynamic_smem(size_t bytes) { g_dynamic_bytes = bytes; }

@@ -77,8 +77,20 @@ int smem_limit();
 void allow_dynamic_smem(const void* kernel, int bytes);
 int dynamic_smem_allowed(const void* kernel);
 
+// Launch recording (tests/test_static_cuda.py): each launch's kernel and shape is logged;
+// in a dry run nothing executes, so the launchers can be asked about full-size shapes
+// with made-up device pointers.
+void record_launch(const void* kernel, const LaunchConfig& c);
+bool dry_run();
+void set_dry_run(bool on);
+void clear_launches();
+int launch_count();
+void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem);
+
 template <typename... Params, typename... Args>
 void launch(LaunchConfig c, void (*kernel)(Params...), Args&&... args) {
+  record_launch(reinterpret_cast<const void*>(kernel), c);
+  if (dry_run()) return;
   const int allowed = dynamic_smem_allowed(reinterpret_cast<const void*>(kernel));
   if (c.smem > static_cast<size_t>(allowed > 48 * 1024 ? allowed : 48 * 1024) ||
       c.smem > static_cast<size_t>(smem_limit())) {
