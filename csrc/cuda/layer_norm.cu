@@ -29,7 +29,10 @@ namespace cuda {
 namespace {
 
 constexpr int kStreamThreads = 512;
-constexpr int kRegElems = 8;  // elements per thread of a register-resident row
+// Elements per thread of a register-resident row: 8 (one bf16 pack, two fp32) fit the
+// forward's four operands and the backward's fp32 state in 64 registers (16 bf16 spill:
+// the static check in tests/test_static_cuda.py caught it).
+constexpr int kRegElems = 8;
 constexpr int kMaxRegRow = 1024 * kRegElems;
 
 template <int THREADS>
@@ -563,13 +566,15 @@ __global__ void __launch_bounds__(kStreamThreads, 1)
   }
 }
 
-template <typename F>
+// f(std::integral_constant<int, THREADS>) for the register block holding n elements at
+// ELEMS per thread (n <= 1024 ELEMS).
+template <int ELEMS, typename F>
 void with_reg_threads(int64_t n, F&& f) {
-  if (n <= 32 * kRegElems) f(std::integral_constant<int, 32>{});
-  else if (n <= 64 * kRegElems) f(std::integral_constant<int, 64>{});
-  else if (n <= 128 * kRegElems) f(std::integral_constant<int, 128>{});
-  else if (n <= 256 * kRegElems) f(std::integral_constant<int, 256>{});
-  else if (n <= 512 * kRegElems) f(std::integral_constant<int, 512>{});
+  if (n <= 32 * ELEMS) f(std::integral_constant<int, 32>{});
+  else if (n <= 64 * ELEMS) f(std::integral_constant<int, 64>{});
+  else if (n <= 128 * ELEMS) f(std::integral_constant<int, 128>{});
+  else if (n <= 256 * ELEMS) f(std::integral_constant<int, 256>{});
+  else if (n <= 512 * ELEMS) f(std::integral_constant<int, 512>{});
   else f(std::integral_constant<int, 1024>{});
 }
 
@@ -599,7 +604,7 @@ void forward_add(const void* x, int64_t xs, const void* r, int64_t rs, void* sum
   T* yp = static_cast<T*>(y);
   const int ni = static_cast<int>(n);
   if (n <= kMaxRegRow && same_phase<T>(rows, {{x, xs}, {r, rs}, {sum, n}, {y, n}, {w, 0}, {b, 0}})) {
-    with_reg_threads(n, [&](auto threads) {
+    with_reg_threads<kRegElems>(n, [&](auto threads) {
       constexpr int TH = decltype(threads)::value;
       ln_fwd_regs<T, TH, ADD><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
           xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, rows, ni, eps);
@@ -642,7 +647,7 @@ void backward_typed(const void* dy, int64_t dys, const void* dsum, int64_t dss, 
   T* dxp = static_cast<T*>(dx);
   const int ni = static_cast<int>(n);
   if (n <= kMaxRegRow && same_phase<T>(rows, {{x, xs}, {dy, dys}, {dsum, dss}, {dx, n}, {w, 0}})) {
-    with_reg_threads(n, [&](auto threads) {
+    with_reg_threads<kRegElems>(n, [&](auto threads) {
       constexpr int TH = decltype(threads)::value;
       ln_bwd_regs<T, TH><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
           dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, rows, ni);

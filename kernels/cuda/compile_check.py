@@ -398,10 +398,10 @@ def _bench_launches():
             [(f"softmax_bwd_smem<{t}, 1024>", 1024, two)] if two <= H100["smem_optin"]
             else [(f"softmax_bwd_stream<{t}, true>", 512, 0)])
         for n in (1024, 4096):
-            threads = n // 8
+            fwd = bwd = n // 8  # 8 elements per thread
             for op, add in (("layer_norm", "false"), ("add_layer_norm", "true")):
-                cases[(f"{op} fwd", tn, 16384, n)] = [(f"ln_fwd_regs<{t}, {threads}, {add}>", threads, 0)]
-                cases[(f"{op} bwd", tn, 16384, n)] = [(f"ln_bwd_regs<{t}, {threads}>", threads, 0),
+                cases[(f"{op} fwd", tn, 16384, n)] = [(f"ln_fwd_regs<{t}, {fwd}, {add}>", fwd, 0)]
+                cases[(f"{op} bwd", tn, 16384, n)] = [(f"ln_bwd_regs<{t}, {bwd}>", bwd, 0),
                                                       (f"norm_param_partials_vec<{t}>", 256, 0),
                                                       (f"column_sum_kernel<{t}>", 1024, 0)]
     return cases
@@ -435,11 +435,12 @@ def row_kernel_problems(name: str, k: dict, threads: int, dyn_smem: int) -> tupl
         # narrow ones are the peeled heads and tails (which the compiler may version per
         # optional operand: up to 4 copies). Looping kernels: nothing narrow in the loops.
         size = 4 if "<float" in name else 2
-        packs = max(1, elems * size // 16) if elems else 1
+        packs = role.get("packs") or (max(1, elems * size // 16) if elems else 1)
+        register_kernel = bool(elems or role.get("packs"))
         allowed = 2 * (role["loads"] + role["stores"]) + role["extra"]
         if loop_narrow > role.get("loop_extra", 0):
             bad.append(f"{loop_narrow} accesses narrower than 16 bytes inside its main loops")
-        if narrow > (4 * allowed if elems else allowed):
+        if narrow > (4 * allowed if register_kernel else allowed):
             bad.append(f"{narrow} narrow accesses outside loops: more than peeled heads and tails")
         if wide_ld < packs * role["loads"] or wide_st < packs * role["stores"]:
             bad.append(f"row data not in 16-byte accesses ({wide_ld} LDG.128 for {role['loads']} row tensors x "
