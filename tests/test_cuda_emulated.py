@@ -287,7 +287,7 @@ SOFTMAX_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", SOFTMAX_PATHS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def test_softmax_rows_at_any_alignment(case, dtype, smem_limit):
     n, layout, limit, fwd_kernel, bwd_kernel = case
@@ -325,19 +325,21 @@ LN_PATHS = [
     (1024, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),    # the register path (a block per row)
     (40, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),      # a warp per row
     (1001, "sliced", None, "ln_fwd_smem<", "ln_bwd_smem<"),
-    (9001, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),    # long rows: 512 threads
+    (8201, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),    # long rows: 512 threads
     (1001, "sliced", 2048, "ln_fwd_stream<", "ln_bwd_stream<"),    # beyond shared memory
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+# fp16 takes bf16's paths (same element size, so the same phases and packs): left to the
+# shape tests above, to keep the emulator's time down.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("residual", [False, True], ids=["layer_norm", "add_layer_norm"])
 @pytest.mark.parametrize("case", LN_PATHS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def test_layer_norm_rows_at_any_alignment(case, residual, dtype, smem_limit):
     n, layout, limit, fwd_kernel, bwd_kernel = case
     if limit:
         smem_limit(limit)
-    rows = 3
+    rows = 2
     x = _rows_input(rows, n, dtype, layout, scale=2.0, shift=3.0)
     r = _rows_input(rows, n, dtype, layout) if residual else None
     w, b = _randn(n, dtype=dtype), _randn(n, dtype=dtype)
@@ -361,10 +363,10 @@ def test_layer_norm_rows_at_any_alignment(case, residual, dtype, smem_limit):
         assert_close(ours, ref, dtype, msg=name)
 
 
-@pytest.mark.parametrize("n,layout", [(7, "contiguous"), (1024, "contiguous"), (1001, "sliced"), (9001, "contiguous")])
+@pytest.mark.parametrize("n,layout", [(7, "contiguous"), (1024, "contiguous"), (1001, "sliced"), (8201, "contiguous")])
 def test_layer_norm_constant_rows_are_exact_on_every_path(n, layout):
     for value in (0.0, 3.7, -1e4):
-        x = _rows_input(2, n, torch.bfloat16, layout) * 0 + value
+        x = _rows_input(2, n, torch.bfloat16, layout, scale=0.0, shift=value)
         w, b = _randn(n, dtype=torch.bfloat16), _randn(n, dtype=torch.bfloat16)
         y, mean, rstd, _ = cuda_emu.layer_norm(x, w, b, 1e-5)
         assert torch.equal(y, b.expand_as(y)), (n, layout, value)
@@ -378,7 +380,7 @@ def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
     _, mean, rstd, _ = cuda_emu.layer_norm(x, w, None)
     (dx, dw, db), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, x, w, mean, rstd))
     assert any("norm_param_partials_vec<" in k for k in kernels), kernels
-    xs = _randn(70, 65, dtype=torch.bfloat16)[:, 1:] + 2.0  # misaligned rows: the scalar partials
+    xs = (_randn(70, 65, dtype=torch.bfloat16) + 2.0)[:, 1:]  # misaligned rows: the scalar partials
     _, mean, rstd, _ = cuda_emu.layer_norm(xs, w, None)
     (dx2, dw2, db2), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, xs, w, mean, rstd))
     assert any("norm_param_partials_kernel<" in k for k in kernels), kernels

@@ -270,19 +270,15 @@ __device__ __forceinline__ void walk_row(const void* dst, int n, F&& f) {
 }
 
 // Largest dynamic shared memory a block may opt into on the current device (227 KB on
-// H100, 163 KB on A100, 99 KB on consumer parts), cached per device.
+// H100, 163 KB on A100, 99 KB on consumer parts). Asked only on the staged-row paths; not
+// cached, so the CPU emulator's limit can change between calls.
 inline int max_smem_per_block() {
-  static int cache[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 48 * 1024;
-  if (cache[dev] == 0) {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
-      v = 48 * 1024;
-    }
-    cache[dev] = v;
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+    return 48 * 1024;
   }
-  return cache[dev];
+  return v;
 }
 
 // Shared memory a staged row of n elements takes: n + a phase, rounded to whole packs.

@@ -15,8 +15,9 @@
 //    device's opt-in limit (227 KB: 116K bf16 or 58K fp32 elements on an H100; the
 //    backward stages two rows). The forward recomputes exp2 in its output pass there
 //    (two per element) rather than double its shared memory with fp32 exponentials.
-//  - Longer rows still stream (16-byte packs when the operands share a phase): pass 1 keeps a per-thread online (max, sum) pair combined
-//    across the block (csrc/common/math.h), pass 2 re-reads x: 3 N s bytes.
+//  - Longer rows still stream (16-byte packs when the operands share a phase): pass 1
+//    keeps a per-thread online (max, sum) pair combined across the block
+//    (csrc/common/math.h), pass 2 re-reads x: 3 N s bytes.
 // The temperature is folded into the exponent: exp2((x - max) * c), c = log2(e) / t.
 #include <type_traits>
 
@@ -328,11 +329,12 @@ void with_reg_threads(int64_t n, F&& f) {
 // while the other computes), 1024 for the backward's two rows (one block per SM).
 template <int LONG_THREADS, typename K256, typename KLONG, typename Launch>
 void launch_staged(int64_t n, size_t bytes, K256* k256, KLONG* klong, Launch&& launch) {
+  const int b = static_cast<int>(bytes);
   if (n <= kMaxRegRow) {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
     launch(k256, 256);
   } else {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(klong, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(klong, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
     launch(klong, LONG_THREADS);
   }
 }

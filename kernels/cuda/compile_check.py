@@ -216,7 +216,8 @@ def _reads_writes(op: str, ops: str) -> tuple[set[int], set[int]]:
     if not parts:
         return set(), set()
     first = parts[0]
-    writes = _regs(first, access_width(op) if base in ("LDG", "LDS", "LD", "LDL") else 32) if first.startswith("R") else set()
+    loads = base in ("LDG", "LDS", "LD", "LDL")
+    writes = _regs(first, access_width(op) if loads else 32) if first.startswith("R") else set()
     reads = set()
     for p in parts[1:] if first.startswith(("R", "P")) else parts:
         reads |= _regs(p)
