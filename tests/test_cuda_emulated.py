@@ -321,6 +321,7 @@ def test_softmax_rows_propagate_nan_and_inf_on_every_path(smem_limit):
 
 
 LN_PATHS = [
+    (7, "one_row", None, "ln_fwd_regs<", "ln_bwd_regs<"),          # registers with a scalar tail (x + r stored exactly)
     (7, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),       # odd width: rows at phases the weight is not
     (1024, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),    # the register path (a block per row)
     (40, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),      # a warp per row
@@ -339,7 +340,7 @@ def test_layer_norm_rows_at_any_alignment(case, residual, dtype, smem_limit):
     n, layout, limit, fwd_kernel, bwd_kernel = case
     if limit:
         smem_limit(limit)
-    rows = 2
+    rows, layout = (1, "contiguous") if layout == "one_row" else (2, layout)
     x = _rows_input(rows, n, dtype, layout, scale=2.0, shift=3.0)
     r = _rows_input(rows, n, dtype, layout) if residual else None
     w, b = _randn(n, dtype=dtype), _randn(n, dtype=dtype)

@@ -114,13 +114,13 @@ def test_rules_fire_on_8_byte_accesses_and_serialised_loads(tmp_path):
 
 
 def test_rules_fire_on_local_memory_and_low_occupancy(tmp_path):
-    # 64 fp32 exponentials per thread: spilled under the 64-register bound, or, with the
-    # bound lifted, too many registers for 16 warps per SM
+    # 64 fp32 exponentials per thread spill under the 64-register bound; 128 with the bound
+    # lifted take ~150 registers: 8 warps per SM
     spill = _broken(tmp_path, [("cuda/softmax.cu", "constexpr int kRegElems = 16;", "constexpr int kRegElems = 64;")],
                     "softmax_fwd_regs<float, 256>", 256, 0)
     assert any("local memory" in b for b in spill), spill
     fat = _broken(tmp_path / "b", [("cuda/softmax.cu", "constexpr int kRegElems = 16;",
-                                    "constexpr int kRegElems = 64;"),
+                                    "constexpr int kRegElems = 128;"),
                                    ("cuda/softmax.cu", "return 1024 / (THREADS * rows_per_block<THREADS>()) > 0",
                                     "return 0 > 0")],
                   "softmax_fwd_regs<float, 256>", 256, 0)

@@ -82,24 +82,33 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
       if constexpr (ADD) rv[i] = load_raw<T, VEC>(rr + j);
     }
   }
+  // The shift: the row's first (rounded) element, read directly (one broadcast load per
+  // operand, issued with the rest and before any store: no shuffle or barrier to fetch it).
+  float shift = to_float(xr[0]);
+  if constexpr (ADD) shift = to_float(from_float<T>(shift + to_float(rr[0])));
+  // A thread's scalar elements (head, tail): the sum is stored as rounded, then centred.
   float hw = 1.0f, hb = 0.0f, tw = 1.0f, tb = 0.0f, hv = 0.0f, tv = 0.0f;
   if (has_head) {
     if (has_w) hw = to_float(w[t]);
     if (has_b) hb = to_float(b[t]);
     hv = to_float(xr[t]);
-    if constexpr (ADD) hv = to_float(from_float<T>(hv + to_float(rr[t])));
+    if constexpr (ADD) {
+      const T s = from_float<T>(hv + to_float(rr[t]));
+      sr[t] = s;
+      hv = to_float(s);
+    }
   }
   if (has_tail) {
     const int j = sp.tail0 + t;
     if (has_w) tw = to_float(w[j]);
     if (has_b) tb = to_float(b[j]);
     tv = to_float(xr[j]);
-    if constexpr (ADD) tv = to_float(from_float<T>(tv + to_float(rr[j])));
+    if constexpr (ADD) {
+      const T s = from_float<T>(tv + to_float(rr[j]));
+      sr[j] = s;
+      tv = to_float(s);
+    }
   }
-  // The shift: the row's first (rounded) element, read directly (one broadcast load per
-  // operand, issued with the rest: no shuffle or barrier to fetch it from its owner).
-  float shift = to_float(xr[0]);
-  if constexpr (ADD) shift = to_float(from_float<T>(shift + to_float(rr[0])));
   float v[PPT][VEC];
   Float2 sums{0.0f, 0.0f};
   if (has_head) {
@@ -129,10 +138,6 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
     tv -= shift;
     sums.a += tv;
     sums.b += tv * tv;
-  }
-  if constexpr (ADD) {
-    if (has_head) sr[t] = from_float<T>(hv + shift);
-    if (has_tail) sr[sp.tail0 + t] = from_float<T>(tv + shift);
   }
   sums = row_allreduce<THREADS>(sums, SumOp{}, smem);
   const Float2 st = centred_stats(sums, n, eps);

@@ -326,7 +326,11 @@ def compile_sass(source: str, extra_flags=(), arch: str = SASS_ARCH, csrc: str =
     cache = os.path.join(build_root(), "sass", h.hexdigest()[:16] + ".json")
     if os.path.isfile(cache):
         with open(cache) as f:
-            return json.load(f)
+            out = json.load(f)
+        for k in out.values():  # JSON made the access widths strings
+            for key in ("loads", "stores", "loop_loads", "loop_stores"):
+                k["facts"][key] = {int(w): c for w, c in k["facts"][key].items()}
+        return out
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "out.cubin")
         cmd = [nvcc, "-std=c++17", "-O3", f"-I{csrc}", *TORCH_NVCC_FLAGS, f"-arch={arch}", "-cubin", "-Xptxas", "-v",
