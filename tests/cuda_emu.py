@@ -153,6 +153,51 @@ def set_schedule(name: str, seed: int = 0, eager_copies: bool = False):
     lib().emu_set_schedule(SCHEDULES[name], ctypes.c_uint(seed), int(eager_copies))
 
 
+def set_smem_limit(bytes_: int = 227 * 1024):
+    """The opt-in shared memory per block the launchers see (an H100's by default): smaller
+    values send short rows down the paths meant for rows longer than shared memory."""
+    lib().emu_set_smem_limit(int(bytes_))
+
+
+def recorded_launches(call, dry: bool = True) -> list[dict]:
+    """Run `call(lib())` and return each kernel launch it made as {"kernel": demangled
+    name, "grid", "block": 3-tuples, "smem": dynamic bytes}. Dry (the default): no kernel
+    executes, so made-up device pointers of full-size shapes are fine."""
+    emu = lib()
+    emu.emu_set_dry_run(int(dry))
+    emu.emu_clear_launches()
+    try:
+        call(emu)
+    finally:
+        emu.emu_set_dry_run(0)
+    names = _symbols()
+    out = []
+    for i in range(emu.emu_launch_count()):
+        offset, smem = ctypes.c_uint64(), ctypes.c_uint64()
+        grid, block = (ctypes.c_uint * 3)(), (ctypes.c_uint * 3)()
+        emu.emu_launch_record(i, ctypes.byref(offset), grid, block, ctypes.byref(smem))
+        out.append({"kernel": names.get(offset.value, hex(offset.value)), "grid": tuple(grid), "block": tuple(block),
+                    "smem": smem.value})
+    return out
+
+
+_SYMBOLS = None
+
+
+def _symbols() -> dict[int, str]:
+    """Address -> demangled name of every function in the emulator library (`nm` reads the
+    local symbols of the kernels' anonymous namespaces too, which dladdr cannot)."""
+    global _SYMBOLS
+    if _SYMBOLS is None:
+        proc = subprocess.run(["nm", "-C", "--defined-only", build()], capture_output=True, text=True, check=True)
+        _SYMBOLS = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split(" ", 2)
+            if len(parts) == 3 and parts[1] in ("t", "T", "w", "W"):
+                _SYMBOLS[int(parts[0], 16)] = parts[2]
+    return _SYMBOLS
+
+
 # ---- argument helpers ----
 def _p(t):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)

@@ -222,12 +222,19 @@ def _every_kernel_once():
         outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
         q1 = _randn(1, 2, 1, 128, dtype=dtype)
         outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
-    for n in (33, 1000, 16385):  # warp, block and streamed rows
+    for n in (33, 1000, 16385):  # warp and block rows in registers, a row in shared memory
         x = _randn(4, n, dtype=torch.float32)
         y = cuda_emu.softmax(x, 0.7)
         outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
         y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
         outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
+    for n in (7, 1001):  # operands at different phases: staged rows, in place updates of the staged sum
+        xb = _randn(3, n + 1, dtype=torch.bfloat16)[:, 1:]
+        y = cuda_emu.softmax(xb, 0.7)
+        outs += [y, cuda_emu.softmax_backward(xb, y, 0.7)]
+        w = _randn(n, dtype=torch.bfloat16)
+        y, mean, rstd, s = cuda_emu.layer_norm(xb, w, w, residual=xb)
+        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(xb, s, w, mean, rstd, dsum=xb)]
     outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
     # linear_cross_entropy's row step reads the target logit before the row is overwritten
     outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=torch.float32), torch.tensor([5, 1000, 0]),
@@ -277,3 +284,143 @@ def test_lce_row_step(dtype, n, ld):
     loss_only, untouched = cuda_emu.lce_rows(z, target, torch.ones(1), temperature, -100, False, ld=ld)
     torch.testing.assert_close(loss_only, loss)
     assert torch.equal(untouched, z)  # without a gradient the logits stay
+
+
+# ---------------------------------------------------------------------------------------
+# rows at any alignment, long rows in shared memory, and the paths beyond it: each case
+# asserts the launch path it means to cover (the launches are recorded as they run)
+# ---------------------------------------------------------------------------------------
+def _run_recording(fn):
+    out = []
+    launches = cuda_emu.recorded_launches(lambda emu: out.append(fn()), dry=False)
+    return out[0], [rec["kernel"] for rec in launches]
+
+
+def _rows_input(rows, n, dtype, layout, scale=1.0, shift=0.0):
+    if layout == "sliced":  # rows start one element past a 16-byte boundary, stride n + 1
+        return (_randn(rows, n + 1, dtype=dtype, scale=scale) + shift)[:, 1:]
+    return _randn(rows, n, dtype=dtype, scale=scale) + shift  # contiguous: odd n starts rows at every phase
+
+
+@pytest.fixture
+def smem_limit():
+    yield cuda_emu.set_smem_limit
+    cuda_emu.set_smem_limit()
+
+
+# (n, layout, smem limit or None, the kernel family each direction must take)
+SOFTMAX_PATHS = [
+    (9, "contiguous", None, "softmax_fwd_regs<", "softmax_bwd_regs<"),        # a warp per row, 4 rows per block
+    (1001, "contiguous", None, "softmax_fwd_regs<", "softmax_bwd_regs<"),     # rows at 8 phases, one block per row
+    (9, "sliced", None, "softmax_fwd_smem<", "softmax_bwd_smem<"),            # x and y at different phases
+    (3001, "sliced", None, "softmax_fwd_smem<", "softmax_bwd_smem<"),
+    (50257, "contiguous", None, "softmax_fwd_smem<", None),                   # the vocabulary row: 512 threads
+    (20001, "sliced", None, "softmax_fwd_smem<", "softmax_bwd_smem<"),
+    (3001, "sliced", 2048, "softmax_fwd_stream<", "softmax_bwd_stream<"),     # beyond shared memory: scalar stream
+    (20001, "contiguous", 2048, "softmax_fwd_stream<", "softmax_bwd_stream<"),  # 16-byte stream, peeled
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", SOFTMAX_PATHS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_softmax_rows_at_any_alignment(case, dtype, smem_limit):
+    n, layout, limit, fwd_kernel, bwd_kernel = case
+    if limit:
+        smem_limit(limit)
+    rows = 2 if n > 20000 else 3
+    x = _rows_input(rows, n, dtype, layout, scale=3.0)
+    y, kernels = _run_recording(lambda: cuda_emu.softmax(x, 0.7))
+    assert len(kernels) == 1 and kernels[0].split("::")[-1].startswith(fwd_kernel), kernels
+    x64 = x.double().requires_grad_()
+    y64 = torch.softmax(x64 / 0.7, dim=-1)
+    assert_close(y, y64, dtype, msg="y")
+    g = _rows_input(rows, n, dtype, layout)  # dy sliced like x: its phase differs from y's
+    dx, kernels = _run_recording(lambda: cuda_emu.softmax_backward(g, y, 0.7))
+    if bwd_kernel:
+        assert kernels[0].split("::")[-1].startswith(bwd_kernel), kernels
+    y64.backward(g.double())
+    assert_close(dx, x64.grad, dtype, msg="dx")
+
+
+def test_softmax_rows_propagate_nan_and_inf_on_every_path(smem_limit):
+    for n, layout, limit in ((33, "contiguous", None), (33, "sliced", None), (20001, "contiguous", None),
+                             (20001, "contiguous", 2048)):
+        smem_limit(limit or 227 * 1024)
+        x = _rows_input(4, n, torch.float32, layout)
+        x[0, 5], x[1, n - 1], x[2, :] = float("nan"), float("inf"), float("-inf")
+        y = cuda_emu.softmax(x, 1.0)
+        ref = torch.softmax(x.double(), dim=-1)
+        assert torch.equal(y.isnan(), ref.isnan()), (n, layout, limit)
+        torch.testing.assert_close(y[3].double(), ref[3], atol=1e-6, rtol=1e-5)
+
+
+LN_PATHS = [
+    (7, "one_row", None, "ln_fwd_regs<", "ln_bwd_regs<"),          # registers with a scalar tail (x + r stored exactly)
+    (7, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),       # odd width: rows at phases the weight is not
+    (1024, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),    # the register path (a block per row)
+    (40, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),      # a warp per row
+    (1001, "sliced", None, "ln_fwd_smem<", "ln_bwd_smem<"),
+    (8201, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),    # long rows: 512 threads
+    (1001, "sliced", 2048, "ln_fwd_stream<", "ln_bwd_stream<"),    # beyond shared memory
+]
+
+
+# fp16 takes bf16's paths (same element size, so the same phases and packs): left to the
+# shape tests above, to keep the emulator's time down.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["layer_norm", "add_layer_norm"])
+@pytest.mark.parametrize("case", LN_PATHS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_layer_norm_rows_at_any_alignment(case, residual, dtype, smem_limit):
+    n, layout, limit, fwd_kernel, bwd_kernel = case
+    if limit:
+        smem_limit(limit)
+    rows, layout = (1, "contiguous") if layout == "one_row" else (2, layout)
+    x = _rows_input(rows, n, dtype, layout, scale=2.0, shift=3.0)
+    r = _rows_input(rows, n, dtype, layout) if residual else None
+    w, b = _randn(n, dtype=dtype), _randn(n, dtype=dtype)
+    (y, mean, rstd, s), kernels = _run_recording(lambda: cuda_emu.layer_norm(x, w, b, 1e-5, residual=r))
+    assert kernels[0].split("::")[-1].startswith(fwd_kernel), kernels
+    if residual:
+        assert torch.equal(s, x + r)
+    normed = s if residual else x
+    x64, w64, b64 = (t.double().requires_grad_() for t in (normed, w, b))
+    y64 = F.layer_norm(x64, (n,), w64, b64, 1e-5)
+    assert_close(y, y64, dtype, msg="y")
+    torch.testing.assert_close(mean.double(), x64.detach().mean(-1), atol=1e-5, rtol=1e-5)
+    g = _rows_input(rows, n, dtype, layout)
+    dsum = _rows_input(rows, n, dtype, layout) if residual else None
+    y64.backward(g.double())
+    (dx, dw, db), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, normed, w, mean, rstd,
+                                                                               dsum=dsum))
+    assert kernels[0].split("::")[-1].startswith(bwd_kernel), kernels
+    expected_dx = x64.grad + (dsum.double() if residual else 0)
+    for name, ours, ref in (("dx", dx, expected_dx), ("dw", dw, w64.grad), ("db", db, b64.grad)):
+        assert_close(ours, ref, dtype, msg=name)
+
+
+@pytest.mark.parametrize("n,layout", [(7, "contiguous"), (1024, "contiguous"), (1001, "sliced"), (8201, "contiguous")])
+def test_layer_norm_constant_rows_are_exact_on_every_path(n, layout):
+    for value in (0.0, 3.7, -1e4):
+        x = _rows_input(2, n, torch.bfloat16, layout, scale=0.0, shift=value)
+        w, b = _randn(n, dtype=torch.bfloat16), _randn(n, dtype=torch.bfloat16)
+        y, mean, rstd, _ = cuda_emu.layer_norm(x, w, b, 1e-5)
+        assert torch.equal(y, b.expand_as(y)), (n, layout, value)
+        y, _, _, s = cuda_emu.layer_norm(x, None, b, 1e-5, residual=torch.zeros_like(x))
+        assert torch.equal(y, b.expand_as(y)), (n, layout, value)
+
+
+def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
+    x, g = _randn(70, 64, dtype=torch.bfloat16) + 2.0, _randn(70, 64, dtype=torch.bfloat16)
+    w = _randn(64, dtype=torch.bfloat16)
+    _, mean, rstd, _ = cuda_emu.layer_norm(x, w, None)
+    (dx, dw, db), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, x, w, mean, rstd))
+    assert any("norm_param_partials_vec<" in k for k in kernels), kernels
+    xs = (_randn(70, 65, dtype=torch.bfloat16) + 2.0)[:, 1:]  # misaligned rows: the scalar partials
+    _, mean, rstd, _ = cuda_emu.layer_norm(xs, w, None)
+    (dx2, dw2, db2), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, xs, w, mean, rstd))
+    assert any("norm_param_partials_kernel<" in k for k in kernels), kernels
+    for xx, dwx, dbx in ((x, dw, db), (xs, dw2, db2)):
+        x64 = xx.double()
+        xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        assert_close(dwx, (g.double() * xhat).sum(0), torch.bfloat16, msg="dw")
+        assert_close(dbx, g.double().sum(0), torch.bfloat16, msg="db")

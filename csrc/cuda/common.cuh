@@ -7,9 +7,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "common/math.h"
 #include "cuda/launch.h"
+#include "cuda/ptx.cuh"
 
 namespace gptk {
 namespace cuda {
@@ -120,33 +122,169 @@ __device__ __forceinline__ V row_allreduce(V v, Op op, V* smem) {
   return v;
 }
 
-// Launch shapes of the row kernels: THREADS per row, EPT elements per thread held in
-// registers (as EPT / VEC packs), ROWS rows per block (a warp per row packs 4 rows).
-// EPT caps registers: 32 elements is 32 fp32 or 16 fp16/bf16 registers per array.
-template <int THREADS_, int EPT_>
-struct RowConfig {
-  static constexpr int THREADS = THREADS_;
-  static constexpr int EPT = EPT_;
-  static constexpr int ROWS = THREADS_ == 32 ? 4 : 1;
-  template <int VEC>
-  __host__ __device__ static constexpr int vpt() {
-    return EPT_ / VEC > 0 ? EPT_ / VEC : 1;
+// ---- rows at any alignment ----
+// A row of n elements at p moves as a head of < VEC elements up to the first 16-byte
+// boundary, (n - head) / VEC aligned packs of 16 bytes, and a tail of < VEC elements. Head
+// and tail are scalar accesses by the block's first threads; every pack is one 16-byte
+// access, whatever the row's width and start (rows of 50257 bf16 start 2-byte aligned).
+template <typename T>
+__host__ __device__ __forceinline__ int phase_of(const void* p) {  // elements past a 16-byte boundary
+  return static_cast<int>((reinterpret_cast<uintptr_t>(p) & 15) / sizeof(T));
+}
+
+template <typename T>
+struct RowSpan {
+  static constexpr int VEC = kVec16<T>;
+  int head, packs, tail0, tail;
+  __device__ __forceinline__ RowSpan(const void* p, int n) {
+    const int h = (VEC - phase_of<T>(p)) % VEC;
+    head = h < n ? h : n;
+    packs = (n - head) / VEC;
+    tail0 = head + packs * VEC;
+    tail = n - tail0;
   }
 };
 
-// Call f(RowConfig<...>{}) for the smallest config holding a row of n elements in
-// registers; returns false when none does (the caller streams the row instead).
-// Scalar access (VEC == 1, unaligned rows) stops at 4096: 32 separately guarded
-// elements per thread need too many registers.
-template <int VEC, typename F>
-bool with_row_config(int64_t n, F&& f) {
-  if (n <= 32 * 8) return f(RowConfig<32, 8>{}), true;
-  if (n <= 128 * 8) return f(RowConfig<128, 8>{}), true;
-  if (n <= 256 * 16) return f(RowConfig<256, 16>{}), true;
-  if constexpr (VEC > 1) {
-    if (n <= 512 * 32) return f(RowConfig<512, 32>{}), true;
+// Rows of every (pointer, row stride) pair start at the same 16-byte phase as the first
+// one's, row after row: then one RowSpan serves them all and registers map element for
+// element. Null pointers (absent operands) are skipped; one-row tensors need no stride.
+struct RowPtr {
+  const void* p;
+  int64_t stride;
+};
+template <typename T>
+bool same_phase(int64_t rows, std::initializer_list<RowPtr> ptrs) {
+  const RowPtr* first = nullptr;
+  for (const RowPtr& r : ptrs) {
+    if (r.p == nullptr) continue;
+    if (first == nullptr) {
+      first = &r;
+      continue;
+    }
+    // row i starts (p - p0) + i (stride - stride0) sizeof(T) bytes from the first's row i
+    if (((reinterpret_cast<uintptr_t>(r.p) - reinterpret_cast<uintptr_t>(first->p)) & 15) != 0) return false;
+    if (rows > 1 && ((static_cast<uint64_t>(r.stride - first->stride) * sizeof(T)) & 15) != 0) return false;
   }
-  return false;
+  return true;
+}
+
+// VEC elements of a staged row from shared memory: one 16-byte read when aligned.
+template <typename T>
+__device__ __forceinline__ Pack<T, kVec16<T>> smem_pack(const T* buf, int pos, bool aligned) {
+  constexpr int VEC = kVec16<T>;
+  if (aligned) return *reinterpret_cast<const Pack<T, VEC>*>(buf + pos);
+  Pack<T, VEC> r;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) r.v[e] = buf[pos + e];
+  return r;
+}
+
+// Copy the row g[0, n) into shared memory at buf[phase, phase + n) (phase = phase_of(g)),
+// so its aligned packs land 16-byte aligned. UNROLL packs per thread are loaded before any
+// is stored: UNROLL x 16 bytes in flight per thread. `f` sees every value once (in no
+// particular order: use it only for order-free reductions such as max). Returns phase;
+// the caller's next __syncthreads() publishes buf.
+template <typename T, int THREADS, int UNROLL = 4, typename F>
+__device__ __forceinline__ int stage_row(T* buf, const T* __restrict__ g, int n, F&& f) {
+  constexpr int VEC = kVec16<T>;
+  const int off = phase_of<T>(g);
+  const RowSpan<T> sp(g, n);
+  const T* gb = g + sp.head;
+  T* sb = buf + off + sp.head;
+  const int t = threadIdx.x;
+  for (int p0 = 0; p0 < sp.packs; p0 += THREADS * UNROLL) {
+    Pack<T, VEC> v[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sp.packs) v[u] = load_raw<T, VEC>(gb + p * VEC);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sp.packs) {
+        *reinterpret_cast<Pack<T, VEC>*>(sb + p * VEC) = v[u];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) f(to_float(v[u].v[e]));
+      }
+    }
+  }
+  if (t < sp.head) {
+    buf[off + t] = g[t];
+    f(to_float(g[t]));
+  }
+  if (t < sp.tail) {
+    buf[off + sp.tail0 + t] = g[sp.tail0 + t];
+    f(to_float(g[sp.tail0 + t]));
+  }
+  return off;
+}
+
+// Two rows staged by one loop (each at its own phase): UNROLL packs of each in flight.
+// Returns both phases.
+template <typename T, int THREADS, int UNROLL>
+__device__ __forceinline__ int2 stage_rows2(T* buf_a, const T* __restrict__ a, T* buf_b, const T* __restrict__ b,
+                                            int n) {
+  constexpr int VEC = kVec16<T>;
+  const int off_a = phase_of<T>(a), off_b = phase_of<T>(b);
+  const RowSpan<T> sa(a, n), sb(b, n);
+  const int t = threadIdx.x;
+  const int packs = sa.packs > sb.packs ? sa.packs : sb.packs;
+  for (int p0 = 0; p0 < packs; p0 += THREADS * UNROLL) {
+    Pack<T, VEC> va[UNROLL], vb[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sa.packs) va[u] = load_raw<T, VEC>(a + sa.head + p * VEC);
+      if (p < sb.packs) vb[u] = load_raw<T, VEC>(b + sb.head + p * VEC);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int p = p0 + u * THREADS + t;
+      if (p < sa.packs) *reinterpret_cast<Pack<T, VEC>*>(buf_a + off_a + sa.head + p * VEC) = va[u];
+      if (p < sb.packs) *reinterpret_cast<Pack<T, VEC>*>(buf_b + off_b + sb.head + p * VEC) = vb[u];
+    }
+  }
+  if (t < sa.head) buf_a[off_a + t] = a[t];
+  if (t < sa.tail) buf_a[off_a + sa.tail0 + t] = a[sa.tail0 + t];
+  if (t < sb.head) buf_b[off_b + t] = b[t];
+  if (t < sb.tail) buf_b[off_b + sb.tail0 + t] = b[sb.tail0 + t];
+  return make_int2(off_a, off_b);
+}
+
+// Walk the row of n elements that `dst` (a global output row) spans, in dst's own packs:
+// f(j, Pack<T, VEC>-sized tag) for each aligned pack starting at element j, and
+// f(j, scalar tag) for the head and tail elements this thread owns. The same thread sees
+// the same elements on every walk of the same row.
+struct PackTag {};
+struct ScalarTag {};
+template <typename T, int THREADS, typename F>
+__device__ __forceinline__ void walk_row(const void* dst, int n, F&& f) {
+  constexpr int VEC = kVec16<T>;
+  const RowSpan<T> sp(dst, n);
+  const int t = threadIdx.x;
+  if (t < sp.head) f(t, ScalarTag{});
+#pragma unroll 2
+  for (int p = t; p < sp.packs; p += THREADS) f(sp.head + p * VEC, PackTag{});
+  if (t < sp.tail) f(sp.tail0 + t, ScalarTag{});
+}
+
+// Largest dynamic shared memory a block may opt into on the current device (227 KB on
+// H100, 163 KB on A100, 99 KB on consumer parts). Asked only on the staged-row paths; not
+// cached, so the CPU emulator's limit can change between calls.
+inline int max_smem_per_block() {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+    return 48 * 1024;
+  }
+  return v;
+}
+
+// Shared memory a staged row of n elements takes: n + a phase, rounded to whole packs.
+template <typename T>
+constexpr int64_t staged_elems(int64_t n) {
+  return (n + 2 * kVec16<T> - 1) / kVec16<T> * kVec16<T>;
 }
 
 inline unsigned int blocks_for(int64_t rows, int rows_per_block) {

@@ -65,6 +65,72 @@ __global__ void __launch_bounds__(kColTile* kRowLanes, 1)
   write_partials(sw, sb, aw, ab, pw, pb, col, n);
 }
 
+// The same with 16-byte loads: each thread owns VEC adjacent columns (a block 32 VEC
+// columns wide), and each row lane keeps UNROLL rows' loads in flight. Rows of dy and x
+// must start 16-byte aligned with n a multiple of VEC (the launcher checks).
+constexpr int kPartialUnroll = 4;
+template <typename T>
+__global__ void __launch_bounds__(kColTile* kRowLanes, 3)
+    norm_param_partials_vec(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ x, int64_t x_stride,
+                            const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ pw,
+                            float* __restrict__ pb, int64_t rows, int64_t n, int64_t chunk_rows) {
+  constexpr int VEC = kVec16<T>;
+  __shared__ float sw[kRowLanes][kColTile * VEC + 1], sb[kRowLanes][kColTile * VEC + 1];
+  const int64_t col = (static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x) * VEC;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  float aw[VEC] = {}, ab[VEC] = {};
+  if (col < n) {
+    for (int64_t rb = r0 + threadIdx.y; rb < r1; rb += kRowLanes * kPartialUnroll) {
+      // Rows past the chunk load its last row again (unconditional loads: all issue before
+      // the first use) and are not added.
+      Pack<T, VEC> d[kPartialUnroll], v[kPartialUnroll];
+      float mu[kPartialUnroll], rs[kPartialUnroll];
+#pragma unroll
+      for (int u = 0; u < kPartialUnroll; ++u) {
+        const int64_t r = rb + u * kRowLanes < r1 ? rb + u * kRowLanes : r1 - 1;
+        d[u] = load_raw<T, VEC>(dy + r * dy_stride + col);
+        v[u] = load_raw<T, VEC>(x + r * x_stride + col);
+        mu[u] = mean[r];
+        rs[u] = rstd[r];
+      }
+#pragma unroll
+      for (int u = 0; u < kPartialUnroll; ++u) {
+        if (rb + u * kRowLanes < r1) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const float g = to_float(d[u].v[e]);
+            aw[e] += g * (to_float(v[u].v[e]) - mu[u]) * rs[u];
+            ab[e] += g;
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    sw[threadIdx.y][threadIdx.x * VEC + e] = aw[e];
+    sb[threadIdx.y][threadIdx.x * VEC + e] = ab[e];
+  }
+  __syncthreads();
+  if (threadIdx.y == 0 && col < n) {
+    float ta[VEC] = {}, tb[VEC] = {};
+#pragma unroll
+    for (int l = 0; l < kRowLanes; ++l) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        ta[e] += sw[l][threadIdx.x * VEC + e];
+        tb[e] += sb[l][threadIdx.x * VEC + e];
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      pw[blockIdx.y * n + col + e] = ta[e];
+      pb[blockIdx.y * n + col + e] = tb[e];
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kColTile* kRowLanes, 1)
     gelu_backward_partials_kernel(const T* __restrict__ dout, int64_t dout_stride, const T* __restrict__ pre,
@@ -85,13 +151,29 @@ __global__ void __launch_bounds__(kColTile* kRowLanes, 1)
   write_partials(sw, sb, 0.0f, ab, nullptr, pb, col, n);
 }
 
+// out[j] = sum over chunks of partial[c, j]: kSumLanes lanes per column each add every
+// kSumLanes-th chunk in order, then lane sums combine in lane order (a fixed order: the
+// same bits on every GPU). The lanes keep many loads in flight where one thread walking
+// up to 256 chunks of a hidden-1024 layer (4 blocks in all) would wait on each.
+constexpr int kSumLanes = 32;
 template <typename T>
-__global__ void column_sum_kernel(const float* __restrict__ partial, int64_t chunks, int64_t n, T* __restrict__ out) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= n) return;
+__global__ void __launch_bounds__(kColTile* kSumLanes, 1)
+    column_sum_kernel(const float* __restrict__ partial, int64_t chunks, int64_t n, T* __restrict__ out) {
+  __shared__ float lanes[kSumLanes][kColTile + 1];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   float s = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) s += partial[c * n + col];
-  out[col] = from_float<T>(s);
+  if (col < n) {
+#pragma unroll 4
+    for (int64_t c = threadIdx.y; c < chunks; c += kSumLanes) s += partial[c * n + col];
+  }
+  lanes[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < n) {
+    float t = 0.0f;
+#pragma unroll
+    for (int l = 0; l < kSumLanes; ++l) t += lanes[l][threadIdx.x];
+    out[col] = from_float<T>(t);
+  }
 }
 
 template <typename T, int VEC>
@@ -108,6 +190,24 @@ __global__ void gelu_forward_kernel(const T* __restrict__ pre, T* __restrict__ o
 
 dim3 partial_grid(int64_t rows, int64_t n) {
   return dim3(static_cast<unsigned int>((n + kColTile - 1) / kColTile), static_cast<unsigned int>(column_chunks(rows)));
+}
+
+template <typename T>
+void launch_norm_partials(const void* dy, int64_t dys, const void* x, int64_t xs, const float* mean,
+                          const float* rstd, float* pw, float* pb, int64_t rows, int64_t n, int64_t cr,
+                          cudaStream_t st) {
+  const T* d = static_cast<const T*>(dy);
+  const T* v = static_cast<const T*>(x);
+  const dim3 block(kColTile, kRowLanes);
+  constexpr int vec = kVec16<T>;
+  if (vector_ok<T>(dy, dys, n) && vector_ok<T>(x, xs, n)) {
+    const dim3 grid(static_cast<unsigned int>((n / vec + kColTile - 1) / kColTile),
+                    static_cast<unsigned int>(column_chunks(rows)));
+    norm_param_partials_vec<T><<<grid, block, 0, st>>>(d, dys, v, xs, mean, rstd, pw, pb, rows, n, cr);
+  } else {
+    norm_param_partials_kernel<T><<<partial_grid(rows, n), block, 0, st>>>(d, dys, v, xs, mean, rstd, pw, pb, rows,
+                                                                          n, cr);
+  }
 }
 
 template <typename T>
@@ -135,25 +235,21 @@ cudaError_t norm_param_partials(DType dt, const void* dy, int64_t dy_stride, con
                                 const float* mean, const float* rstd, float* partial_w, float* partial_b,
                                 int64_t rows, int64_t n, cudaStream_t stream) {
   if (rows == 0 || n == 0) return cudaSuccess;
-  const dim3 grid = partial_grid(rows, n), block(kColTile, kRowLanes);
+  const dim3 block(kColTile, kRowLanes);
   const int64_t cr = rows_per_chunk(rows);
   switch (dt) {
     case DType::kFloat32:
-      norm_param_partials_kernel<float><<<grid, block, 0, stream>>>(
-          static_cast<const float*>(dy), dy_stride, static_cast<const float*>(x), x_stride, mean, rstd, partial_w,
-          partial_b, rows, n, cr);
+      launch_norm_partials<float>(dy, dy_stride, x, x_stride, mean, rstd, partial_w, partial_b, rows, n, cr, stream);
       break;
     case DType::kFloat16:
-      norm_param_partials_kernel<__half><<<grid, block, 0, stream>>>(
-          static_cast<const __half*>(dy), dy_stride, static_cast<const __half*>(x), x_stride, mean, rstd, partial_w,
-          partial_b, rows, n, cr);
+      launch_norm_partials<__half>(dy, dy_stride, x, x_stride, mean, rstd, partial_w, partial_b, rows, n, cr, stream);
       break;
     case DType::kBFloat16:
-      norm_param_partials_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(dy), dy_stride, static_cast<const __nv_bfloat16*>(x), x_stride, mean,
-          rstd, partial_w, partial_b, rows, n, cr);
+      launch_norm_partials<__nv_bfloat16>(dy, dy_stride, x, x_stride, mean, rstd, partial_w, partial_b, rows, n, cr,
+                                          stream);
       break;
   }
+  (void)block;
   return cudaGetLastError();
 }
 
@@ -185,17 +281,18 @@ cudaError_t gelu_backward_partials(DType dt, const void* dout, int64_t dout_stri
 
 cudaError_t column_sum(DType dt, const float* partial, int64_t chunks, int64_t n, void* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const auto blocks = static_cast<unsigned int>((n + 255) / 256);
+  const auto blocks = static_cast<unsigned int>((n + kColTile - 1) / kColTile);
+  const dim3 block(kColTile, kSumLanes);
   switch (dt) {
     case DType::kFloat32:
-      column_sum_kernel<float><<<blocks, 256, 0, stream>>>(partial, chunks, n, static_cast<float*>(out));
+      column_sum_kernel<float><<<blocks, block, 0, stream>>>(partial, chunks, n, static_cast<float*>(out));
       break;
     case DType::kFloat16:
-      column_sum_kernel<__half><<<blocks, 256, 0, stream>>>(partial, chunks, n, static_cast<__half*>(out));
+      column_sum_kernel<__half><<<blocks, block, 0, stream>>>(partial, chunks, n, static_cast<__half*>(out));
       break;
     case DType::kBFloat16:
-      column_sum_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(partial, chunks, n,
-                                                                   static_cast<__nv_bfloat16*>(out));
+      column_sum_kernel<__nv_bfloat16><<<blocks, block, 0, stream>>>(partial, chunks, n,
+                                                                     static_cast<__nv_bfloat16*>(out));
       break;
   }
   return cudaGetLastError();

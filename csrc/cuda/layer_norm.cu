@@ -5,15 +5,23 @@
 // Roofline: forward reads x (and residual) and writes y (and x + residual): 2-4 N s
 // bytes plus 8 bytes of statistics per row; backward dx reads x, dy (and dsum), writes
 // dx; the parameter gradients read x and dy once more.
-//  - Rows up to 16384 elements stay in registers, laid out as in softmax.cu; mean and
-//    variance come from per-thread two-pass moments combined across the row with
-//    gptk::moments_combine (csrc/common/math.h), the same combine the CPU uses.
-//  - Longer rows stream in two passes (per-element Welford updates, then normalise).
-//  - Both centre the row on its first element first, as the CPU code does: a constant row
-//    becomes exactly zero (variance 0, y exactly the bias) and a large common offset costs
-//    the statistics no precision.
+//  - Every row moves in 16-byte accesses whatever its width and start: a scalar head up
+//    to the first 16-byte boundary, aligned packs, a scalar tail (RowSpan, common.cuh).
+//  - Rows up to 8192 elements whose operands (x, residual, sum, y, weight, bias) share one
+//    16-byte phase row after row stay in registers, 8 elements per thread: a warp per row
+//    (4 rows per block) up to 256, a block of up to 1024 threads beyond. Weight and bias
+//    are loaded first, all loads issue before the first use, and one fused
+//    (sum, sum of squares) all-reduce gives mean and variance.
+//  - Other rows (longer, or operands at different phases) are staged in shared memory,
+//    each operand at its own phase: HBM is read once, up to the device's opt-in limit.
+//  - Longer rows still stream in two passes (per-element Welford updates, then normalise).
+//  - The statistics are taken on values centred on the row's first element: a constant
+//    row becomes exactly zero (variance 0, y exactly the bias) and a large common offset
+//    costs the sums no precision.
 // add_layer_norm rounds x + residual to the storage dtype before normalising: that
 // rounded sum is what the caller receives and what the backward sees.
+#include <type_traits>
+
 #include "cuda/common.cuh"
 
 namespace gptk {
@@ -21,6 +29,241 @@ namespace cuda {
 namespace {
 
 constexpr int kStreamThreads = 512;
+// Elements per thread of a register-resident row: 8 (one bf16 pack, two fp32) fit the
+// forward's four operands and the backward's fp32 state in 64 registers (16 bf16 spill:
+// the static check in tests/test_static_cuda.py caught it).
+constexpr int kRegElems = 8;
+constexpr int kMaxRegRow = 1024 * kRegElems;
+
+template <int THREADS>
+constexpr int rows_per_block() {
+  return THREADS == 32 ? 4 : 1;
+}
+// >= 32 resident warps: at most 64 registers per thread.
+template <int THREADS>
+constexpr int min_blocks() {
+  return 1024 / (THREADS * rows_per_block<THREADS>()) > 0 ? 1024 / (THREADS * rows_per_block<THREADS>()) : 1;
+}
+
+// (mean, rstd) of a row from the all-reduced sums of its centred values d = x - shift.
+__device__ __forceinline__ Float2 centred_stats(Float2 sums, int n, float eps) {
+  const float inv_n = 1.0f / static_cast<float>(n);
+  const float mean = sums.a * inv_n;
+  const float var = fmaxf(sums.b * inv_n - mean * mean, 0.0f);
+  return Float2{mean, rsqrt_eps(var, eps)};
+}
+
+template <typename T, int THREADS, bool ADD>
+__global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_blocks<THREADS>())
+    ln_fwd_regs(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ r, int64_t r_stride,
+                T* __restrict__ sum, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
+                float* __restrict__ mean_out, float* __restrict__ rstd_out, int64_t rows, int n, float eps) {
+  constexpr int VEC = kVec16<T>, PPT = kRegElems / VEC > 0 ? kRegElems / VEC : 1;
+  __shared__ Float2 smem[32];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block<THREADS>() + threadIdx.y;
+  if (row >= rows) return;
+  const T* xr = x + row * x_stride;
+  const T* rr = ADD ? r + row * r_stride : nullptr;
+  T* sr = ADD ? sum + row * n : nullptr;
+  T* yr = y + row * n;
+  const RowSpan<T> sp(xr, n);  // every operand's rows share this phase (the launcher checked)
+  const int t = threadIdx.x;
+  const bool has_w = w != nullptr, has_b = b != nullptr;
+  const bool has_head = t < sp.head, has_tail = t < sp.tail;
+  // Parameters first (the same for every row: L2 hits), then the row; nothing waits yet.
+  Pack<T, VEC> wv[PPT], bv[PPT], xv[PPT], rv[PPT];
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    const int p = i * THREADS + t, j = sp.head + p * VEC;
+    if (p < sp.packs) {
+      if (has_w) wv[i] = load_raw<T, VEC>(w + j);
+      if (has_b) bv[i] = load_raw<T, VEC>(b + j);
+      xv[i] = load_raw<T, VEC>(xr + j);
+      if constexpr (ADD) rv[i] = load_raw<T, VEC>(rr + j);
+    }
+  }
+  // The shift: the row's first (rounded) element, read directly (one broadcast load per
+  // operand, issued with the rest and before any store: no shuffle or barrier to fetch it).
+  float shift = to_float(xr[0]);
+  if constexpr (ADD) shift = to_float(from_float<T>(shift + to_float(rr[0])));
+  // A thread's scalar elements (head, tail): the sum is stored as rounded, then centred.
+  float hw = 1.0f, hb = 0.0f, tw = 1.0f, tb = 0.0f, hv = 0.0f, tv = 0.0f;
+  if (has_head) {
+    if (has_w) hw = to_float(w[t]);
+    if (has_b) hb = to_float(b[t]);
+    hv = to_float(xr[t]);
+    if constexpr (ADD) {
+      const T s = from_float<T>(hv + to_float(rr[t]));
+      sr[t] = s;
+      hv = to_float(s);
+    }
+  }
+  if (has_tail) {
+    const int j = sp.tail0 + t;
+    if (has_w) tw = to_float(w[j]);
+    if (has_b) tb = to_float(b[j]);
+    tv = to_float(xr[j]);
+    if constexpr (ADD) {
+      const T s = from_float<T>(tv + to_float(rr[j]));
+      sr[j] = s;
+      tv = to_float(s);
+    }
+  }
+  float v[PPT][VEC];
+  Float2 sums{0.0f, 0.0f};
+  if (has_head) {
+    hv -= shift;
+    sums = Float2{hv, hv * hv};
+  }
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    const int p = i * THREADS + t;
+    if (p < sp.packs) {
+      if constexpr (ADD) {
+        Pack<T, VEC> s;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s.v[e] = from_float<T>(to_float(xv[i].v[e]) + to_float(rv[i].v[e]));
+        *reinterpret_cast<Pack<T, VEC>*>(sr + sp.head + p * VEC) = s;
+        xv[i] = s;
+      }
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        v[i][e] = to_float(xv[i].v[e]) - shift;
+        sums.a += v[i][e];
+        sums.b += v[i][e] * v[i][e];
+      }
+    }
+  }
+  if (has_tail) {
+    tv -= shift;
+    sums.a += tv;
+    sums.b += tv * tv;
+  }
+  sums = row_allreduce<THREADS>(sums, SumOp{}, smem);
+  const Float2 st = centred_stats(sums, n, eps);
+  if (t == 0) {
+    mean_out[row] = shift + st.a;
+    rstd_out[row] = st.b;
+  }
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    const int p = i * THREADS + t;
+    if (p < sp.packs) {
+      float out[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        out[e] = (v[i][e] - st.a) * st.b;
+        if (has_w) out[e] *= to_float(wv[i].v[e]);
+        if (has_b) out[e] += to_float(bv[i].v[e]);
+      }
+      store_pack<T, VEC>(yr + sp.head + p * VEC, out);
+    }
+  }
+  const auto scalar_out = [&](float d, float wj, float bj) {
+    float out = (d - st.a) * st.b;
+    if (has_w) out *= wj;
+    if (has_b) out += bj;
+    return from_float<T>(out);
+  };
+  if (has_head) yr[t] = scalar_out(hv, hw, hb);
+  if (has_tail) yr[sp.tail0 + t] = scalar_out(tv, tw, tb);
+}
+
+// One block per row; x, residual, weight and bias staged in shared memory at their own
+// phases, sum and y written at theirs.
+template <typename T, int THREADS, bool ADD>
+__global__ void __launch_bounds__(THREADS, 1024 / THREADS)
+    ln_fwd_smem(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ r, int64_t r_stride,
+                T* __restrict__ sum, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
+                float* __restrict__ mean_out, float* __restrict__ rstd_out, int n, float eps) {
+  constexpr int VEC = kVec16<T>;
+  __shared__ Float2 smem[32];
+  const int64_t len = staged_elems<T>(n), row = blockIdx.x;
+  T* xb = dynamic_smem<T>();
+  T* rb = xb + len;
+  T* wb = rb + (ADD ? len : 0);
+  T* bb = wb + len;
+  const T* xr = x + row * x_stride;
+  T* yr = y + row * n;
+  const auto nop = [](float) {};
+  const int woff = w != nullptr ? stage_row<T, THREADS, 2>(wb, w, n, nop) : 0;
+  const int boff = b != nullptr ? stage_row<T, THREADS, 2>(bb, b, n, nop) : 0;
+  const int xoff = stage_row<T, THREADS, 2>(xb, xr, n, nop);
+  __syncthreads();
+  if constexpr (ADD) {
+    // xb <- x + residual rounded, element by element in place (each element is read and
+    // written by one thread), and the sum written out at its own phase.
+    const int roff = stage_row<T, THREADS, 2>(rb, r + row * r_stride, n, nop);
+    __syncthreads();
+    T* sr = sum + row * n;
+    const int head = RowSpan<T>(sr, n).head;
+    const bool xa = (xoff + head) % VEC == 0, ra = (roff + head) % VEC == 0;
+    walk_row<T, THREADS>(sr, n, [&](int j, auto tag) {
+      if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+        const Pack<T, VEC> a = smem_pack<T>(xb, xoff + j, xa), c = smem_pack<T>(rb, roff + j, ra);
+        Pack<T, VEC> s;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          s.v[e] = from_float<T>(to_float(a.v[e]) + to_float(c.v[e]));
+          xb[xoff + j + e] = s.v[e];
+        }
+        *reinterpret_cast<Pack<T, VEC>*>(sr + j) = s;
+      } else {
+        const T s = from_float<T>(to_float(xb[xoff + j]) + to_float(rb[roff + j]));
+        xb[xoff + j] = s;
+        sr[j] = s;
+      }
+    });
+    __syncthreads();
+  }
+  const float shift = to_float(xb[xoff]);
+  const int head = RowSpan<T>(yr, n).head;
+  const bool xa = (xoff + head) % VEC == 0, wa = (woff + head) % VEC == 0, ba = (boff + head) % VEC == 0;
+  Float2 sums{0.0f, 0.0f};
+  walk_row<T, THREADS>(yr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> a = smem_pack<T>(xb, xoff + j, xa);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float d = to_float(a.v[e]) - shift;
+        sums.a += d;
+        sums.b += d * d;
+      }
+    } else {
+      const float d = to_float(xb[xoff + j]) - shift;
+      sums.a += d;
+      sums.b += d * d;
+    }
+  });
+  sums = row_allreduce<THREADS>(sums, SumOp{}, smem);
+  const Float2 st = centred_stats(sums, n, eps);
+  if (threadIdx.x == 0) {
+    mean_out[row] = shift + st.a;
+    rstd_out[row] = st.b;
+  }
+  const bool has_w = w != nullptr, has_b = b != nullptr;
+  walk_row<T, THREADS>(yr, n, [&](int j, auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+      const Pack<T, VEC> a = smem_pack<T>(xb, xoff + j, xa);
+      Pack<T, VEC> wv, bv;
+      if (has_w) wv = smem_pack<T>(wb, woff + j, wa);
+      if (has_b) bv = smem_pack<T>(bb, boff + j, ba);
+      float out[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        out[e] = (to_float(a.v[e]) - shift - st.a) * st.b;
+        if (has_w) out[e] *= to_float(wv.v[e]);
+        if (has_b) out[e] += to_float(bv.v[e]);
+      }
+      store_pack<T, VEC>(yr + j, out);
+    } else {
+      float out = (to_float(xb[xoff + j]) - shift - st.a) * st.b;
+      if (has_w) out *= to_float(wb[woff + j]);
+      if (has_b) out += to_float(bb[boff + j]);
+      yr[j] = from_float<T>(out);
+    }
+  });
+}
 
 template <typename T, int VEC, bool ADD>
 __device__ __forceinline__ void load_input(const T* x, const T* r, T* sum, int64_t idx, float (&v)[VEC]) {
@@ -60,57 +303,6 @@ __device__ __forceinline__ void normalise_store(T* y, const T* w, const T* b, in
     if (b != nullptr) out[e] += bv[e];
   }
   store_pack<T, VEC>(y + idx, out);
-}
-
-template <typename T, int VEC, bool ADD, class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS * Cfg::ROWS, 1)
-    ln_fwd_rows(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ r, int64_t r_stride,
-                T* __restrict__ sum, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
-                float* __restrict__ mean_out, float* __restrict__ rstd_out, int64_t rows, int n, float eps) {
-  constexpr int VPT = Cfg::template vpt<VEC>();
-  __shared__ Moments smem[32];
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg::ROWS + threadIdx.y;
-  if (row >= rows) return;
-  const T* xr = x + row * x_stride;
-  const T* rr = ADD ? r + row * r_stride : nullptr;
-  T* sr = ADD ? sum + row * n : nullptr;
-  const float shift = row_shift<T, ADD>(xr, rr);
-  float v[VPT][VEC];  // centred: x - shift
-  float local_sum = 0.0f, count = 0.0f;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int idx = (i * Cfg::THREADS + threadIdx.x) * VEC;
-    if (idx < n) {
-      load_input<T, VEC, ADD>(xr, rr, sr, idx, v[i]);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        v[i][e] -= shift;
-        local_sum += v[i][e];
-      }
-      count += VEC;
-    }
-  }
-  const float local_mean = count > 0.0f ? local_sum / count : 0.0f;
-  float m2 = 0.0f;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    if ((i * Cfg::THREADS + threadIdx.x) * VEC < n) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) m2 += (v[i][e] - local_mean) * (v[i][e] - local_mean);
-    }
-  }
-  const Moments mom = row_allreduce<Cfg::THREADS>(Moments{count, local_mean, m2}, MomentsOp{}, smem);
-  const float rstd = rsqrt_eps(moments_variance(mom), eps);
-  if (threadIdx.x == 0) {
-    mean_out[row] = shift + mom.mean;
-    rstd_out[row] = rstd;
-  }
-  T* yr = y + row * n;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int idx = (i * Cfg::THREADS + threadIdx.x) * VEC;
-    if (idx < n) normalise_store<T, VEC>(yr, w, b, idx, v[i], mom.mean, rstd);
-  }
 }
 
 template <typename T, int VEC, bool ADD>
@@ -175,40 +367,176 @@ __device__ __forceinline__ void dx_store(T* dx, const T* dsum, int64_t idx, cons
   store_pack<T, VEC>(dx + idx, out);
 }
 
-template <typename T, int VEC, class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS * Cfg::ROWS, 1)
-    ln_bwd_rows(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_blocks<THREADS>())
+    ln_bwd_regs(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
                 const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, const float* __restrict__ mean,
                 const float* __restrict__ rstd, T* __restrict__ dx, int64_t rows, int n) {
-  constexpr int VPT = Cfg::template vpt<VEC>();
+  constexpr int VEC = kVec16<T>, PPT = kRegElems / VEC > 0 ? kRegElems / VEC : 1;
   __shared__ Float2 smem[32];
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg::ROWS + threadIdx.y;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block<THREADS>() + threadIdx.y;
   if (row >= rows) return;
+  const T* xr = x + row * x_stride;
+  const T* gr = dy + row * dy_stride;
+  const T* dsr = dsum != nullptr ? dsum + row * dsum_stride : nullptr;
+  T* dr = dx + row * n;
+  const RowSpan<T> sp(xr, n);  // every operand's rows share this phase (the launcher checked)
+  const int t = threadIdx.x;
+  const bool has_w = w != nullptr, has_ds = dsum != nullptr;
+  const bool has_head = t < sp.head, has_tail = t < sp.tail;
+  Pack<T, VEC> wv[PPT], xv[PPT], gv[PPT], dv[PPT];
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    const int p = i * THREADS + t, j = sp.head + p * VEC;
+    if (p < sp.packs) {
+      if (has_w) wv[i] = load_raw<T, VEC>(w + j);
+      xv[i] = load_raw<T, VEC>(xr + j);
+      gv[i] = load_raw<T, VEC>(gr + j);
+      if (has_ds) dv[i] = load_raw<T, VEC>(dsr + j);
+    }
+  }
+  // A thread's scalar elements: its head element, its tail element (either may be absent).
+  float sx[2] = {0.0f, 0.0f}, sg[2] = {0.0f, 0.0f}, sw[2] = {1.0f, 1.0f}, sd[2] = {0.0f, 0.0f};
+  const bool has[2] = {has_head, has_tail};
+  const int at[2] = {t, sp.tail0 + t};
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    if (has[k]) {
+      sx[k] = to_float(xr[at[k]]);
+      sg[k] = to_float(gr[at[k]]);
+      if (has_w) sw[k] = to_float(w[at[k]]);
+      if (has_ds) sd[k] = to_float(dsr[at[k]]);
+    }
+  }
   const float mu = mean[row], rs = rstd[row];
-  float xhat[VPT][VEC], g[VPT][VEC];
+  float xhat[PPT][VEC], g[PPT][VEC];
   Float2 sums{0.0f, 0.0f};
 #pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int idx = (i * Cfg::THREADS + threadIdx.x) * VEC;
-    if (idx < n) {
-      dx_terms<T, VEC>(x + row * x_stride, dy + row * dy_stride, w, idx, mu, rs, xhat[i], g[i]);
+  for (int k = 0; k < 2; ++k) {
+    if (has[k]) {
+      sx[k] = (sx[k] - mu) * rs;
+      if (has_w) sg[k] *= sw[k];
+      sums.a += sg[k];
+      sums.b += sg[k] * sx[k];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    if (i * THREADS + t < sp.packs) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
+        xhat[i][e] = (to_float(xv[i].v[e]) - mu) * rs;
+        g[i][e] = to_float(gv[i].v[e]);
+        if (has_w) g[i][e] *= to_float(wv[i].v[e]);
         sums.a += g[i][e];
         sums.b += g[i][e] * xhat[i][e];
       }
     }
   }
-  sums = row_allreduce<Cfg::THREADS>(sums, SumOp{}, smem);
+  sums = row_allreduce<THREADS>(sums, SumOp{}, smem);
   const float inv_n = 1.0f / static_cast<float>(n);
+  const float ca = sums.a * inv_n, cb = sums.b * inv_n;
 #pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int idx = (i * Cfg::THREADS + threadIdx.x) * VEC;
-    if (idx < n) {
-      dx_store<T, VEC>(dx + row * n, dsum != nullptr ? dsum + row * dsum_stride : nullptr, idx, xhat[i], g[i], sums,
-                       inv_n, rs);
+  for (int i = 0; i < PPT; ++i) {
+    const int p = i * THREADS + t;
+    if (p < sp.packs) {
+      float out[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        out[e] = rs * (g[i][e] - ca - xhat[i][e] * cb);
+        if (has_ds) out[e] += to_float(dv[i].v[e]);
+      }
+      store_pack<T, VEC>(dr + sp.head + p * VEC, out);
     }
   }
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    if (has[k]) {
+      float out = rs * (sg[k] - ca - sx[k] * cb);
+      if (has_ds) out += sd[k];
+      dr[at[k]] = from_float<T>(out);
+    }
+  }
+}
+
+// One block per row; x, dy, dsum and weight staged at their own phases, dx written at its.
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS, 1024 / THREADS)
+    ln_bwd_smem(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
+                const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, const float* __restrict__ mean,
+                const float* __restrict__ rstd, T* __restrict__ dx, int n) {
+  constexpr int VEC = kVec16<T>;
+  __shared__ Float2 smem[32];
+  const int64_t len = staged_elems<T>(n), row = blockIdx.x;
+  T* xb = dynamic_smem<T>();
+  T* gb = xb + len;
+  T* wb = gb + len;
+  T* db = wb + len;
+  T* dr = dx + row * n;
+  const bool has_w = w != nullptr, has_ds = dsum != nullptr;
+  const auto nop = [](float) {};
+  const int woff = has_w ? stage_row<T, THREADS, 2>(wb, w, n, nop) : 0;
+  const int xoff = stage_row<T, THREADS, 2>(xb, x + row * x_stride, n, nop);
+  const int goff = stage_row<T, THREADS, 2>(gb, dy + row * dy_stride, n, nop);
+  const int doff = has_ds ? stage_row<T, THREADS, 2>(db, dsum + row * dsum_stride, n, nop) : 0;
+  const float mu = mean[row], rs = rstd[row];
+  __syncthreads();
+  const int head = RowSpan<T>(dr, n).head;
+  const bool xa = (xoff + head) % VEC == 0, ga = (goff + head) % VEC == 0, wa = (woff + head) % VEC == 0,
+             da = (doff + head) % VEC == 0;
+  // (xhat, g) of VEC elements (or 1) at j, from the staged rows
+  const auto terms = [&](int j, float (&xh)[VEC], float (&g)[VEC], int count, bool pack) {
+    if (pack) {
+      const Pack<T, VEC> a = smem_pack<T>(xb, xoff + j, xa), c = smem_pack<T>(gb, goff + j, ga);
+      Pack<T, VEC> wv;
+      if (has_w) wv = smem_pack<T>(wb, woff + j, wa);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        xh[e] = (to_float(a.v[e]) - mu) * rs;
+        g[e] = to_float(c.v[e]);
+        if (has_w) g[e] *= to_float(wv.v[e]);
+      }
+    } else {
+      xh[0] = (to_float(xb[xoff + j]) - mu) * rs;
+      g[0] = to_float(gb[goff + j]);
+      if (has_w) g[0] *= to_float(wb[woff + j]);
+    }
+    (void)count;
+  };
+  Float2 sums{0.0f, 0.0f};
+  walk_row<T, THREADS>(dr, n, [&](int j, auto tag) {
+    constexpr bool pack = std::is_same_v<decltype(tag), PackTag>;
+    constexpr int cnt = pack ? VEC : 1;
+    float xh[VEC], g[VEC];
+    terms(j, xh, g, cnt, pack);
+#pragma unroll
+    for (int e = 0; e < cnt; ++e) {
+      sums.a += g[e];
+      sums.b += g[e] * xh[e];
+    }
+  });
+  sums = row_allreduce<THREADS>(sums, SumOp{}, smem);
+  const float inv_n = 1.0f / static_cast<float>(n);
+  const float ca = sums.a * inv_n, cb = sums.b * inv_n;
+  walk_row<T, THREADS>(dr, n, [&](int j, auto tag) {
+    constexpr bool pack = std::is_same_v<decltype(tag), PackTag>;
+    float xh[VEC], g[VEC], out[VEC];
+    terms(j, xh, g, pack ? VEC : 1, pack);
+    if constexpr (pack) {
+      Pack<T, VEC> dv;
+      if (has_ds) dv = smem_pack<T>(db, doff + j, da);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        out[e] = rs * (g[e] - ca - xh[e] * cb);
+        if (has_ds) out[e] += to_float(dv.v[e]);
+      }
+      store_pack<T, VEC>(dr + j, out);
+    } else {
+      out[0] = rs * (g[0] - ca - xh[0] * cb);
+      if (has_ds) out[0] += to_float(db[doff + j]);
+      dr[j] = from_float<T>(out[0]);
+    }
+  });
 }
 
 template <typename T, int VEC>
@@ -243,8 +571,35 @@ __global__ void __launch_bounds__(kStreamThreads, 1)
   }
 }
 
-template <typename T, int VEC, bool ADD>
-void forward_vec(const void* x, int64_t xs, const void* r, int64_t rs, void* sum, const void* w, const void* b,
+// f(std::integral_constant<int, THREADS>) for the register block holding n elements at
+// ELEMS per thread (n <= 1024 ELEMS).
+template <int ELEMS, typename F>
+void with_reg_threads(int64_t n, F&& f) {
+  if (n <= 32 * ELEMS) f(std::integral_constant<int, 32>{});
+  else if (n <= 64 * ELEMS) f(std::integral_constant<int, 64>{});
+  else if (n <= 128 * ELEMS) f(std::integral_constant<int, 128>{});
+  else if (n <= 256 * ELEMS) f(std::integral_constant<int, 256>{});
+  else if (n <= 512 * ELEMS) f(std::integral_constant<int, 512>{});
+  else f(std::integral_constant<int, 1024>{});
+}
+
+// Launch a staged-row kernel with `bytes` of dynamic shared memory: 256 threads for rows
+// a register block would hold (operands at different phases), 512 beyond (at most 64
+// registers: two blocks of a 100 KB row fit an SM, so one loads while the other computes).
+template <typename K256, typename K512, typename Launch>
+void launch_staged(int64_t n, size_t bytes, K256* k256, K512* k512, Launch&& launch) {
+  const int b = static_cast<int>(bytes);
+  if (n <= kMaxRegRow) {
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    launch(k256, 256);
+  } else {
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(k512, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    launch(k512, 512);
+  }
+}
+
+template <typename T, bool ADD>
+void forward_add(const void* x, int64_t xs, const void* r, int64_t rs, void* sum, const void* w, const void* b,
                  void* y, float* mean, float* rstd, int64_t rows, int64_t n, float eps, cudaStream_t st) {
   const T* xp = static_cast<const T*>(x);
   const T* rp = static_cast<const T*>(r);
@@ -252,57 +607,74 @@ void forward_vec(const void* x, int64_t xs, const void* r, int64_t rs, void* sum
   const T* wp = static_cast<const T*>(w);
   const T* bp = static_cast<const T*>(b);
   T* yp = static_cast<T*>(y);
-  const bool in_registers = with_row_config<VEC>(n, [&](auto cfg) {
-    using Cfg = decltype(cfg);
-    ln_fwd_rows<T, VEC, ADD, Cfg><<<blocks_for(rows, Cfg::ROWS), dim3(Cfg::THREADS, Cfg::ROWS), 0, st>>>(
-        xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, rows, static_cast<int>(n), eps);
-  });
-  if (!in_registers) {
-    ln_fwd_stream<T, VEC, ADD><<<rows, kStreamThreads, 0, st>>>(xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, n, eps);
+  const int ni = static_cast<int>(n);
+  if (n <= kMaxRegRow && same_phase<T>(rows, {{x, xs}, {r, rs}, {sum, n}, {y, n}, {w, 0}, {b, 0}})) {
+    with_reg_threads<kRegElems>(n, [&](auto threads) {
+      constexpr int TH = decltype(threads)::value;
+      ln_fwd_regs<T, TH, ADD><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
+          xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, rows, ni, eps);
+    });
+    return;
+  }
+  const size_t bytes = (ADD ? 4 : 3) * staged_elems<T>(n) * sizeof(T);
+  if (bytes <= static_cast<size_t>(max_smem_per_block())) {
+    launch_staged(n, bytes, ln_fwd_smem<T, 256, ADD>, ln_fwd_smem<T, 512, ADD>, [&](auto kernel, int threads) {
+      kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, ni,
+                                                                      eps);
+    });
+    return;
+  }
+  const bool vec = vector_ok<T>(x, xs, n) && vector_ok<T>(r, rs, n) && vector_ok<T>(sum, n, n) &&
+                   vector_ok<T>(w, n, n) && vector_ok<T>(b, n, n) && vector_ok<T>(y, n, n);
+  constexpr int vec16 = kVec16<T>;
+  if (vec) {
+    ln_fwd_stream<T, vec16, ADD><<<rows, kStreamThreads, 0, st>>>(xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, n, eps);
+  } else {
+    ln_fwd_stream<T, 1, ADD><<<rows, kStreamThreads, 0, st>>>(xp, xs, rp, rs, sp, wp, bp, yp, mean, rstd, n, eps);
   }
 }
 
 template <typename T>
 void forward_typed(const void* x, int64_t xs, const void* r, int64_t rs, void* sum, const void* w, const void* b,
                    void* y, float* mean, float* rstd, int64_t rows, int64_t n, float eps, cudaStream_t st) {
-  const bool vec = vector_ok<T>(x, xs, n) && vector_ok<T>(r, rs, n) && vector_ok<T>(sum, n, n) &&
-                   vector_ok<T>(w, n, n) && vector_ok<T>(b, n, n) && vector_ok<T>(y, n, n);
-  if (r != nullptr) {
-    if (vec) forward_vec<T, kVec16<T>, true>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
-    else forward_vec<T, 1, true>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
-  } else {
-    if (vec) forward_vec<T, kVec16<T>, false>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
-    else forward_vec<T, 1, false>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
-  }
-}
-
-template <typename T, int VEC>
-void backward_vec(const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x, int64_t xs,
-                  const void* w, const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
-                  cudaStream_t st) {
-  const T* dyp = static_cast<const T*>(dy);
-  const T* dsp = static_cast<const T*>(dsum);
-  const T* xp = static_cast<const T*>(x);
-  const T* wp = static_cast<const T*>(w);
-  T* dxp = static_cast<T*>(dx);
-  const bool in_registers = with_row_config<VEC>(n, [&](auto cfg) {
-    using Cfg = decltype(cfg);
-    ln_bwd_rows<T, VEC, Cfg><<<blocks_for(rows, Cfg::ROWS), dim3(Cfg::THREADS, Cfg::ROWS), 0, st>>>(
-        dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, rows, static_cast<int>(n));
-  });
-  if (!in_registers) {
-    ln_bwd_stream<T, VEC><<<rows, kStreamThreads, 0, st>>>(dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, n);
-  }
+  if (r != nullptr) forward_add<T, true>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
+  else forward_add<T, false>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
 }
 
 template <typename T>
 void backward_typed(const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x, int64_t xs,
                     const void* w, const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
                     cudaStream_t st) {
+  const T* dyp = static_cast<const T*>(dy);
+  const T* dsp = static_cast<const T*>(dsum);
+  const T* xp = static_cast<const T*>(x);
+  const T* wp = static_cast<const T*>(w);
+  T* dxp = static_cast<T*>(dx);
+  const int ni = static_cast<int>(n);
+  if (n <= kMaxRegRow && same_phase<T>(rows, {{x, xs}, {dy, dys}, {dsum, dss}, {dx, n}, {w, 0}})) {
+    with_reg_threads<kRegElems>(n, [&](auto threads) {
+      constexpr int TH = decltype(threads)::value;
+      ln_bwd_regs<T, TH><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
+          dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, rows, ni);
+    });
+    return;
+  }
+  const size_t bytes = 4 * staged_elems<T>(n) * sizeof(T);
+  if (bytes <= static_cast<size_t>(max_smem_per_block())) {
+    launch_staged(n, bytes, ln_bwd_smem<T, 256>, ln_bwd_smem<T, 512>, [&](auto kernel, int threads) {
+      kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(dyp, dys, dsp, dss, xp, xs, wp, mean, rstd,
+                                                                      dxp, ni);
+    });
+    return;
+  }
   const bool vec = vector_ok<T>(dy, dys, n) && vector_ok<T>(dsum, dss, n) && vector_ok<T>(x, xs, n) &&
                    vector_ok<T>(w, n, n) && vector_ok<T>(dx, n, n);
-  if (vec) backward_vec<T, kVec16<T>>(dy, dys, dsum, dss, x, xs, w, mean, rstd, dx, rows, n, st);
-  else backward_vec<T, 1>(dy, dys, dsum, dss, x, xs, w, mean, rstd, dx, rows, n, st);
+  constexpr int vec16 = kVec16<T>;
+  if (vec) {
+    ln_bwd_stream<T, vec16><<<rows, kStreamThreads, 0, st>>>(dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, n);
+  } else {
+    ln_bwd_stream<T, 1><<<rows, kStreamThreads, 0, st>>>(dyp, dys, dsp, dss, xp, xs, wp, mean, rstd, dxp, n);
+  }
 }
 
 }  // namespace

@@ -70,5 +70,13 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// The block's dynamic shared memory (the launch's third <<<>>> argument), 16-byte aligned.
+// Here because the emulator replaces `extern __shared__` along with the PTX.
+template <typename T>
+__device__ __forceinline__ T* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char gptk_dynamic_smem[];
+  return reinterpret_cast<T*>(gptk_dynamic_smem);
+}
+
 }  // namespace cuda
 }  // namespace gptk

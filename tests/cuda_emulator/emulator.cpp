@@ -2,11 +2,13 @@
 // fibers switched at barriers.
 #include "emulator.h"
 
+#include <dlfcn.h>
 #include <ucontext.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -208,6 +210,53 @@ void cp_async_wait(int pending_groups_allowed) {
   }
 }
 
+namespace {
+std::vector<unsigned char> g_dynamic_smem;
+size_t g_dynamic_bytes = 0;
+int g_smem_limit = 227 * 1024;
+std::map<const void*, int> g_allowed;
+}  // namespace
+
+struct LaunchRecord {
+  uint64_t offset;  // kernel address - the library's load address (a symbol's value in `nm`)
+  unsigned grid[3], block[3];
+  uint64_t smem;
+};
+std::vector<LaunchRecord> g_launches;
+bool g_dry_run = false;
+
+void record_launch(const void* kernel, const LaunchConfig& c) {
+  Dl_info info{};
+  const uint64_t base = dladdr(kernel, &info) != 0 ? reinterpret_cast<uint64_t>(info.dli_fbase) : 0;
+  g_launches.push_back(LaunchRecord{reinterpret_cast<uint64_t>(kernel) - base,
+                                    {c.grid.x, c.grid.y, c.grid.z},
+                                    {c.block.x, c.block.y, c.block.z},
+                                    c.smem});
+}
+bool dry_run() { return g_dry_run; }
+void set_dry_run(bool on) { g_dry_run = on; }
+void clear_launches() { g_launches.clear(); }
+int launch_count() { return static_cast<int>(g_launches.size()); }
+void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem) {
+  const LaunchRecord& r = g_launches.at(static_cast<size_t>(i));
+  *offset = r.offset;
+  for (int k = 0; k < 3; ++k) {
+    grid[k] = r.grid[k];
+    block[k] = r.block[k];
+  }
+  *smem = r.smem;
+}
+
+unsigned char* dynamic_smem() { return g_dynamic_smem.data(); }
+void set_dynamic_smem(size_t bytes) { g_dynamic_bytes = bytes; }
+void set_smem_limit(int bytes) { g_smem_limit = bytes; }
+int smem_limit() { return g_smem_limit; }
+void allow_dynamic_smem(const void* kernel, int bytes) { g_allowed[kernel] = bytes; }
+int dynamic_smem_allowed(const void* kernel) {
+  const auto it = g_allowed.find(kernel);
+  return it == g_allowed.end() ? 0 : it->second;
+}
+
 void set_error(cudaError_t e) {
   if (g_last_error == cudaSuccess) g_last_error = e;
 }
@@ -221,7 +270,10 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
   }
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) run_block(grid, block, dim3(x, y, z), body);
+      for (unsigned x = 0; x < grid.x; ++x) {
+        g_dynamic_smem.assign(g_dynamic_bytes + 16, 0xff);
+        run_block(grid, block, dim3(x, y, z), body);
+      }
 }
 
 }  // namespace gptk_emu

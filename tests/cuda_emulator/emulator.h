@@ -59,13 +59,45 @@ void set_schedule(Schedule s, unsigned seed, bool eager_copies);
 
 struct LaunchConfig {
   dim3 grid, block;
+  size_t smem;
 };
-inline LaunchConfig config(dim3 grid, dim3 block, size_t /*smem*/ = 0, cudaStream_t /*stream*/ = nullptr) {
-  return LaunchConfig{grid, block};
+inline LaunchConfig config(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t /*stream*/ = nullptr) {
+  return LaunchConfig{grid, block, smem};
 }
+
+// Dynamic shared memory (`extern __shared__`, reached through csrc/cuda/ptx.cuh's
+// dynamic_smem()): one buffer of the launch's size per block, filled with 0xff bytes (NaN
+// as floats, NaN/-1 as halves) before each block, so a read of an unwritten byte shows.
+// A launch asking for more than the opt-in limit (set_smem_limit; 227 KB, an H100's, by
+// default) or for more than 48 KB without cudaFuncSetAttribute fails as on hardware.
+unsigned char* dynamic_smem();
+void set_dynamic_smem(size_t bytes);
+void set_smem_limit(int bytes);
+int smem_limit();
+void allow_dynamic_smem(const void* kernel, int bytes);
+int dynamic_smem_allowed(const void* kernel);
+
+// Launch recording (tests/test_static_cuda.py): each launch's kernel and shape is logged;
+// in a dry run nothing executes, so the launchers can be asked about full-size shapes
+// with made-up device pointers.
+void record_launch(const void* kernel, const LaunchConfig& c);
+bool dry_run();
+void set_dry_run(bool on);
+void clear_launches();
+int launch_count();
+void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem);
 
 template <typename... Params, typename... Args>
 void launch(LaunchConfig c, void (*kernel)(Params...), Args&&... args) {
+  record_launch(reinterpret_cast<const void*>(kernel), c);
+  if (dry_run()) return;
+  const int allowed = dynamic_smem_allowed(reinterpret_cast<const void*>(kernel));
+  if (c.smem > static_cast<size_t>(allowed > 48 * 1024 ? allowed : 48 * 1024) ||
+      c.smem > static_cast<size_t>(smem_limit())) {
+    set_error(cudaErrorInvalidValue);
+    return;
+  }
+  set_dynamic_smem(c.smem);
   run_grid(c.grid, c.block, [&] { kernel(args...); });
 }
 
@@ -212,3 +244,25 @@ inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<
 // of cudaGetLastError itself: a libcudart already in the process (torch's) would win that.
 cudaError_t gptk_emu_get_last_error();
 #define cudaGetLastError gptk_emu_get_last_error
+
+// The launchers' shared-memory queries and opt-in, answered by the emulator (its limit is
+// settable so the tests reach the paths beyond it with small rows).
+inline cudaError_t gptk_emu_get_device(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t gptk_emu_device_get_attribute(int* v, cudaDeviceAttr attr, int /*device*/) {
+  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? ::gptk_emu::smem_limit() : 0;
+  return cudaSuccess;
+}
+template <typename K>
+cudaError_t gptk_emu_func_set_attribute(K* kernel, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value > ::gptk_emu::smem_limit()) return cudaErrorInvalidValue;
+    ::gptk_emu::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
+  }
+  return cudaSuccess;
+}
+#define cudaGetDevice gptk_emu_get_device
+#define cudaDeviceGetAttribute gptk_emu_device_get_attribute
+#define cudaFuncSetAttribute gptk_emu_func_set_attribute

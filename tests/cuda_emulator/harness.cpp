@@ -44,6 +44,14 @@ void emu_set_schedule(int order, unsigned seed, int eager_copies) {
   gptk_emu::set_schedule(static_cast<gptk_emu::Schedule>(order), seed, eager_copies != 0);
 }
 
+void emu_set_smem_limit(int bytes) { gptk_emu::set_smem_limit(bytes); }
+void emu_set_dry_run(int on) { gptk_emu::set_dry_run(on != 0); }
+void emu_clear_launches() { gptk_emu::clear_launches(); }
+int emu_launch_count() { return gptk_emu::launch_count(); }
+void emu_launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem) {
+  gptk_emu::launch_record(i, offset, grid, block, smem);
+}
+
 int emu_softmax_forward(int dt, const void* x, int64_t xs, void* y, int64_t ys, int64_t rows, int64_t n, float c) {
   return gptk::cuda::softmax_forward(dtype(dt), x, xs, y, ys, rows, n, c, nullptr);
 }

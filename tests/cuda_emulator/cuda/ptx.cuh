@@ -21,6 +21,10 @@ inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32
 inline void ldmatrix_x2(uint32_t (&out)[2], const void* row) { ::gptk_emu::ldmatrix<2, false>(out, row); }
 inline void ldmatrix_x2_trans(uint32_t (&out)[2], const void* row) { ::gptk_emu::ldmatrix<2, true>(out, row); }
 inline void cp_async_16(void* smem, const void* gmem, bool fill) { ::gptk_emu::cp_async_16(smem, gmem, fill); }
+template <typename T>
+inline T* dynamic_smem() {
+  return reinterpret_cast<T*>(::gptk_emu::dynamic_smem());
+}
 inline void cp_async_commit() { ::gptk_emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() {
