@@ -11,7 +11,7 @@ import os
 
 import torch
 
-OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear")
+OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "sample")
 BACKENDS = ("torch", "triton", "cuda")
 
 # Each op of each backend, loaded on first use by a literal import (torch.compile traces
@@ -40,6 +40,11 @@ def _triton_layer_norm():
 def _triton_add_layer_norm():
     from .triton import layer_norm as module
     return module.add_layer_norm
+
+
+def _triton_sample():
+    from .triton import sample as module
+    return module.sample
 
 
 def _cuda_module():
@@ -80,6 +85,7 @@ _LOADERS = {
         "attention": _triton_attention,
         "layer_norm": _triton_layer_norm,
         "add_layer_norm": _triton_add_layer_norm,
+        "sample": _triton_sample,
     },
     "cuda": {
         "softmax": _cuda_softmax,
@@ -90,6 +96,13 @@ _LOADERS = {
     },
 }
 _IMPLS: dict = {}
+
+
+def philox_seed(generator, device) -> torch.Tensor:
+    """A random int64 (shape (1,), on `device`) drawn from `generator` (the device's default
+    generator when None), advancing it: the Philox key of the compiled samplers. It stays on
+    the device (no host sync), so the draw is also captured by CUDA graphs."""
+    return torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64, device=device, generator=generator)
 
 
 def triton_interpreting() -> bool:
