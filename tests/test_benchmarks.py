@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 EVERY_OP_MODE = {("softmax", "fwd"), ("softmax", "bwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
                  ("add_layer_norm", "fwd"), ("add_layer_norm", "bwd"), ("attention", "fwd"), ("attention", "bwd"),
                  ("attention", "decode"), ("gelu_linear", "fwd"), ("gelu_linear", "bwd"), ("gpt", "train"),
-                 ("gpt", "decode")}
+                 ("gpt", "decode"), ("sample", "fwd")}
 RECORD_FIELDS = ("op", "backend", "provider", "mode", "dtype", "shape", "ms", "gbps", "tflops", "pct_of_peak",
                  "device", "torch", "triton", "driver", "python", "commit", "status", "cpu_figure")
 
