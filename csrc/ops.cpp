@@ -37,4 +37,8 @@ TORCH_LIBRARY_FRAGMENT(gptk, m) {
   // -> (dx, dweight, dbias); dbias is computed even when the forward had no bias.
   m.def("gelu_linear_cuda_backward(Tensor dout, Tensor x, Tensor weight, Tensor pre, str approximate)"
         " -> (Tensor, Tensor, Tensor)");
+
+  // -> int64 (B,) tokens; seed: one int64 (the Philox key, drawn by the Python wrapper from the
+  // generator); top_k 0 / top_p 1 mean no filter. Not differentiable.
+  m.def("sample_cuda(Tensor logits, Tensor seed, float temperature, int top_k, float top_p) -> Tensor");
 }

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import kernels
 
-MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "softmax")
+MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "sample")
 
 
 @dataclass

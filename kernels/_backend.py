@@ -78,6 +78,11 @@ def _cuda_gelu_linear():
     return gelu_linear
 
 
+def _cuda_sample():
+    from .cuda import sample
+    return sample
+
+
 _LOADERS = {
     "triton": {
         "softmax": _triton_softmax,
@@ -93,6 +98,7 @@ _LOADERS = {
         "add_layer_norm": _cuda_add_layer_norm,
         "attention": _cuda_attention,
         "gelu_linear": _cuda_gelu_linear,
+        "sample": _cuda_sample,
     },
 }
 _IMPLS: dict = {}

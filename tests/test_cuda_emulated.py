@@ -229,6 +229,8 @@ def _every_kernel_once():
         y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
         outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
     outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
+    for n in (30, 3000):  # the 128- and 512-thread samplers
+        outs.append(cuda_emu.sample(_randn(3, n, dtype=torch.float32, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
     return outs
 
 
@@ -243,3 +245,26 @@ def test_kernels_do_not_depend_on_thread_order(schedules):
         for i, (a, b) in enumerate(zip(results[0], outs)):
             assert torch.equal(a, b), (f"output {i} differs between the forward schedule and {name}({seed}) "
                                        f"with {'eager' if eager else 'lazy'} cp.async")
+
+
+# ---------------------------------------------------------------------------------------
+# sample: the kernel draws what the C++ CPU implementation draws (same Philox uniform per
+# row, same rule; tests/test_sample.py checks that one against the exact distribution)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, dtype", [(1, torch.float32), (2, torch.bfloat16), (30, torch.float16),
+                                      (30, torch.bfloat16), (2049, torch.float32), (50257, torch.bfloat16)],
+                         ids=str)  # the 128-thread (n <= 2048) and 512-thread blocks
+def test_sample_kernel_matches_the_cpu_implementation(n, dtype):
+    import kernels
+    if kernels.unavailable_reason("cuda", "cpu") is not None:
+        pytest.skip(kernels.unavailable_reason("cuda", "cpu"))
+    rows = 8 if n <= 2048 else 2
+    base = _randn(rows, n + 3, dtype=dtype, scale=2.0)
+    logits = base[:, 3:]  # a row stride other than n
+    logits[0, n // 2] = float("nan")
+    seed = torch.tensor([1234567890123], dtype=torch.int64)
+    for t, k, p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6), (0.9, 40, 0.9)):
+        got = cuda_emu.sample(logits, int(seed), t, k, p)
+        want = torch.ops.gptk.sample_cuda(logits, seed, t, k, p)
+        assert torch.equal(got, want), (t, k, p, (got != want).nonzero().flatten().tolist())
+        assert got[0].item() == -1

@@ -248,6 +248,29 @@ def test_triton_opcheck():
     torch.library.opcheck(ts.sample_op, (_logits(9).to(DEVICE).view(1, 9), seed, 0.0, 0, 1.0))
 
 
+def test_triton_and_cuda_draw_the_same_tokens():
+    # Both take the same Philox uniform per (seed, row) and apply the same rule: given one
+    # seed they agree token for token (csrc/common/sample.h mirrors tl.randint's stream).
+    for b in ("triton", "cuda"):
+        if b not in ALL or kernels.missing_ops(b, ["sample"]):
+            pytest.skip(f"needs the {b} backend")
+    logits = torch.randn(300, 45, generator=torch.Generator().manual_seed(2)).to(DEVICE) * 2
+    seed = torch.tensor([987654321987], dtype=torch.int64, device=DEVICE)
+    import kernels.triton.sample as ts
+    for t, k, p in ((1.0, 0, 1.0), (0.7, 6, 1.0), (1.2, 0, 0.75), (0.9, 20, 0.9)):
+        a = ts.sample_op(logits, seed, t, k, p)
+        b = torch.ops.gptk.sample_cuda(logits, seed, t, k, p)
+        assert torch.equal(a, b), (t, k, p, (a != b).sum().item())
+
+
+def test_cuda_opcheck():
+    if "cuda" not in ALL or kernels.missing_ops("cuda", ["sample"]):
+        pytest.skip("cuda backend not usable here")
+    seed = torch.tensor([42], dtype=torch.int64, device=DEVICE)
+    torch.library.opcheck(torch.ops.gptk.sample_cuda.default, (_logits(37).to(DEVICE).expand(3, 37), seed, 0.8, 5, 0.9))
+    torch.library.opcheck(torch.ops.gptk.sample_cuda.default, (_logits(9).to(DEVICE).view(1, 9), seed, 0.0, 0, 1.0))
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_torch_compile_fullgraph(backend):
     _needs(backend)

@@ -93,5 +93,11 @@ struct AttentionBackwardArgs {
 };
 cudaError_t attention_backward(DType dt, const AttentionBackwardArgs& args, cudaStream_t stream);
 
+// ---- sample.cu: one int64 token per row of logits (rows, n), row stride in elements ----
+// seed: one int64 on the device (the Philox key); c = log2(e) / temperature; top_k 0 and
+// top_p 1 mean no filter; greedy: argmax (ties to the lowest index). NaN rows give -1.
+cudaError_t sample(DType dt, const void* x, int64_t x_stride, const int64_t* seed, int64_t* out, int64_t rows,
+                   int64_t n, float c, int64_t top_k, float top_p, bool greedy, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace gptk
