@@ -204,19 +204,18 @@ def sample(logits, temperature, top_k, top_p, generator, backend):
         raise ValueError(f"logits must be 2-D (B, V), got shape {tuple(logits.shape)}")
     if logits.shape[1] == 0 and logits.shape[0] > 0:
         raise ValueError("logits must have at least one column (V >= 1): there is no token to draw")
+    # Symbols (torch.compile) are checked by the ops on the real values; concrete numbers here.
     temperature = finite("temperature", temperature)
-    if not isinstance(temperature, (torch.SymFloat, torch.SymInt)) and not torch.compiler.is_compiling() \
-            and temperature < 0:
+    if isinstance(temperature, (int, float)) and temperature < 0:
         raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, torch.SymInt)):
             raise TypeError(f"top_k must be an int >= 1 or None, got {top_k!r}")
-        if not isinstance(top_k, torch.SymInt) and top_k < 1:
+        if isinstance(top_k, int) and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
     if top_p is not None:
         top_p = finite("top_p", top_p)
-        if not isinstance(top_p, (torch.SymFloat, torch.SymInt)) and not torch.compiler.is_compiling() \
-                and not 0 < top_p <= 1:
+        if isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     if generator is not None:
         if not isinstance(generator, torch.Generator):

@@ -268,6 +268,11 @@ def compile_cases():
 @torch.library.custom_op("gptk::sample_triton", mutates_args=())
 def sample_op(logits: torch.Tensor, seed: torch.Tensor, temperature: float, top_k: int,
               top_p: float) -> torch.Tensor:
+    # kernels.sample checks these eagerly; under torch.compile only here, with the real values.
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"top_k must be >= 1 and top_p in (0, 1], got top_k={top_k or None}, top_p={top_p}")
     return sample_forward(logits, seed, temperature, top_k, top_p)
 
 
