@@ -495,6 +495,75 @@ class LinearCrossEntropy(OpBench):
 
 OPS = {spec.name: spec for spec in (Softmax(), LayerNorm(), AddLayerNorm(), Attention(), GeluLinear(),
                                     LinearCrossEntropy())}
+# Sampling (memory-bound: GB/s over copy, though at B <= 64 launches and passes dominate)
+# ---------------------------------------------------------------------------------------------
+
+class Sample(OpBench):
+    """Next-token sampling from logits (B, V): temperature, then top_k=50 or top_p=0.9, then the draw.
+    fwd: read the logits once, write B int64 -> B V s + 8 B bytes (the floor; see
+         kernels/triton/sample.py for the passes the kernels make over each row on chip).
+    eager/compile: torch's sequence, topk + masked_fill + softmax + multinomial, or sort +
+    softmax + cumsum + masked_fill + multinomial + gather for top-p.
+    The check: one token per row sits 40 above the rest of its random row, at a column below
+    64, so every correct sampler draws it (the others weigh < e^-30, below any sampler's
+    resolution) and the relative check on the token ids is exact; the top-k and top-p
+    searches still run over the whole row."""
+    name = "sample"
+    modes = ("fwd",)
+    temperature = 0.8
+    gpu_vocab, cpu_vocab = 50257, 1000
+    gpu_sizes = {"quick": [1, 16, 64], "standard": [1, 4, 16, 64, 256]}
+    cpu_sizes = {"quick": [4], "standard": [1, 4, 16]}
+    filters = ({"top_k": 50}, {"top_p": 0.9})
+
+    def cases(self, preset, gpu, dtypes, modes):
+        sizes = self.gpu_sizes if gpu else self.cpu_sizes
+        v = self.gpu_vocab if gpu else self.cpu_vocab
+        return [Case(self.name, mode, dtype, {"B": b, "V": v, **f}, b, "batch B",
+                     series=",".join(f"{k}={x}" for k, x in f.items()), tier=tier,
+                     shape=f"B{b} V{v} " + ",".join(f"{k}={x}" for k, x in f.items()))
+                for mode in self.modes if mode in modes for dtype in dtypes for f in self.filters
+                for b, tier in tiered(preset, sizes)]
+
+    def inputs(self, case, device):
+        b, v = case.params["B"], case.params["V"]
+        logits = torch.randn((b, v), device=device, dtype=torch.float32)
+        cols = torch.randint(0, min(64, v), (b, 1), device=device)
+        logits.scatter_(1, cols, logits.gather(1, cols) + 40.0)
+        # The filter travels with the inputs (the runner calls `call(backend)` without the case) as
+        # host scalars: top_k 0 and top_p 1 mean none.
+        return {"logits": logits.to(case.dtype), "top_k": torch.tensor(case.params.get("top_k", 0)),
+                "top_p": torch.tensor(case.params.get("top_p", 1.0))}
+
+    def call(self, backend):
+        t = self.temperature
+
+        def sample(logits, top_k, top_p):
+            return kernels.sample(logits, t, top_k=int(top_k) or None, top_p=float(top_p), backend=backend)
+        return sample
+
+    def eager(self, case, device):
+        t, k, p = self.temperature, case.params.get("top_k"), case.params.get("top_p")  # constants here
+
+        def top_k_sample(logits, top_k, top_p):
+            kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+            probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")).float() / t, dim=-1)
+            return torch.multinomial(probs, 1).squeeze(1)
+
+        def top_p_sample(logits, top_k, top_p):
+            ordered, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(ordered.float() / t, dim=-1)
+            probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= p, 0.0)  # keeps the crossing token
+            return order.gather(1, torch.multinomial(probs, 1)).squeeze(1)
+
+        return top_k_sample if "top_k" in case.params else top_p_sample
+
+    def work(self, case):
+        p = case.params
+        return p["B"] * p["V"] * case.dtype.itemsize + 8 * p["B"]
+
+
+OPS = {spec.name: spec for spec in (Softmax(), LayerNorm(), AddLayerNorm(), Attention(), GeluLinear(), Sample())}
 
 
 def reference_call(op: str):

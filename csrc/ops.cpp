@@ -46,4 +46,7 @@ TORCH_LIBRARY_FRAGMENT(gptk, m) {
   // reduction "none": -> (dx, dweight, dbias) for per-token gradients `grad`, recomputing the logits.
   m.def("linear_cross_entropy_cuda_backward(Tensor grad, Tensor x, Tensor weight, Tensor? bias, Tensor target,"
         " float temperature, int ignore_index) -> (Tensor, Tensor, Tensor)");
+  // -> int64 (B,) tokens; seed: one int64 (the Philox key, drawn by the Python wrapper from the
+  // generator); top_k 0 / top_p 1 mean no filter. Not differentiable.
+  m.def("sample_cuda(Tensor logits, Tensor seed, float temperature, int top_k, float top_p) -> Tensor");
 }

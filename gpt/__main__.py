@@ -25,6 +25,8 @@ def _common(p):
     p.add_argument("--temperature", type=float, default=0.7,
                    help="sampling temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="then only from the most likely tokens whose mass reaches p, in (0, 1] (nucleus sampling)")
     p.add_argument("--prompt", default="The ", help="text the sample continues")
 
 
@@ -76,6 +78,8 @@ def _validate(args):
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.command == "train":
         for name in ("iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_every",
                      "eval_batches"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import kernels
 
-MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "softmax", "linear_cross_entropy")
+MODEL_OPS = ("layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy", "sample")
 
 
 @dataclass
@@ -242,18 +242,18 @@ class GPT(nn.Module):
         return None, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, *,
-                 cuda_graph=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+                 generator=None, *, cuda_graph=None):
         """Append `max_new_tokens` sampled tokens to idx (B, T); temperature=0 is greedy decoding.
         On a CUDA model each decode step replays a CUDA graph (cuda_graph=False turns it off)."""
-        for token in self.stream(idx, max_new_tokens, temperature, top_k, use_cache, generator,
+        for token in self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator,
                                  cuda_graph=cuda_graph):
             idx = torch.cat((idx, token), dim=1)
         return idx
 
     @torch.no_grad()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, *,
-               cuda_graph=None):
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+               generator=None, *, cuda_graph=None):
         """Yield the next token (B, 1) step by step. With use_cache the prompt runs once, then one
         token per step against a preallocated KV cache (on a CUDA model, one CUDA-graph replay per
         step: gpt/decode.py); once the context is full it is cropped to block_size and recomputed
@@ -262,6 +262,8 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
         if idx.dim() != 2 or idx.shape[1] < 1:
             raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
         graphed = self._use_cuda_graph(cuda_graph, idx) and use_cache
@@ -278,7 +280,7 @@ class GPT(nn.Module):
         else:
             logits, _ = self(idx[:, -block:], cache=cache, last_only=True)  # prefill
         for step in range(max_new_tokens):
-            token = self.sample(logits[:, -1, :], temperature, top_k, generator)
+            token = self.sample(logits[:, -1, :], temperature, top_k, top_p, generator)
             yield token
             if step + 1 == max_new_tokens:
                 break
@@ -303,12 +305,9 @@ class GPT(nn.Module):
                              f"(kv_lengths) yet, or the model is training with dropout")
         return bool(on_cuda and cuda_graph is not False and usable)
 
-    def sample(self, logits, temperature=1.0, top_k=None, generator=None):
-        """Next token (B, 1) from last-position logits (B, V)."""
-        if temperature == 0:
-            return logits.argmax(dim=-1, keepdim=True)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = kernels.softmax(logits.float(), temperature, dim=-1, backend=self.config.backend)
-        return torch.multinomial(probs, num_samples=1, generator=generator)
+    def sample(self, logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Next token (B, 1) from last-position logits (B, V): temperature 0 is argmax, else
+        softmax(logits / temperature) cut to the top_k tokens, then to the top_p mass, and drawn."""
+        token = kernels.sample(logits, temperature, top_k=top_k, top_p=top_p, generator=generator,
+                               backend=self.config.backend)  # (B,)
+        return token.unsqueeze(1)

@@ -156,7 +156,7 @@ def train(args) -> dict:
     if args.sample_tokens > 0:
         print(f"\n--- sample (temperature {args.temperature}) ---", file=sys.stderr)
         generate_text(model, tokenizer, args.prompt, args.sample_tokens, args.temperature, args.top_k,
-                      args.seed, device)
+                      args.seed, device, top_p=args.top_p)
     return {"model": model, "history": history, "checkpoint": ckpt_path}
 
 
@@ -222,7 +222,8 @@ def _lr(it: int, args) -> float:
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def generate_text(model, tokenizer, prompt, max_tokens, temperature, top_k, seed, device, stream=sys.stdout):
+def generate_text(model, tokenizer, prompt, max_tokens, temperature, top_k, seed, device, stream=sys.stdout,
+                  top_p=None):
     """Stream tokens to `stream` as they are sampled (one cached decode step each)."""
     ids = tokenizer.encode(prompt) or tokenizer.encode("\n")
     if len(ids) > model.config.block_size:
@@ -233,7 +234,7 @@ def generate_text(model, tokenizer, prompt, max_tokens, temperature, top_k, seed
     model.eval()
     stream.write(prompt)
     pending = []
-    for token in model.stream(idx, max_tokens, temperature, top_k, generator=generator):
+    for token in model.stream(idx, max_tokens, temperature, top_k, top_p, generator=generator):
         pending.append(token.item())
         text = tokenizer.decode(pending)
         if "\ufffd" not in text:  # wait for a whole UTF-8 character
@@ -269,7 +270,8 @@ def sample(args):
     model, tokenizer = load_checkpoint(args.checkpoint, args.backend, device)
     if args.dtype != "float32":
         model = model.to(DTYPES[args.dtype])
-    generate_text(model, tokenizer, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, device)
+    generate_text(model, tokenizer, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, device,
+                  top_p=args.top_p)
 
 
 

@@ -13,7 +13,7 @@ from ._backend import (BACKENDS, OPS, available_backends, choose, implementation
                        unavailable_reason)
 
 __all__ = [
-    "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy",
+    "softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy", "sample",
     "available_backends", "missing_ops", "unavailable_reason", "supports_kv_lengths", "BACKENDS", "OPS",
 ]
 
@@ -99,6 +99,22 @@ def linear_cross_entropy(x, weight, target, bias=None, *, temperature=1.0, ignor
         target = target.long()
     return _run("linear_cross_entropy", backend, x.device, x, weight, target, bias, temperature, ignore_index,
                 reduction)
+
+
+def sample(logits, temperature=1.0, *, top_k=None, top_p=None, generator=None, backend="auto"):
+    """Next tokens, int64 (B,), from logits (B, V); not differentiable.
+
+    temperature 0 is argmax (ties to the lowest index). Otherwise softmax(logits / t),
+    keep the top_k most probable tokens (ties at the k-th logit all kept), then the
+    smallest most-probable set whose renormalised mass reaches top_p (the crossing token
+    and its ties kept), renormalise and draw with `generator` (a torch.Generator on
+    logits' device, the default one when None; a seeded call is reproducible on the same
+    device and backend). A row with a NaN logit gives -1; with temperature > 0 so does a
+    row whose max is +inf or -inf (softmax is undefined there). No host sync.
+    """
+    backend = _choose("sample", backend, None, (), logits=logits)
+    temperature, top_k, top_p = _checks.sample(logits, temperature, top_k, top_p, generator, backend)
+    return _run("sample", backend, logits.device, logits, temperature, top_k, top_p, generator)
 
 
 def _last(x):

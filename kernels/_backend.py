@@ -11,7 +11,7 @@ import os
 
 import torch
 
-OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy")
+OPS = ("softmax", "layer_norm", "add_layer_norm", "attention", "gelu_linear", "linear_cross_entropy", "sample")
 BACKENDS = ("torch", "triton", "cuda")
 
 # Each op of each backend, loaded on first use by a literal import (torch.compile traces
@@ -45,6 +45,10 @@ def _triton_add_layer_norm():
 def _triton_linear_cross_entropy():
     from .triton import linear_cross_entropy as module
     return module.linear_cross_entropy
+
+def _triton_sample():
+    from .triton import sample as module
+    return module.sample
 
 
 def _cuda_module():
@@ -82,6 +86,10 @@ def _cuda_linear_cross_entropy():
     from .cuda import linear_cross_entropy
     return linear_cross_entropy
 
+def _cuda_sample():
+    from .cuda import sample
+    return sample
+
 
 _LOADERS = {
     "triton": {
@@ -91,6 +99,7 @@ _LOADERS = {
         "layer_norm": _triton_layer_norm,
         "add_layer_norm": _triton_add_layer_norm,
         "linear_cross_entropy": _triton_linear_cross_entropy,
+        "sample": _triton_sample,
     },
     "cuda": {
         "softmax": _cuda_softmax,
@@ -99,9 +108,17 @@ _LOADERS = {
         "attention": _cuda_attention,
         "gelu_linear": _cuda_gelu_linear,
         "linear_cross_entropy": _cuda_linear_cross_entropy,
+        "sample": _cuda_sample,
     },
 }
 _IMPLS: dict = {}
+
+
+def philox_seed(generator, device) -> torch.Tensor:
+    """A random int64 (shape (1,), on `device`) drawn from `generator` (the device's default
+    generator when None), advancing it: the Philox key of the compiled samplers. It stays on
+    the device (no host sync), so the draw is also captured by CUDA graphs."""
+    return torch.randint(-2**63, 2**63 - 1, (1,), dtype=torch.int64, device=device, generator=generator)
 
 
 def triton_interpreting() -> bool:

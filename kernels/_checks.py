@@ -231,3 +231,33 @@ def linear_cross_entropy(x, weight, target, bias, temperature, ignore_index, red
         raise ValueError(f"target must have shape {tuple(x.shape[:-1])} (x.shape[:-1]), got {tuple(target.shape)}")
     same(("x", "target"), (x, target), dtype=False)
     return positive_finite("temperature", temperature)
+
+
+def sample(logits, temperature, top_k, top_p, generator, backend):
+    """-> (temperature, top_k or None, top_p or None) after the checks of kernels.sample."""
+    tensor("logits", logits, backend)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (B, V), got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0 and logits.shape[0] > 0:
+        raise ValueError("logits must have at least one column (V >= 1): there is no token to draw")
+    # Symbols (torch.compile) are checked by the ops on the real values; concrete numbers here.
+    temperature = finite("temperature", temperature)
+    if isinstance(temperature, (int, float)) and temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, torch.SymInt)):
+            raise TypeError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if isinstance(top_k, int) and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None:
+        top_p = finite("top_p", top_p)
+        if isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        gdev, ldev = torch.device(generator.device), logits.device
+        if gdev.type != ldev.type or (ldev.type == "cuda" and gdev.index != (ldev.index or 0)):
+            raise ValueError(f"generator is on {gdev} but logits are on {ldev}; "
+                             f"use a torch.Generator(device=logits.device)")
+    return temperature, top_k, top_p

@@ -80,3 +80,30 @@ def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_i
                            reduction=reduction)
     loss = loss.to(_compute_dtype(x))
     return loss.view(target.shape) if reduction == "none" else loss
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """The plain sequence: max-shift, topk + masked_fill, sort + cumsum for top_p, softmax,
+    multinomial. The rule (ties at each boundary all kept, NaN rows -> -1) is
+    kernels/triton/sample.py's; float64 logits give the fp64 ground truth."""
+    x = logits.to(_compute_dtype(logits))
+    n_rows, n_cols = x.shape
+    if n_rows == 0:
+        return torch.empty((0,), dtype=torch.int64, device=x.device)
+    bad = torch.isnan(x).any(dim=-1)
+    if temperature == 0:
+        return torch.where(bad, -1, x.argmax(dim=-1))
+    top = x.max(dim=-1, keepdim=True).values
+    bad = bad | ~torch.isfinite(top.squeeze(-1))
+    # Bad rows draw from zeros (any valid row) and are overwritten with -1 at the end.
+    x = torch.where(bad[:, None], 0.0, x - top)
+    if top_k is not None and top_k < n_cols:
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered = torch.sort(x, dim=-1, descending=True).values
+        mass = torch.softmax(ordered / temperature, dim=-1).cumsum(dim=-1)
+        crossing = (mass < top_p).sum(dim=-1, keepdim=True).clamp(max=n_cols - 1)
+        x = x.masked_fill(x < ordered.gather(-1, crossing), float("-inf"))
+    probs = torch.softmax(x / temperature, dim=-1)
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.where(bad, -1, token)

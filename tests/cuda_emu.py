@@ -238,6 +238,17 @@ def softmax(x, temperature):
     return y.view(x.shape)
 
 
+def sample(logits, seed, temperature, top_k=0, top_p=1.0):
+    """Tokens (B,) int64 from logits (B, V) as entry.cpp's sample_cuda launches them."""
+    x2, xs = _rows(logits)
+    out = torch.empty(x2.shape[0], dtype=torch.int64)
+    seed_t = torch.tensor([seed], dtype=torch.int64)
+    c = 0.0 if temperature == 0 else min(1.4426950408889634 / temperature, 3.0e38)
+    _check(lib().emu_sample(DTYPE_CODES[logits.dtype], _p(x2), _i(xs), _p(seed_t), _p(out), _i(x2.shape[0]),
+                            _i(x2.shape[1]), _f(c), _i(top_k), _f(top_p), int(temperature == 0)), "sample")
+    return out
+
+
 def softmax_backward(dy, y, temperature):
     dy2, dys = _rows(dy)
     y2, ys = _rows(y)

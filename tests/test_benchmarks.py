@@ -22,7 +22,7 @@ EVERY_OP_MODE = {("softmax", "fwd"), ("softmax", "bwd"), ("layer_norm", "fwd"), 
                  ("add_layer_norm", "fwd"), ("add_layer_norm", "bwd"), ("attention", "fwd"), ("attention", "bwd"),
                  ("attention", "decode"), ("gelu_linear", "fwd"), ("gelu_linear", "bwd"),
                  ("linear_cross_entropy", "train"), ("gpt", "train"),
-                 ("gpt", "decode")}
+                 ("gpt", "decode"), ("sample", "fwd")}
 RECORD_FIELDS = ("op", "backend", "provider", "mode", "dtype", "shape", "ms", "gbps", "tflops", "pct_of_peak",
                  "device", "torch", "triton", "driver", "python", "commit", "status", "cpu_figure")
 

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
 MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.triton.gelu_linear",
-           "kernels.triton.attention", "kernels.triton.linear_cross_entropy"]
+           "kernels.triton.attention", "kernels.triton.linear_cross_entropy", "kernels.triton.sample"]
 
 
 @functools.lru_cache(maxsize=None)  # one compile run per module, shared by the tests below

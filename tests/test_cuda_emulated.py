@@ -239,6 +239,8 @@ def _every_kernel_once():
     # linear_cross_entropy's row step reads the target logit before the row is overwritten
     outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=torch.float32), torch.tensor([5, 1000, 0]),
                                    torch.ones(1), 1.0, -100, True))
+    for n in (30, 3000):  # the 128- and 512-thread samplers
+        outs.append(cuda_emu.sample(_randn(3, n, dtype=torch.float32, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
     return outs
 
 
@@ -424,3 +426,23 @@ def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
         xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
         assert_close(dwx, (g.double() * xhat).sum(0), torch.bfloat16, msg="dw")
         assert_close(dbx, g.double().sum(0), torch.bfloat16, msg="db")
+# sample: the kernel draws what the C++ CPU implementation draws (same Philox uniform per
+# row, same rule; tests/test_sample.py checks that one against the exact distribution)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, dtype", [(1, torch.float32), (2, torch.bfloat16), (30, torch.float16),
+                                      (30, torch.bfloat16), (2049, torch.float32), (50257, torch.bfloat16)],
+                         ids=str)  # the 128-thread (n <= 2048) and 512-thread blocks
+def test_sample_kernel_matches_the_cpu_implementation(n, dtype):
+    import kernels
+    if kernels.unavailable_reason("cuda", "cpu") is not None:
+        pytest.skip(kernels.unavailable_reason("cuda", "cpu"))
+    rows = 8 if n <= 2048 else 2
+    base = _randn(rows, n + 3, dtype=dtype, scale=2.0)
+    logits = base[:, 3:]  # a row stride other than n
+    logits[0, n // 2] = float("nan")
+    seed = torch.tensor([1234567890123], dtype=torch.int64)
+    for t, k, p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6), (0.9, 40, 0.9)):
+        got = cuda_emu.sample(logits, int(seed), t, k, p)
+        want = torch.ops.gptk.sample_cuda(logits, seed, t, k, p)
+        assert torch.equal(got, want), (t, k, p, (got != want).nonzero().flatten().tolist())
+        assert got[0].item() == -1

@@ -24,6 +24,7 @@ calls = {
     "add_layer_norm": lambda: kernels.add_layer_norm(x, x, w, b, backend=backend)[0],
     "attention": lambda: kernels.attention(q, q, q, backend=backend),
     "gelu_linear": lambda: kernels.gelu_linear(x, torch.randn(8, 16, device=device), backend=backend),
+    "sample": lambda: kernels.sample(x, 0.8, top_k=5, top_p=0.9, backend=backend).float(),
 }
 compile_backend = "inductor" if device == "cuda" else "aot_eager"
 for op, call in calls.items():

@@ -110,6 +110,19 @@ def test_bad_generate_arguments():
         model.generate(idx, 2, temperature=-1)
     with pytest.raises(ValueError, match="top_k"):
         model.generate(idx, 2, top_k=0)
+    for top_p in (0.0, 1.5):
+        with pytest.raises(ValueError, match="top_p"):
+            model.generate(idx, 2, top_p=top_p)
+
+
+def test_top_p_generation():
+    # A tiny top_p keeps only the most likely token: sampling becomes greedy decoding.
+    model = tiny().eval()
+    idx = torch.randint(0, 61, (2, 5), device=DEVICE)
+    g = torch.Generator(DEVICE).manual_seed(0)
+    assert torch.equal(model.generate(idx, 6, 1.0, top_p=1e-6, generator=g), model.generate(idx, 6, temperature=0))
+    out = model.generate(idx, 6, 0.8, top_k=10, top_p=0.9, generator=g)
+    assert out.shape == (2, 11) and torch.equal(out[:, :5], idx)
 
 
 def test_backend_missing_ops_is_clear_error():

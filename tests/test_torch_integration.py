@@ -45,10 +45,14 @@ def _kw_call(op, args, backend):
     return getattr(kernels, op)(*args, backend=backend)
 
 
+# Not differentiable and random: its compile and seeded-replay tests are in test_sample.py.
+OWN_TESTS = ("sample",)
+
+
 def _pairs():
     out = []
     for backend in BACKENDS:
-        for op in kernels.OPS:
+        for op in (op for op in kernels.OPS if op not in OWN_TESTS):
             marks = [pytest.mark.skipif(bool(kernels.missing_ops(backend, (op,))),
                                         reason=f"backend {backend!r} has no {op} yet")]
             out.append(pytest.param(backend, op, marks=marks, id=f"{backend}-{op}"))

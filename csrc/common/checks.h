@@ -194,4 +194,22 @@ inline bool check_gelu_linear_backward(const at::Tensor& dout, const at::Tensor&
   return tanh_form;
 }
 
+// sample: logits (B, V) float, seed a one-element int64 tensor on logits' device; top_k 0 and
+// top_p 1 mean no filter. Returns nothing: the caller reads sizes from logits.
+inline void check_sample(const at::Tensor& logits, const at::Tensor& seed, double temperature, int64_t top_k,
+                         double top_p, const char* op) {
+  check_float(logits, op, "logits");
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D (B, V), got ", logits.dim(), "-D");
+  TORCH_CHECK(logits.size(0) == 0 || logits.size(1) > 0, op, ": logits must have at least one column (V >= 1)");
+  TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), op, ": V must be < 2^31, got ", logits.size(1));
+  TORCH_CHECK(seed.defined() && seed.scalar_type() == at::kLong && seed.numel() == 1, op,
+              ": seed must be a one-element int64 tensor");
+  TORCH_CHECK(seed.device() == logits.device(), op, ": seed is on ", seed.device(), " but logits are on ",
+              logits.device());
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0, op,
+              ": temperature must be finite and >= 0 (0 = greedy), got ", temperature);
+  TORCH_CHECK(top_k >= 0, op, ": top_k must be >= 0 (0 = no top-k), got ", top_k);
+  TORCH_CHECK(top_p > 0 && top_p <= 1, op, ": top_p must be in (0, 1] (1 = no top-p), got ", top_p);
+}
+
 }  // namespace gptk

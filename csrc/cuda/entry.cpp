@@ -13,6 +13,7 @@
 #include <cublasLt.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -449,6 +450,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cud
   const c10::cuda::CUDAGuard guard(x.device());
   return lce_backward(grad, x, weight, bias, target, temperature, ignore_index, lce_chunk_cuda(x, weight),
                       x.scalar_type(), lce_row_step_cuda, "gptk::linear_cross_entropy_cuda_backward");
+// sample
+// ---------------------------------------------------------------------------------------
+at::Tensor sample_cuda(const at::Tensor& logits, const at::Tensor& seed, double temperature, int64_t top_k,
+                       double top_p) {
+  constexpr const char* op = "gptk::sample_cuda";
+  check_sample(logits, seed, temperature, top_k, top_p, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  at::Tensor out = at::empty({rows}, logits.options().dtype(at::kLong));
+  if (rows == 0) return out;
+  const at::Tensor x = (n > 1 && logits.stride(1) != 1) ? logits.contiguous() : logits;
+  const bool greedy = temperature == 0;
+  // log2(e) / t, capped so that (x - max) * c stays 0 at the max for tiny t.
+  const float c = greedy ? 0.0f : static_cast<float>(std::min(static_cast<double>(kLog2e) / temperature, 3.0e38));
+  C10_CUDA_CHECK(cuda::sample(dtype_of(x), x.const_data_ptr(), x.stride(0), seed.const_data_ptr<int64_t>(),
+                              out.mutable_data_ptr<int64_t>(), rows, n, c, top_k, static_cast<float>(top_p), greedy,
+                              stream()));
+  return out;
 }
 
 }  // namespace
@@ -466,6 +485,7 @@ TORCH_LIBRARY_IMPL(gptk, CUDA, m) {
   m.impl("gelu_linear_cuda_backward", &gelu_linear_backward_cuda);
   m.impl("linear_cross_entropy_cuda", &linear_cross_entropy_cuda);
   m.impl("linear_cross_entropy_cuda_backward", &linear_cross_entropy_backward_cuda);
+  m.impl("sample_cuda", &sample_cuda);
 }
 
 }  // namespace gptk

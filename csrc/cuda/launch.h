@@ -102,5 +102,11 @@ cudaError_t lce_rows(DType dt, void* z, int64_t ld, int64_t rows, int64_t n, con
                      const float* scale, bool per_token, float inv_t, int64_t ignore_index, bool want_grad,
                      float* loss, cudaStream_t stream);
 
+// ---- sample.cu: one int64 token per row of logits (rows, n), row stride in elements ----
+// seed: one int64 on the device (the Philox key); c = log2(e) / temperature; top_k 0 and
+// top_p 1 mean no filter; greedy: argmax (ties to the lowest index). NaN rows give -1.
+cudaError_t sample(DType dt, const void* x, int64_t x_stride, const int64_t* seed, int64_t* out, int64_t rows,
+                   int64_t n, float c, int64_t top_k, float top_p, bool greedy, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace gptk

@@ -115,6 +115,13 @@ def linear_cross_entropy(x, weight, target, bias=None, temperature=1.0, ignore_i
     return _CALLS["linear_cross_entropy"](x, weight, bias, target, float(temperature), int(ignore_index), reduction,
                                           need)[0]
 
+def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    _require()
+    from .._backend import philox_seed  # the generator is no op argument: draw the seed here
+    seed = philox_seed(generator, logits.device)
+    return torch.ops.gptk.sample_cuda(logits, seed, float(temperature), int(top_k or 0),
+                                      float(1.0 if top_p is None else top_p))
+
 
 # -----------------------------------------------------------------------------------------
 # Fake kernels (shapes and strides exactly as the C++ allocates them) and autograd.
@@ -284,6 +291,10 @@ _REGISTRATIONS = (
 )
 
 
+def _fake_sample(logits, seed, temperature, top_k, top_p):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
 # Eager calls on plain tensors skip the dispatcher's autograd and autocast layers: they
 # redispatch straight to the device's C++ kernel (kernels/_eager.py); traced calls use the op.
 _KEYSETS = {}
@@ -311,6 +322,7 @@ def _register() -> None:
         backward = getattr(torch.ops.gptk, f"{op}_cuda_backward").default
         _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
         _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
+    torch.library.register_fake("gptk::sample_cuda")(_fake_sample)  # not differentiable: no autograd
 
 
 # Load now (see the module docstring): a first use under torch.compile must not trace the build.

@@ -56,6 +56,11 @@ int emu_softmax_forward(int dt, const void* x, int64_t xs, void* y, int64_t ys, 
   return gptk::cuda::softmax_forward(dtype(dt), x, xs, y, ys, rows, n, c, nullptr);
 }
 
+int emu_sample(int dt, const void* x, int64_t xs, const int64_t* seed, int64_t* out, int64_t rows, int64_t n, float c,
+               int64_t top_k, float top_p, int greedy) {
+  return gptk::cuda::sample(dtype(dt), x, xs, seed, out, rows, n, c, top_k, top_p, greedy != 0, nullptr);
+}
+
 int emu_softmax_backward(int dt, const void* dy, int64_t dys, const void* y, int64_t ys, void* dx, int64_t dxs,
                          int64_t rows, int64_t n, float inv_t) {
   return gptk::cuda::softmax_backward(dtype(dt), dy, dys, y, ys, dx, dxs, rows, n, inv_t, nullptr);
