@@ -7,11 +7,11 @@ _build.py), registers each op's fake (meta) kernel and autograd formula, and exp
 one function per op with the functional API's signature (arguments already validated
 by kernels._checks; the C++ entry points check them again).
 
-`import kernels` builds nothing; the first use of the cuda backend imports this module, which
-loads the library (building it if needed) right then, as plain Python: when that first use is
-inside torch.compile, Dynamo runs the import itself rather than tracing the build's file
-checks (it cannot trace os.stat). A build failure is remembered and reported, and the other
-backends keep working.
+Nothing is built at import: the first `unavailable_reason` or op call does it. When that
+first call is inside torch.compile, Dynamo runs the loading as plain Python and takes its
+result as a constant (`_loaded_or_error`, torch.compiler.assume_constant_result) instead of
+tracing the build's file checks, which it cannot (os.stat). A build failure is remembered
+and reported, and the other backends keep working.
 """
 from __future__ import annotations
 
@@ -39,14 +39,21 @@ def _load() -> None:
     _STATE.update(loaded=True, with_cuda=with_cuda, why_no_cuda=why_not, path=path)
 
 
+@torch.compiler.assume_constant_result
+def _loaded_or_error() -> str:
+    """Load the library (building it if needed); "" when loaded, else why not."""
+    _load()
+    return "" if _STATE["loaded"] else str(_STATE["error"])
+
+
 def unavailable_reason(device) -> str | None:
     """None when the cuda backend runs on `device`; otherwise why not (builds on first call)."""
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         return f"the cuda backend does not support device type {device.type!r}"
-    _load()
-    if _STATE["error"] is not None:
-        return f"the C++/CUDA extension failed to build: {_STATE['error']}"
+    error = _loaded_or_error()
+    if error:
+        return f"the C++/CUDA extension failed to build: {error}"
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "torch sees no CUDA device"
@@ -56,10 +63,9 @@ def unavailable_reason(device) -> str | None:
 
 
 def _require() -> None:
-    if not _STATE["loaded"]:
-        _load()
-        if not _STATE["loaded"]:
-            raise RuntimeError(f"the C++/CUDA extension failed to build: {_STATE['error']}")
+    error = _loaded_or_error()
+    if error:
+        raise RuntimeError(f"the C++/CUDA extension failed to build: {error}")
 
 
 def library_info() -> dict:
@@ -324,6 +330,3 @@ def _register() -> None:
         _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
     torch.library.register_fake("gptk::sample_cuda")(_fake_sample)  # not differentiable: no autograd
 
-
-# Load now (see the module docstring): a first use under torch.compile must not trace the build.
-_load()
