@@ -450,6 +450,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cud
   const c10::cuda::CUDAGuard guard(x.device());
   return lce_backward(grad, x, weight, bias, target, temperature, ignore_index, lce_chunk_cuda(x, weight),
                       x.scalar_type(), lce_row_step_cuda, "gptk::linear_cross_entropy_cuda_backward");
+}
+
+// ---------------------------------------------------------------------------------------
 // sample
 // ---------------------------------------------------------------------------------------
 at::Tensor sample_cuda(const at::Tensor& logits, const at::Tensor& seed, double temperature, int64_t top_k,
