@@ -1,4 +1,4 @@
-"""Causal flash attention: forward, backward, and split-K (flash-decoding) for KV-cache decode.
+"""Causal flash attention: forward, backward, and a GEMV-shaped kernel for KV-cache decode.
 
 o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
 Queries are aligned to the END of the keys: query i sits at absolute position
@@ -14,9 +14,11 @@ Roofline (s = bytes per element, causal halves the FLOPs):
             (k/v re-read per query block, mostly from L2). Compute-bound from T ~ 256.
   backward  2.5x the forward FLOPs (recomputes p, then dv, dp, dk, dq); reads q, k, v, o,
             do, lse; writes dq, dk, dv.
-  decode    Tq ~ 1: 4 B H Tk D FLOP against 2 B H Tk D s bytes of K/V: memory-bound, so the
-            keys are split across programs (flash-decoding) to put every SM on the K/V
-            stream, each writing a partial (o, lse) that a combine kernel merges.
+  decode    Tq ~ 1: 4 B H Tk D FLOP against 2 B H Tk D s bytes of K/V: memory-bound. Tq <= 4
+            rows stay in registers (no 16-row MMA tile) while a program's warps stream its
+            keys; only when B H cannot fill the GPU are the keys split across programs
+            too, each writing a partial (o, lse) that a combine kernel merges. Tq 5..16
+            takes flash-decoding on the 16-row MMA tile.
 
 Numerics: scores are scaled by scale * log2(e) and exponentiated with exp2; the saved
 logsumexp is in that base-2, pre-scaled domain (lse2 = max + log2(sum)). fp32 inputs
@@ -24,9 +26,11 @@ use IEEE fp32 dots (TF32 would be ~1e3x less accurate than PyTorch's fp32 attent
 Backward is deterministic: dk/dv come from one program per key block looping over
 queries, dq from one program per query block looping over keys; no atomics.
 
+Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with masks.
+
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
-projection, slices of a preallocated KV cache) run without a copy; a non-unit last-dim
-stride is copied. Outputs are laid out (B, Tq, H, D) in memory (returned as the
+projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
+non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid out (B, Tq, H, D) in memory (returned as the
 (B, H, Tq, D) view), so the model's transpose back to (B, T, C) is free.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ import triton.language as tl
 
 from . import _launch as _fast
 from .. import _checks
+from .. import _backend
 from .._backend import autotune_enabled, triton_interpreting
 
 INTERPRETING = triton_interpreting()
@@ -223,6 +228,74 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
     part = bh * n_splits + split
     _store_rows(o_part_ptr + part * Tq * D, offs_m, D, row_ok, o, D, BLOCK_D, EVEN_D)
     tl.store(lse_part_ptr + part * Tq + offs_m, lse, mask=row_ok)
+
+
+@_fast.jit(do_not_specialize=["D8", "n_splits"])
+def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                        H, Tq, Tk, qk_scale, D8, chunk, n_splits,
+                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Decode, GEMV-shaped: program (split, head, batch) holds its Tq <= TQ (<= DECODE_GEMV_TQ)
+    query rows in registers, with no 16-row MMA tile to fill, and streams the keys
+    [split * chunk, + chunk) in tiles of BLOCK_N keys spread over its warps, K and V of a
+    tile loaded together (16-byte loads along D); scores and P V are fp32 FMAs.
+
+    Each of the BLOCK_N key slots (and query row) keeps its own online softmax (max, sum,
+    o) over the keys slot, slot + BLOCK_N, ...: per tile the only reduction is each score's
+    dot over D, none across keys, warps or shared memory; the slots merge once at the end
+    (as flash-decoding's splits do). n_splits > 1: keys cut across programs too (B H cannot
+    fill the GPU), each writing a partial (o, lse2) that _attn_combine_kernel merges;
+    otherwise this one launch writes o and lse2. The head dim is always masked (D = 8 * D8
+    keeps 16-byte vectors): one binary per (BLOCK_D, TQ)."""
+    D = D8 * 8
+    split = tl.program_id(0)
+    b, h, bh = _head(H)
+    offs_m = tl.arange(0, TQ)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, D, BLOCK_D, False)
+    q = q.to(tl.float32)[:, None, :]                                              # (TQ, 1, BLOCK_D)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    q_pos = offs_m + (Tk - Tq)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, Tk)
+    acc = tl.zeros([TQ, BLOCK_N, BLOCK_D], dtype=tl.float32)
+    m_s = tl.full([TQ, BLOCK_N], -float("inf"), dtype=tl.float32)
+    l_s = tl.zeros([TQ, BLOCK_N], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_keys(k_base, cols, stride_kn, hi, offs_d, D, True, False, False)  # (BLOCK_N, BLOCK_D)
+        v = _load_keys(v_base, cols, stride_vn, hi, offs_d, D, True, False, False)
+        qk = tl.sum(q * k.to(tl.float32)[None, :, :], axis=2) * qk_scale          # (TQ, BLOCK_N)
+        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL), qk, -float("inf"))
+        m_new = tl.maximum(m_s, qk)
+        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)  # a slot that has seen no key yet
+        alpha = tl.exp2(m_s - m_use)
+        p = tl.exp2(qk - m_use)
+        l_s = l_s * alpha + p
+        acc = acc * alpha[:, :, None] + p[:, :, None] * v.to(tl.float32)[None, :, :]
+        m_s = m_new
+    # Merge the slots: weights 2^(m_slot - m) (0 for a slot that saw no key).
+    m_i = tl.max(m_s, axis=1)
+    m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
+    w = tl.exp2(m_s - m_use[:, None])
+    l_i = tl.sum(l_s * w, axis=1)
+    o = tl.sum(acc * w[:, :, None], axis=1)                                        # (TQ, BLOCK_D)
+    if n_splits > 1:
+        seen = l_i > 0.0
+        l_safe = tl.where(seen, l_i, 1.0)
+        part = bh * n_splits + split
+        _store_rows(o_part_ptr + part * Tq * D, offs_m, D, row_ok, o / l_safe[:, None], D, BLOCK_D, False)
+        tl.store(lse_part_ptr + part * Tq + offs_m, tl.where(seen, m_i + tl.log2(l_safe), -float("inf")),
+                 mask=row_ok)
+    else:
+        # Every row sees at least one key here (Tk >= 1; causal rows see key 0 on).
+        _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / l_i[:, None], D,
+                    BLOCK_D, False)
+        tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @_fast.jit(do_not_specialize=["D8"])
@@ -418,7 +491,7 @@ _SPACE = {
             ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
             ("32", "large"): [(32, 16, 8, 2), (16, 32, 8, 2)],
             ("16", "huge"): [(64, 16, 8, 2), (32, 32, 8, 2)],
-            ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
+            ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 2)]},
     "dkdv": {("16", "small"): [(32, 128, 8, 3), (32, 64, 4, 3)],
              ("16", "large"): [(64, 32, 8, 3), (32, 32, 8, 3)],
              ("32", "small"): [(32, 32, 8, 2), (16, 64, 8, 2)],
@@ -430,7 +503,7 @@ _SPACE = {
            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
            ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
            ("16", "huge"): [(32, 16, 8, 2), (16, 32, 8, 2)],
-           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 2)]},
+           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 4, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
               ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
@@ -443,6 +516,10 @@ _SPACE = {
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
 _INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
 
+# Decode with Tq <= DECODE_GEMV_TQ takes the GEMV-shaped kernel (rows in registers); up to
+# DECODE_MAX_TQ rows take flash-decoding on a 16-row MMA tile (the "split" kernel).
+DECODE_GEMV_TQ = 4
+DECODE_TILE_BYTES = 8192  # one K (and one V) tile of the GEMV decode kernel, for one query row
 DECODE_MAX_TQ = 16    # query rows one flash-decoding program holds: every split config's BLOCK_M
 # Keys per split are a multiple of this (a multiple of every split BLOCK_N), so tiles are whole.
 DECODE_UNIT = 32 if INTERPRETING else 128
@@ -530,7 +607,33 @@ def _bhm(t: torch.Tensor) -> tuple[int, int, int]:
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
+    if _backend.STUB_DRIVER:  # compiling for a stand-in GPU (benchmarks.stub_driver): its SMs
+        return triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
     return 8  # the interpreter: enough to exercise several splits on small shapes
+
+
+def decode_tiling(tq: int, dtype, head_dim: int) -> tuple[int, int, int]:
+    """(TQ, BLOCK_N, num_warps) of the GEMV decode kernel: TQ rows held (1, or
+    DECODE_GEMV_TQ), and a key tile of DECODE_TILE_BYTES per K and V for one row (a TQ x
+    BLOCK_N x BLOCK_D fp32 product lives in registers, so more rows mean fewer keys per tile,
+    and 8 warps: 4 spill at D=128 on sm_90). Spill-free for sm_80/sm_90 (compile_cases)."""
+    tq_rows = 1 if tq == 1 else DECODE_GEMV_TQ
+    size = 4 if dtype in (torch.float32, "fp32") else 2
+    return tq_rows, max(16, DECODE_TILE_BYTES // (block_d(head_dim) * size * tq_rows)), 4 if tq_rows == 1 else 8
+
+
+def decode_gemv_splits(tk: int, batch_heads: int, block_n: int, device) -> tuple[int, int]:
+    """(n_splits, chunk) of the GEMV decode kernel: one program per head when B H fills the
+    GPU, i.e. two programs per SM (each has a K and a V tile, 2 x DECODE_TILE_BYTES, in
+    flight: 32 KB per SM, what an H100 needs), in one launch; otherwise each head's keys are
+    cut into chunks of whole tiles for about two programs per SM, then a combine launch."""
+    sms = _sm_count(torch.device(device))
+    tiles = _cdiv(max(tk, 1), block_n)
+    if batch_heads >= 2 * sms:
+        return 1, tiles * block_n
+    want = min(_cdiv(2 * sms, max(batch_heads, 1)), MAX_SPLITS)
+    chunk = _cdiv(tiles, max(1, min(tiles, want))) * block_n
+    return _cdiv(tk, chunk), chunk
 
 
 def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
@@ -569,6 +672,9 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.unit_last_dim(name, t)
     qk_scale = scale * math.log2(math.e)
+    if split is None and Tq <= DECODE_GEMV_TQ:
+        with _device_guard(q):
+            return _decode(q, k, v, o, lse, causal, qk_scale)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
@@ -588,6 +694,31 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8, chunk,
                 n_splits, _bucket(Tq), _bucket(Tk))
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
+        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
+                                         BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+    return o, lse
+
+
+def _decode(q, k, v, o, lse, causal, qk_scale, splits=None):
+    """The GEMV decode path (Tq <= DECODE_GEMV_TQ): one launch, or key splits and a combine.
+    `splits` forces a split count (tests)."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    tq_rows, block_n, warps = decode_tiling(Tq, q.dtype, D)
+    n_splits, chunk = decode_gemv_splits(Tk, B * H, block_n, q.device)
+    if splits is not None:
+        chunk = _cdiv(_cdiv(Tk, block_n), splits) * block_n
+        n_splits = _cdiv(Tk, chunk)
+    if n_splits > 1:
+        o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
+    else:
+        o_part, lse_part = o, lse  # unused
+    _attn_decode_kernel[(n_splits, H, B)](
+        q, k, v, o, lse, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
+        chunk, n_splits, BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n, num_warps=warps,
+        num_stages=1)
+    if n_splits > 1:
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
     return o, lse
@@ -646,6 +777,11 @@ _ARGS = {
 }
 
 
+_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f " + " ".join(
+    f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
+    + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i")
+
+
 def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
     """Every (kernel, dtype, BLOCK_D, EVEN_D, tile) a launch can compile: D is a runtime
     argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D."""
@@ -661,6 +797,10 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                         meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
                                 "BLOCK_N": block_n}
                         cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+            for tq_rows in (1, DECODE_GEMV_TQ):
+                _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
+                cases.append((_attn_decode_kernel, _signature(_DECODE_ARGS, dtype),
+                              {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}, warps, 1))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
                 "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": PRE_BLOCK_M}, 4))
