@@ -240,6 +240,10 @@ def _every_kernel_once():
         outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
         q1 = _randn(1, 2, 1, 128, dtype=dtype)
         outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
+    # D = 256: Q/K/V fragments re-read per tile, dQ and dK/dV in column slices (grid z).
+    q, k, v = (_randn(1, 1, 17, 256, dtype=torch.bfloat16) for _ in range(3))
+    out, lse = cuda_emu.attention(q, k, v, True)
+    outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
     for n in (33, 1000, 16385):  # warp, block and streamed rows
         x = _randn(4, n, dtype=torch.float32)
         y = cuda_emu.softmax(x, 0.7)

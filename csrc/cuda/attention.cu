@@ -16,11 +16,15 @@
 //    (transposed for V); the S accumulator is rescaled by the online softmax of
 //    csrc/common/math.h and reused as P's A fragments without a trip to shared memory.
 //    Causal blocks stop at the last key their last query sees.
-//  - attn_fwd_rows (fp32 on any Tq, fp16/bf16 decode with Tq <= kDecodeRows): a warp per
-//    query row on CUDA cores, 32 keys per step (one per lane), then each probability is
-//    broadcast to accumulate V with lanes across the head dim. When the rows are too few
-//    to fill the GPU (decode: B H rows against a long KV cache), each row's keys are split
-//    into chunks, a warp each (flash-decoding), merged by attn_fwd_combine.
+//  - attn_fwd_decode (fp16/bf16 decode, Tq <= kDecodeRows): GEMV-shaped, a block per query
+//    row, q in registers, K/V rows read in 16-byte packs by groups of lanes, a softmax per
+//    key slot merged at the end (see the kernel).
+//  - attn_fwd_rows (fp32 on any Tq): a warp per query row on CUDA cores, 32 keys per step
+//    (one per lane), then each probability is broadcast to accumulate V with lanes across
+//    the head dim.
+//    For both, when the rows are too few to fill the GPU (decode: B H rows against a long
+//    KV cache), each row's keys are split into chunks (flash-decoding), merged by
+//    attn_fwd_combine.
 //  - backward, deterministic (no atomics): delta = rowsum(dO * O) (a warp per row), then
 //    dQ and dK/dV in separate kernels, each recomputing p from the saved lse (log2
 //    domain). fp16/bf16: attn_bwd_dq_mma and attn_bwd_dkdv_mma, FlashAttention-2's
@@ -189,6 +193,133 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
     if (e * 32 + lane < d) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
   }
   if (lane == 0) a.lse[row] = any_key ? softmax_lse(MaxSum{m, sum}, 1.0f) : kNegInf;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode, fp16/bf16 (Tq <= kDecodeRows): GEMV-shaped. A block of kWarps warps per (query
+// row, key chunk); the row's q stays in registers, a 16-byte pack per lane. Each key row
+// is read by LPK lanes in 16-byte packs (D = 128 bf16: 16 lanes, two keys per warp load);
+// each (warp, lane group) is a key slot with its own online softmax over keys slot,
+// slot + kWarps * KPW, ..., so a step needs no cross-lane reduction beyond each score's
+// dot over D (log2 LPK shuffles). U steps of K and V loads are issued before their math
+// (U x 32 bytes per lane in flight). The slots merge once at the end, within the warp by
+// shuffles and across warps through shared memory. With one chunk the block writes the
+// row's output and lse; with more it writes the chunk's (acc, max, sum) partial, which
+// attn_fwd_combine merges as for attn_fwd_rows.
+// ---------------------------------------------------------------------------------------
+constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) {
+  constexpr int VEC = kVec16<T>;                         // elements per 16-byte pack
+  constexpr int LPK = pow2_at_least(D / VEC);            // lanes per key row (<= 32 for 16-bit)
+  constexpr int KPW = 32 / LPK;                          // keys per warp step
+  constexpr int STEP = kWarps * KPW;                     // keys per block step
+  constexpr int U = 4;                                   // steps whose loads fly together
+  static_assert(LPK <= 32, "16-bit rows up to D = 256 fit one warp");
+  __shared__ float merge_s[kWarps][2 + LPK * VEC];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slot = lane / LPK, sub = lane % LPK, x = sub * VEC;  // this lane's columns x..x+VEC-1
+  const int d = a.head_dim;
+  const bool cols = x < d;
+  const int64_t unit = blockIdx.x, row = unit / a.splits, split = unit % a.splits;
+  const Row r = split_row(row, a.heads, a.tq);
+  float q[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) q[e] = 0.0f;
+  if (cols) load_pack<T, VEC>(at<T>(a.q, a.q_strides, r.b, r.h, r.i) + x, q);
+  const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
+  const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + STEP - 1) / STEP * STEP;
+  const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
+
+  float m = kNegInf, l = 0.0f, acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
+  const int64_t mine = warp * KPW + slot;  // this lane's key within a block step
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += U * STEP) {  // block-uniform: shuffles below
+    Pack<T, VEC> kp[U], vp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // every load of the U steps before any math
+      const int64_t j = j0 + u * STEP + mine;
+      if (cols && j < j_end) {
+        kp[u] = load_raw<T, VEC>(at<T>(a.k, a.k_strides, r.b, r.h, j) + x);
+        vp[u] = load_raw<T, VEC>(at<T>(a.v, a.v_strides, r.b, r.h, j) + x);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) kp[u].v[e] = vp[u].v[e] = from_float<T>(0.0f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += q[e] * to_float(kp[u].v[e]);
+#pragma unroll
+      for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      const bool seen = j0 + u * STEP + mine < j_end;
+      s = seen ? scaled_score(s, a.scale_log2) : kNegInf;
+      const float m_new = softmax_max(m, s);
+      const float alpha = softmax_rescale(m, m_new, 1.0f);
+      const float p = seen ? softmax_exp(s, softmax_shift(m_new), 1.0f) : 0.0f;
+      l = l * alpha + p;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = acc[e] * alpha + p * to_float(vp[u].v[e]);
+      m = m_new;
+    }
+  }
+  // Merge the warp's KPW slots (lanes sub, sub + LPK, ... hold the same columns).
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+    const float m_o = __shfl_xor_sync(0xffffffffu, m, o), l_o = __shfl_xor_sync(0xffffffffu, l, o);
+    const float m_new = softmax_max(m, m_o);
+    const float w = softmax_rescale(m, m_new, 1.0f), w_o = softmax_rescale(m_o, m_new, 1.0f);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = acc[e] * w + __shfl_xor_sync(0xffffffffu, acc[e], o) * w_o;
+    l = l * w + l_o * w_o;
+    m = m_new;
+  }
+  // Then the warps', through shared memory: warp 0's first LPK lanes finish the row.
+  if (lane < LPK) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) merge_s[warp][2 + x + e] = acc[e];
+    if (lane == 0) {
+      merge_s[warp][0] = m;
+      merge_s[warp][1] = l;
+    }
+  }
+  __syncthreads();
+  if (warp != 0 || lane >= LPK) return;
+  float top = kNegInf;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) top = softmax_max(top, merge_s[w][0]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const float wt = softmax_rescale(merge_s[w][0], top, 1.0f);
+    sum += merge_s[w][1] * wt;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += merge_s[w][2 + x + e] * wt;
+  }
+  if (a.splits > 1) {  // the chunk's unnormalised partial, as attn_fwd_rows writes it
+    float* part = a.partial + unit * (d + 2);
+    if (cols) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) part[x + e] = acc[e];
+    }
+    if (lane == 0) {
+      part[d] = top;
+      part[d + 1] = sum;
+    }
+    return;
+  }
+  const float inv = n_keys > 0 ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] *= inv;
+  if (cols) store_pack<T, VEC>(static_cast<T*>(a.out) + row * d + x, acc);
+  if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -861,7 +992,12 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
       }
     }
     const int64_t rows = a.batch * a.heads * a.tq;
-    attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    if constexpr (!std::is_same_v<T, float>) {  // fp16/bf16 decode (fp32 keeps the row kernel's
+      // score order, which its backward recomputes bit for bit)
+      attn_fwd_decode<T, D><<<static_cast<unsigned int>(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    } else {
+      attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    }
     if (a.splits > 1) attn_fwd_combine<T, D><<<warp_blocks(rows), kWarps * 32, 0, st>>>(a);
   });
 }
@@ -895,9 +1031,13 @@ void backward_typed(const AttentionBackwardArgs& a, cudaStream_t st) {
 int attention_key_splits(DType dt, const AttentionArgs& args, int sm_count) {
   const int64_t rows = args.batch * args.heads * args.tq;
   if (rows == 0 || (dt != DType::kFloat32 && args.tq > kDecodeRows)) return 1;  // tensor-core path
-  // Enough warps for ~32 per SM, each chunk at least kMinChunk keys.
+  // Enough work to fill the GPU, each chunk at least kMinChunk keys: fp16/bf16 decode runs
+  // a block per (row, chunk), 4 per SM (16 warps, each with 4 KB of K/V loads in flight:
+  // 64 KB per SM); fp32 a warp per (row, chunk), ~32 per SM. Rows that fill it alone run
+  // unsplit, in one launch.
   constexpr int64_t kMinChunk = 128, kMaxSplits = 64;
-  const int64_t want = (static_cast<int64_t>(sm_count) * 32 + rows - 1) / rows;
+  const int64_t per_sm = dt == DType::kFloat32 ? 32 : 4;
+  const int64_t want = (static_cast<int64_t>(sm_count) * per_sm + rows - 1) / rows;
   const int64_t by_keys = (args.tk + kMinChunk - 1) / kMinChunk;
   const int64_t splits = std::min(std::min(want, by_keys), kMaxSplits);
   return splits > 1 ? static_cast<int>(splits) : 1;
