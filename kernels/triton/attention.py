@@ -488,16 +488,16 @@ def block_d(head_dim: int) -> int:
 _SPACE = {
     "fwd": {("16", "small"): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)],
             ("16", "large"): [(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3)],
-            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
-            ("32", "large"): [(32, 16, 8, 2), (16, 32, 8, 2)],
+            ("32", "small"): [(64, 32, 8, 2)],
+            ("32", "large"): [(32, 16, 8, 2)],
             ("16", "huge"): [(64, 16, 8, 2), (32, 32, 8, 2)],
             ("32", "huge"): [(16, 16, 4, 2)]},  # (16, 32, 8, 2) and (16, 16, 8, 2) spill
-    "dkdv": {("16", "small"): [(32, 128, 8, 3), (32, 64, 4, 3)],
+    "dkdv": {("16", "small"): [(16, 128, 8, 3), (16, 64, 4, 3)],  # 32-query tiles spill at D=8 on sm_80
              ("16", "large"): [(64, 32, 8, 3), (32, 32, 8, 3)],
-             ("32", "small"): [(32, 32, 8, 2), (16, 64, 8, 2)],
+             ("32", "small"): [(32, 32, 8, 2)],
              ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
              ("16", "huge"): [(32, 32, 8, 2), (16, 32, 8, 2)],
-             ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 1)]},
+             ("32", "huge"): [(16, 16, 8, 1)]},
     "dq": {("16", "small"): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
@@ -507,8 +507,8 @@ _SPACE = {
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
               ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
-              ("32", "small"): [(16, 32, 4, 2), (16, 64, 4, 2)],
-              ("32", "large"): [(16, 32, 8, 2), (16, 16, 4, 2)],
+              ("32", "small"): [(16, 64, 4, 2)],
+              ("32", "large"): [(16, 16, 4, 2)],
               ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
@@ -526,6 +526,10 @@ DECODE_UNIT = 32 if INTERPRETING else 128
 MAX_SPLITS = 256
 COMBINE_BLOCK_S = 16
 PRE_BLOCK_M = 64
+
+
+def _pre_block_m(bd: int) -> int:
+    return PRE_BLOCK_M if bd <= 128 else 16  # 64 rows of o and do at D = 256 spill
 MAX_GRID_YZ = 65535  # heads and batches run on grid axes 1 and 2
 
 
@@ -619,7 +623,8 @@ def decode_tiling(tq: int, dtype, head_dim: int) -> tuple[int, int, int]:
     and 8 warps: 4 spill at D=128 on sm_90). Spill-free for sm_80/sm_90 (compile_cases)."""
     tq_rows = 1 if tq == 1 else DECODE_GEMV_TQ
     size = 4 if dtype in (torch.float32, "fp32") else 2
-    return tq_rows, max(16, DECODE_TILE_BYTES // (block_d(head_dim) * size * tq_rows)), 4 if tq_rows == 1 else 8
+    least = 8 if block_d(head_dim) == 256 else 16  # 16 keys x 4 rows x 256 spill
+    return tq_rows, max(least, DECODE_TILE_BYTES // (block_d(head_dim) * size * tq_rows)), 4 if tq_rows == 1 else 8
 
 
 def decode_gemv_splits(tk: int, batch_heads: int, block_n: int, device) -> tuple[int, int]:
@@ -742,8 +747,9 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     common = _head_dim_args(D, causal, configs)
     with _device_guard(q):
-        _attn_bwd_preprocess_kernel[(_cdiv(Tq, PRE_BLOCK_M), H, B)](
-            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=PRE_BLOCK_M, num_warps=4)
+        pre_m = _pre_block_m(block_d(D))
+        _attn_bwd_preprocess_kernel[(_cdiv(Tq, pre_m), H, B)](
+            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4)
         args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
                 H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
         _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, **common)
@@ -803,7 +809,7 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                               {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}, warps, 1))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
-                "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": PRE_BLOCK_M}, 4))
+                "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": _pre_block_m(bd)}, 4))
             cases.append((_attn_combine_kernel, _signature(
                 "o_part_ptr:f lse_part_ptr:f o_ptr:t lse_ptr:f stride_ob:i stride_oh:i stride_om:i H:i Tq:i "
                 "n_splits:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_S": COMBINE_BLOCK_S}, 4))
