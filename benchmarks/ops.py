@@ -298,6 +298,8 @@ class Attention(OpBench):
     gpu_decode = {"quick": [4096], "standard": [512, 1024, 2048, 4096, 8192, 16384], "full": [32768]}
     cpu_decode = {"quick": [256], "standard": [128, 256, 1024]}
     decode_batch, decode_heads, decode_dim = 8, 16, 128
+    # GPT-2 124M's decode step (B1 H12 D64: 12 heads cannot fill the GPU, the keys split) beside it
+    gpu_decode_shapes = {"quick": [(1, 12, 1024, 64)], "standard": [(1, 12, 256, 64), (1, 12, 4096, 64)]}
 
     def cases(self, preset, gpu, dtypes, modes):
         out = []
@@ -318,6 +320,9 @@ class Attention(OpBench):
             for t, tier in tiered(preset, decode):
                 out += [Case(self.name, "decode", dtype, dict(B=b, H=h, Tq=1, Tk=t, D=d), t, "KV cache length Tk",
                              f"D={d}", tier, f"B{b} H{h} Tq1 Tk{t} D{d}") for dtype in dtypes]
+            for (b, h, t, d), tier in tiered(preset, self.gpu_decode_shapes if gpu else {"quick": []}):
+                out += [Case(self.name, "decode", dtype, dict(B=b, H=h, Tq=1, Tk=t, D=d), t, "KV cache length Tk",
+                             f"B{b} H{h} D={d}", tier, f"B{b} H{h} Tq1 Tk{t} D{d}") for dtype in dtypes]
         return out
 
     def inputs(self, case, device):

@@ -13,7 +13,8 @@ import torch
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The torch backend is the reference: it also takes float64 (the tests' ground truth).
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
-ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+# Every multiple of 8 from 8 to 256 (FlashAttention's set): the kernels pad D to their tile.
+ATTENTION_HEAD_DIMS = tuple(range(8, 257, 8))
 # Widest normalized dim (x.shape[-1]) each compiled backend's layer norm is built and tested for.
 NORM_MAX_HIDDEN = {"triton": 65536}
 _NAMES = "float32, float16 or bfloat16"
@@ -140,6 +141,14 @@ def add_layer_norm(x, residual, weight, bias, eps, backend):
     return eps
 
 
+def unit_last_dim(name: str, t) -> None:
+    """The attention kernels read rows of D contiguous elements: a strided last dim (a
+    transposed or sliced view) is refused rather than copied behind the caller's back."""
+    if t.dim() and t.numel() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a unit-stride last dim (head dim D), got stride {t.stride(-1)} "
+                         f"for shape {tuple(t.shape)}; pass {name}.contiguous()")
+
+
 def attention(q, k, v, causal, scale, backend):
     for name, t in (("q", q), ("k", k), ("v", v)):
         tensor(name, t, backend)
@@ -156,8 +165,10 @@ def attention(q, k, v, causal, scale, backend):
         raise ValueError(f"causal attention needs Tq <= Tk (queries align to the end of the keys), "
                          f"got Tq={q.shape[2]} > Tk={k.shape[2]}")
     if backend != "torch" and q.shape[3] not in ATTENTION_HEAD_DIMS:
-        raise ValueError(f"head dim D={q.shape[3]} is not supported by backend={backend!r}; "
-                         f"supported: {ATTENTION_HEAD_DIMS}")
+        raise ValueError(f"head dim D={q.shape[3]} is not supported by backend={backend!r}: D must be a "
+                         f"multiple of 8 from 8 to 256")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        unit_last_dim(name, t)
     if scale is None:
         return 1.0 / math.sqrt(q.shape[3]) if q.shape[3] > 0 else 1.0
     return finite("scale", scale)

@@ -52,6 +52,8 @@ CASES = [
      ValueError, "k and v"),
     ("attn-causal", lambda b: kernels.attention(r(1, 2, 5, 16), r(1, 2, 4, 16), r(1, 2, 4, 16), backend=b),
      ValueError, "Tq <= Tk"),
+    ("attn-stride", lambda b: kernels.attention(r(1, 2, 4, 16), r(1, 2, 16, 4).transpose(2, 3),
+                                                r(1, 2, 4, 16), backend=b), ValueError, "k must have a unit-stride"),
     ("attn-dtype", lambda b: kernels.attention(r(1, 2, 4, 16), r(1, 2, 4, 16, dtype=torch.float16),
                                                r(1, 2, 4, 16), backend=b), TypeError, "k has dtype"),
     ("attn-int", lambda b: kernels.attention(i(1, 2, 4, 16), i(1, 2, 4, 16), i(1, 2, 4, 16), backend=b),
@@ -93,9 +95,10 @@ def test_bad_input_under_torch_compile(backend, call, exc, match):
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
-def test_unsupported_head_dim_on_kernel_backends(backend):
-    q = r(1, 1, 4, 48)
-    with pytest.raises(ValueError, match="head dim D=48"):
+@pytest.mark.parametrize("d", [20, 264])
+def test_unsupported_head_dim_on_kernel_backends(backend, d):
+    q = r(1, 1, 4, d)
+    with pytest.raises(ValueError, match=f"head dim D={d} .*multiple of 8 from 8 to 256"):
         kernels.attention(q, q, q, backend=backend)
 
 

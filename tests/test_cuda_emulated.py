@@ -62,6 +62,24 @@ def test_attention_kernels(case, dtype):
     _attention_case(1, 2, tq, tk, d, causal, dtype)
 
 
+# Head dims that fill no tile, run padded (with_head_dim's buckets): D=40 and 80 on the
+# tensor-core kernels with their D in registers (padded to 64 and 96), 160 and 256 on the
+# wide ones (Q/K/V fragments re-read per tile, dK/dV and dQ split into column slices), 8 and
+# 24 on the CUDA-core decode path; fp32 takes the CUDA-core kernels throughout.
+# (tq, tk, d, causal, dtype); tq > 16 in fp16/bf16 takes the tensor-core kernels.
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+HEAD_DIM_CASES = [(37, 37, 40, True, F16), (37, 37, 40, True, F32), (20, 45, 80, False, F16),
+                  (20, 45, 80, False, BF16), (18, 23, 160, True, F16), (18, 23, 160, True, F32),
+                  (17, 20, 256, True, BF16), (24, 17, 256, False, F16), (24, 17, 256, False, F32),
+                  (19, 19, 8, True, F16), (19, 19, 8, True, F32), (3, 40, 24, True, BF16), (3, 40, 24, True, F32)]
+
+
+@pytest.mark.parametrize("case", HEAD_DIM_CASES, ids=str)
+def test_attention_padded_head_dims(case):
+    tq, tk, d, causal, dtype = case
+    _attention_case(1, 2, tq, tk, d, causal, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_attention_strided_qkv_views(dtype):
     _attention_case(2, 2, 40, 40, 32, True, dtype, layout="packed")
@@ -222,6 +240,10 @@ def _every_kernel_once():
         outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
         q1 = _randn(1, 2, 1, 128, dtype=dtype)
         outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
+    # D = 256: Q/K/V fragments re-read per tile, dQ and dK/dV in column slices (grid z).
+    q, k, v = (_randn(1, 1, 17, 256, dtype=torch.bfloat16) for _ in range(3))
+    out, lse = cuda_emu.attention(q, k, v, True)
+    outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
     for n in (33, 1000, 16385):  # warp and block rows in registers, a row in shared memory
         x = _randn(4, n, dtype=torch.float32)
         y = cuda_emu.softmax(x, 0.7)

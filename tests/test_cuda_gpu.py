@@ -69,7 +69,9 @@ def test_row_kernels_match_cpu_every_config(n, dtype, op):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(1, 37, 64, True), (17, 17, 16, True), (70, 70, 128, True), (200, 333, 64, True),
                                   (33, 65, 32, False), (9, 4, 64, False), (1, 1, 128, True), (1, 4097, 128, True),
-                                  (3, 1000, 32, False)], ids=str)
+                                  (3, 1000, 32, False), (70, 90, 8, True), (40, 40, 40, False), (65, 70, 80, True),
+                                  (33, 50, 160, True), (70, 66, 192, False), (40, 90, 256, True), (1, 3000, 256, True),
+                                  (3, 777, 72, True)], ids=str)
 def test_attention_kernels_vs_fp64(case, dtype):
     """tq > 16 in fp16/bf16 runs the tensor-core kernels (forward and backward); fp32 and
     decode the CUDA-core forward, whose long-KV decode cases (Tk 1000, 4097) split the keys

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "rows.h"
@@ -85,12 +86,18 @@ inline void check_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(q.size(1) == k.size(1), op, ": q and k must have the same head count H (dim 1)");
   TORCH_CHECK(q.size(3) == k.size(3), op, ": q and k must have the same head dim D (dim 3)");
   const int64_t d = q.size(3);
-  TORCH_CHECK(d == 16 || d == 32 || d == 64 || d == 128, op, ": head dim D=", d,
-              " is not supported; supported: 16, 32, 64, 128");
+  TORCH_CHECK_VALUE(d % 8 == 0 && d >= 8 && d <= 256, op, ": head dim D=", d,
+                    " is not supported: D must be a multiple of 8 from 8 to 256");
   TORCH_CHECK(!causal || q.size(2) <= k.size(2), op,
               ": causal attention needs Tq <= Tk (queries align to the end of the keys), got Tq=", q.size(2),
               " > Tk=", k.size(2));
-  for (const auto* t : {&q, &k, &v}) check_last_dim_contiguous(*t, op, "q, k and v");
+  // A strided head dim is refused, not copied: the caller decides whether to pay for a copy.
+  const std::pair<const at::Tensor*, const char*> named[] = {{&q, "q"}, {&k, "k"}, {&v, "v"}};
+  for (const auto& [t, name] : named) {
+    TORCH_CHECK_VALUE(t->stride(-1) == 1 || t->size(-1) <= 1 || t->numel() == 0, op, ": ", name,
+                      " must have a unit-stride last dim (head dim D), got stride ", t->stride(-1), " for shape ",
+                      t->sizes(), "; pass ", name, ".contiguous()");
+  }
 }
 
 inline bool gelu_tanh_form(c10::string_view approximate, const char* op) {

@@ -1,5 +1,12 @@
 // Scaled dot-product attention on the GPU: causal (end-aligned: query i sits at absolute
-// position Tk - Tq + i) or not, head dims 16/32/64/128, forward and backward.
+// position Tk - Tq + i) or not, every head dim d that is a multiple of 8 up to 256, forward
+// and backward.
+//
+// Head dims: each kernel is instantiated per padded head dim D (with_head_dim's buckets 16,
+// 32, 64, 96, 128, 192, 256: multiples of the mma k-step) and takes the true d at run time.
+// Loads zero-fill columns d..D-1, so the padding adds nothing to any dot product, and
+// stores skip them; d is a multiple of 8, so a 16-byte pack or a fragment's column pair
+// never straddles d. Outputs are contiguous with row stride d.
 //
 // FLOPs: forward 4 B H Tq Tk D (halved when causal and Tq = Tk), backward 2.5x that.
 //  - attn_fwd_mma (fp16/bf16, Tq > kDecodeRows): FlashAttention-2's forward on tensor
@@ -9,11 +16,15 @@
 //    (transposed for V); the S accumulator is rescaled by the online softmax of
 //    csrc/common/math.h and reused as P's A fragments without a trip to shared memory.
 //    Causal blocks stop at the last key their last query sees.
-//  - attn_fwd_rows (fp32 on any Tq, fp16/bf16 decode with Tq <= kDecodeRows): a warp per
-//    query row on CUDA cores, 32 keys per step (one per lane), then each probability is
-//    broadcast to accumulate V with lanes across the head dim. When the rows are too few
-//    to fill the GPU (decode: B H rows against a long KV cache), each row's keys are split
-//    into chunks, a warp each (flash-decoding), merged by attn_fwd_combine.
+//  - attn_fwd_decode (fp16/bf16 decode, Tq <= kDecodeRows): GEMV-shaped, a block per query
+//    row, q in registers, K/V rows read in 16-byte packs by groups of lanes, a softmax per
+//    key slot merged at the end (see the kernel).
+//  - attn_fwd_rows (fp32 on any Tq): a warp per query row on CUDA cores, 32 keys per step
+//    (one per lane), then each probability is broadcast to accumulate V with lanes across
+//    the head dim.
+//    For both, when the rows are too few to fill the GPU (decode: B H rows against a long
+//    KV cache), each row's keys are split into chunks (flash-decoding), merged by
+//    attn_fwd_combine.
 //  - backward, deterministic (no atomics): delta = rowsum(dO * O) (a warp per row), then
 //    dQ and dK/dV in separate kernels, each recomputing p from the saved lse (log2
 //    domain). fp16/bf16: attn_bwd_dq_mma and attn_bwd_dkdv_mma, FlashAttention-2's
@@ -61,17 +72,20 @@ __device__ __forceinline__ int64_t visible_keys(int64_t i, int64_t tq, int64_t t
 // fused into the subtraction): otherwise p drifts from the forward's by ~|score| ulps.
 __device__ __forceinline__ float scaled_score(float dot, float scale_log2) { return __fmul_rn(dot, scale_log2); }
 
-// sum_d a[d] * row[d], a in shared memory (fp32), row in global memory (16-byte packs).
+// sum_x a[x] * row[x] over the d < D columns, a in shared memory (fp32), row in global
+// memory (16-byte packs; d is a multiple of 8, so of every pack width).
 template <typename T, int D>
-__device__ __forceinline__ float dot_row(const float* a, const T* row) {
+__device__ __forceinline__ float dot_row(const float* a, const T* row, int d) {
   constexpr int VEC = kVec16<T>;
   float s = 0.0f;
 #pragma unroll
-  for (int d = 0; d < D; d += VEC) {
-    float v[VEC];
-    load_pack<T, VEC>(row + d, v);
+  for (int x = 0; x < D; x += VEC) {
+    if (x < d) {
+      float v[VEC];
+      load_pack<T, VEC>(row + x, v);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) s += a[d + e] * v[e];
+      for (int e = 0; e < VEC; ++e) s += a[x + e] * v[e];
+    }
   }
   return s;
 }
@@ -91,8 +105,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
   if (unit >= a.batch * a.heads * a.tq * a.splits) return;  // no block-wide barriers below
   const int64_t row = unit / a.splits, split = unit % a.splits;
   const Row r = split_row(row, a.heads, a.tq);
+  const int d = a.head_dim;
   const T* q = at<T>(a.q, a.q_strides, r.b, r.h, r.i);
-  for (int d = lane; d < D; d += 32) q_s[warp][d] = to_float(q[d]);
+  for (int x = lane; x < d; x += 32) q_s[warp][x] = to_float(q[x]);
   __syncwarp();
   const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
   // This warp's keys: a chunk of whole 32-key steps.
@@ -104,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
   MaxSum st = softmax_empty();
   for (int64_t j0 = j_begin; j0 < j_end; j0 += 32) {
     const int64_t j = j0 + lane;
-    const float s = j < j_end ? scaled_score(dot_row<T, D>(q_s[warp], at<T>(a.k, a.k_strides, r.b, r.h, j)),
+    const float s = j < j_end ? scaled_score(dot_row<T, D>(q_s[warp], at<T>(a.k, a.k_strides, r.b, r.h, j), d),
                                              a.scale_log2)
                               : kNegInf;
     const float new_max = softmax_max(st.max, warp_allreduce(s, MaxOp{}));
@@ -119,28 +134,28 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
       const T* v = at<T>(a.v, a.v_strides, r.b, r.h, j0 + jj);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        if (e * 32 + lane < D) acc[e] += pj * to_float(v[e * 32 + lane]);
+        if (e * 32 + lane < d) acc[e] += pj * to_float(v[e * 32 + lane]);
       }
     }
   }
   if (a.splits > 1) {
-    float* part = a.partial + unit * (D + 2);
+    float* part = a.partial + unit * (d + 2);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      if (e * 32 + lane < D) part[e * 32 + lane] = acc[e];
+      if (e * 32 + lane < d) part[e * 32 + lane] = acc[e];
     }
     if (lane == 0) {
-      part[D] = st.max;
-      part[D + 1] = st.sum;
+      part[d] = st.max;
+      part[d + 1] = st.sum;
     }
     return;
   }
   // No visible key (Tk = 0): zeros, as torch gives.
   const float inv = n_keys > 0 ? 1.0f / st.sum : 0.0f;
-  T* out = static_cast<T*>(a.out) + row * D;
+  T* out = static_cast<T*>(a.out) + row * d;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    if (e * 32 + lane < D) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
+    if (e * 32 + lane < d) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
   }
   if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(st, 1.0f) : kNegInf;
 }
@@ -153,30 +168,158 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (row >= a.batch * a.heads * a.tq) return;
-  const float* part = a.partial + row * a.splits * (D + 2);
+  const int d = a.head_dim;
+  const float* part = a.partial + row * a.splits * (d + 2);
   float m = kNegInf;
-  for (int s = 0; s < a.splits; ++s) m = softmax_max(m, part[s * (D + 2) + D]);
+  for (int s = 0; s < a.splits; ++s) m = softmax_max(m, part[s * (d + 2) + d]);
   float sum = 0.0f, acc[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) acc[e] = 0.0f;
   for (int s = 0; s < a.splits; ++s) {
-    const float* ps = part + s * (D + 2);
-    const float w = softmax_rescale(ps[D], m, 1.0f);
-    sum += ps[D + 1] * w;
+    const float* ps = part + s * (d + 2);
+    const float w = softmax_rescale(ps[d], m, 1.0f);
+    sum += ps[d + 1] * w;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      if (e * 32 + lane < D) acc[e] += ps[e * 32 + lane] * w;
+      if (e * 32 + lane < d) acc[e] += ps[e * 32 + lane] * w;
     }
   }
   const Row r = split_row(row, a.heads, a.tq);
   const bool any_key = visible_keys(r.i, a.tq, a.tk, a.causal) > 0;
   const float inv = any_key ? 1.0f / sum : 0.0f;
-  T* out = static_cast<T*>(a.out) + row * D;
+  T* out = static_cast<T*>(a.out) + row * d;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    if (e * 32 + lane < D) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
+    if (e * 32 + lane < d) out[e * 32 + lane] = from_float<T>(acc[e] * inv);
   }
   if (lane == 0) a.lse[row] = any_key ? softmax_lse(MaxSum{m, sum}, 1.0f) : kNegInf;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode, fp16/bf16 (Tq <= kDecodeRows): GEMV-shaped. A block of kWarps warps per (query
+// row, key chunk); the row's q stays in registers, a 16-byte pack per lane. Each key row
+// is read by LPK lanes in 16-byte packs (D = 128 bf16: 16 lanes, two keys per warp load);
+// each (warp, lane group) is a key slot with its own online softmax over keys slot,
+// slot + kWarps * KPW, ..., so a step needs no cross-lane reduction beyond each score's
+// dot over D (log2 LPK shuffles). U steps of K and V loads are issued before their math
+// (U x 32 bytes per lane in flight). The slots merge once at the end, within the warp by
+// shuffles and across warps through shared memory. With one chunk the block writes the
+// row's output and lse; with more it writes the chunk's (acc, max, sum) partial, which
+// attn_fwd_combine merges as for attn_fwd_rows.
+// ---------------------------------------------------------------------------------------
+constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) {
+  constexpr int VEC = kVec16<T>;                         // elements per 16-byte pack
+  constexpr int LPK = pow2_at_least(D / VEC);            // lanes per key row (<= 32 for 16-bit)
+  constexpr int KPW = 32 / LPK;                          // keys per warp step
+  constexpr int STEP = kWarps * KPW;                     // keys per block step
+  constexpr int U = 4;                                   // steps whose loads fly together
+  static_assert(LPK <= 32, "16-bit rows up to D = 256 fit one warp");
+  __shared__ float merge_s[kWarps][2 + LPK * VEC];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slot = lane / LPK, sub = lane % LPK, x = sub * VEC;  // this lane's columns x..x+VEC-1
+  const int d = a.head_dim;
+  const bool cols = x < d;
+  const int64_t unit = blockIdx.x, row = unit / a.splits, split = unit % a.splits;
+  const Row r = split_row(row, a.heads, a.tq);
+  float q[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) q[e] = 0.0f;
+  if (cols) load_pack<T, VEC>(at<T>(a.q, a.q_strides, r.b, r.h, r.i) + x, q);
+  const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
+  const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + STEP - 1) / STEP * STEP;
+  const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
+
+  float m = kNegInf, l = 0.0f, acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
+  const int64_t mine = warp * KPW + slot;  // this lane's key within a block step
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += U * STEP) {  // block-uniform: shuffles below
+    Pack<T, VEC> kp[U], vp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // every load of the U steps before any math
+      const int64_t j = j0 + u * STEP + mine;
+      if (cols && j < j_end) {
+        kp[u] = load_raw<T, VEC>(at<T>(a.k, a.k_strides, r.b, r.h, j) + x);
+        vp[u] = load_raw<T, VEC>(at<T>(a.v, a.v_strides, r.b, r.h, j) + x);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) kp[u].v[e] = vp[u].v[e] = from_float<T>(0.0f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += q[e] * to_float(kp[u].v[e]);
+#pragma unroll
+      for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      const bool seen = j0 + u * STEP + mine < j_end;
+      s = seen ? scaled_score(s, a.scale_log2) : kNegInf;
+      const float m_new = softmax_max(m, s);
+      const float alpha = softmax_rescale(m, m_new, 1.0f);
+      const float p = seen ? softmax_exp(s, softmax_shift(m_new), 1.0f) : 0.0f;
+      l = l * alpha + p;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = acc[e] * alpha + p * to_float(vp[u].v[e]);
+      m = m_new;
+    }
+  }
+  // Merge the warp's KPW slots (lanes sub, sub + LPK, ... hold the same columns).
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+    const float m_o = __shfl_xor_sync(0xffffffffu, m, o), l_o = __shfl_xor_sync(0xffffffffu, l, o);
+    const float m_new = softmax_max(m, m_o);
+    const float w = softmax_rescale(m, m_new, 1.0f), w_o = softmax_rescale(m_o, m_new, 1.0f);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = acc[e] * w + __shfl_xor_sync(0xffffffffu, acc[e], o) * w_o;
+    l = l * w + l_o * w_o;
+    m = m_new;
+  }
+  // Then the warps', through shared memory: warp 0's first LPK lanes finish the row.
+  if (lane < LPK) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) merge_s[warp][2 + x + e] = acc[e];
+    if (lane == 0) {
+      merge_s[warp][0] = m;
+      merge_s[warp][1] = l;
+    }
+  }
+  __syncthreads();
+  if (warp != 0 || lane >= LPK) return;
+  float top = kNegInf;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) top = softmax_max(top, merge_s[w][0]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const float wt = softmax_rescale(merge_s[w][0], top, 1.0f);
+    sum += merge_s[w][1] * wt;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += merge_s[w][2 + x + e] * wt;
+  }
+  if (a.splits > 1) {  // the chunk's unnormalised partial, as attn_fwd_rows writes it
+    float* part = a.partial + unit * (d + 2);
+    if (cols) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) part[x + e] = acc[e];
+    }
+    if (lane == 0) {
+      part[d] = top;
+      part[d + 1] = sum;
+    }
+    return;
+  }
+  const float inv = n_keys > 0 ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] *= inv;
+  if (cols) store_pack<T, VEC>(static_cast<T*>(a.out) + row * d + x, acc);
+  if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -197,24 +340,44 @@ __device__ __forceinline__ uint32_t load2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
-// A fragments of a warp's 16 rows (r_lo = first row + g and r_lo + 8) of a (B, H, T, D)
-// operand, straight from global memory; rows past t_end are zero.
-template <typename T, int D>
-__device__ __forceinline__ void load_a_rows(uint32_t (&frag)[D / 16][4], const void* base, const int64_t (&s)[3],
-                                            int64_t b, int64_t h, int64_t r_lo, int64_t t_end) {
-  const int tig = threadIdx.x & 3;
-  const int64_t r_hi = r_lo + 8;
-  const T* lo = at<T>(base, s, b, h, r_lo);
-  const T* hi = at<T>(base, s, b, h, r_hi);
+// The A fragments of a warp's 16 rows (r_lo = first row + g and r_lo + 8) of a
+// (B, H, T, D) operand, straight from global memory; rows past t_end and columns past d
+// are zero. Held in registers when IN_REGS; otherwise re-read (from L1) at each k-step, for
+// the head dims whose accumulators leave no registers for them (D > 128).
+template <typename T, int D, bool IN_REGS>
+struct ARows {
+  const T* lo;
+  const T* hi;
+  bool ok_lo, ok_hi;
+  int d;
+  uint32_t frag[IN_REGS ? D / 16 : 1][4];
+
+  __device__ __forceinline__ ARows(const void* base, const int64_t (&s)[3], int64_t b, int64_t h, int64_t r_lo,
+                                   int64_t t_end, int d_)
+      : lo(at<T>(base, s, b, h, r_lo)), hi(at<T>(base, s, b, h, r_lo + 8)), ok_lo(r_lo < t_end),
+        ok_hi(r_lo + 8 < t_end), d(d_) {
+    if constexpr (IN_REGS) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const int c0 = kk * 16 + tig * 2;
-    frag[kk][0] = r_lo < t_end ? load2(lo + c0) : 0u;
-    frag[kk][1] = r_hi < t_end ? load2(hi + c0) : 0u;
-    frag[kk][2] = r_lo < t_end ? load2(lo + c0 + 8) : 0u;
-    frag[kk][3] = r_hi < t_end ? load2(hi + c0 + 8) : 0u;
+      for (int kk = 0; kk < D / 16; ++kk) fetch(frag[kk], kk);
+    }
   }
-}
+  __device__ __forceinline__ void fetch(uint32_t (&a)[4], int kk) const {
+    const int c0 = kk * 16 + (threadIdx.x & 3) * 2;
+    a[0] = ok_lo && c0 < d ? load2(lo + c0) : 0u;
+    a[1] = ok_hi && c0 < d ? load2(hi + c0) : 0u;
+    a[2] = ok_lo && c0 + 8 < d ? load2(lo + c0 + 8) : 0u;
+    a[3] = ok_hi && c0 + 8 < d ? load2(hi + c0 + 8) : 0u;
+  }
+  // k-step kk's fragment (columns kk * 16 ..).
+  __device__ __forceinline__ void get(uint32_t (&a)[4], int kk) const {
+    if constexpr (IN_REGS) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = frag[kk][i];
+    } else {
+      fetch(a, kk);
+    }
+  }
+};
 
 // c += A B for one m16n8k16 step, B[k][n] = tile[(n0 + n) * ld + k0 + k]: a row-major
 // tile of the n operand (K for Q K^T), or a transposed tile (V^T for P V).
@@ -235,22 +398,24 @@ __device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float 
   a[3] = pack2(hi[2], hi[3], T{});
 }
 
-// Two fp32 values to adjacent columns of a contiguous (rows, D) output.
+// Two fp32 values to adjacent columns of a contiguous (rows, d) output; padding columns
+// (col >= d) are dropped.
 template <typename T>
 __device__ __forceinline__ void store2(T* out, int64_t row, int64_t rows, int col, int d, float x, float y) {
-  if (row < rows) *reinterpret_cast<uint32_t*>(out + row * d + col) = pack2(x, y, T{});
+  if (row < rows && col < d) *reinterpret_cast<uint32_t*>(out + row * d + col) = pack2(x, y, T{});
 }
 
-// Issue cp.async copies of rows [r0, r0 + R) of a (B, H, T, D) operand into a row-major
+// Issue cp.async copies of rows [r0, r0 + R) of a (B, H, T, d) operand into a row-major
 // shared tile (stride D + 8: a fragment's 8 rows start on distinct banks, and every row
-// stays 16-byte aligned for cp.async and ldmatrix); rows past t_end are zero-filled.
+// stays 16-byte aligned for cp.async and ldmatrix); rows past t_end and the padding
+// columns d..D-1 are zero-filled.
 template <typename T, int D, int R>
 __device__ __forceinline__ void stage_rows_async(const void* base, const int64_t (&s)[3], int64_t b, int64_t h,
-                                                 int64_t r0, int64_t t_end, T* rows) {
+                                                 int64_t r0, int64_t t_end, int d, T* rows) {
   constexpr int VEC = kVec16<T>;
   for (int idx = threadIdx.x; idx < R * (D / VEC); idx += kWarps * 32) {
     const int rr = idx / (D / VEC), d0 = (idx % (D / VEC)) * VEC;
-    const bool inside = r0 + rr < t_end;
+    const bool inside = r0 + rr < t_end && d0 < d;
     const T* src = at<T>(base, s, b, h, inside ? r0 + rr : 0) + d0;  // a valid address either way
     cp_async_16(&rows[rr * (D + 8) + d0], src, inside);
   }
@@ -287,7 +452,7 @@ __device__ __forceinline__ void mma_rows_as_b(float (&c)[4], const uint32_t (&a)
 // V), so neither tile needs a transposed copy.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) {
-  constexpr int BN = D <= 64 ? 64 : 32;  // keys per tile: two buffers of K and V in 48 KB
+  constexpr int BN = D <= 64 ? 64 : D <= 128 ? 32 : 16;  // keys per tile: two buffers of K and V in 48 KB
   constexpr int LD = D + 8;              // tile row stride (halves)
   constexpr int NT = BN / 8;             // n-tiles of S per warp
   constexpr int DT = D / 8;              // n-tiles of O per warp
@@ -304,9 +469,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
   const int64_t r_lo = m_block + warp * 16 + g, r_hi = r_lo + 8;
   const int64_t offset = a.tk - a.tq;  // causal: query i sees keys <= i + offset
+  const int d = a.head_dim;
 
-  uint32_t qa[KK][4];
-  load_a_rows<T, D>(qa, a.q, a.q_strides, b, h, r_lo, a.tq);
+  const ARows<T, D, (D < 256)> qa(a.q, a.q_strides, b, h, r_lo, a.tq, d);  // D = 256: O alone takes 128 registers
 
   float o[DT][4];
 #pragma unroll
@@ -318,16 +483,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   const int64_t tiles = (n_end + BN - 1) / BN;
 
   if (tiles > 0) {
-    stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, 0, a.tk, k_s[0]);
-    stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, 0, a.tk, v_s[0]);
+    stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, 0, a.tk, d, k_s[0]);
+    stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, 0, a.tk, d, v_s[0]);
   }
   cp_async_commit();
   for (int64_t it = 0; it < tiles; ++it) {
     const int buf = static_cast<int>(it & 1);
     const int64_t n0 = it * BN;
     if (it + 1 < tiles) {  // into the buffer the previous iteration finished with
-      stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, n0 + BN, a.tk, k_s[buf ^ 1]);
-      stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, n0 + BN, a.tk, v_s[buf ^ 1]);
+      stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, n0 + BN, a.tk, d, k_s[buf ^ 1]);
+      stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, n0 + BN, a.tk, d, v_s[buf ^ 1]);
     }
     cp_async_commit();
     cp_async_wait<1>();  // this thread's copies of tile `it` have landed...
@@ -338,13 +503,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     // S = Q K^T for this warp's 16 rows and the tile's BN keys.
     float s[NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < KK; ++kk) {
+    for (int kk = 0; kk < KK; ++kk) {
+      uint32_t qf[4];
+      qa.get(qf, kk);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
         uint32_t kb[2];  // K rows nt*8.. as B (k = dim, n = key): dims kk*16.. and kk*16+8..
         ldmatrix_x2(kb, ks + (nt * 8 + ld_row) * LD + kk * 16 + ld_half * 8);
-        mma_16816(s[nt], qa[kk], kb[0], kb[1], T{});
+        mma_16816(s[nt], qf, kb[0], kb[1], T{});
       }
     }
 
@@ -411,11 +579,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o2);
   }
   const float inv_lo = n_end > 0 ? 1.0f / l_lo : 0.0f, inv_hi = n_end > 0 ? 1.0f / l_hi : 0.0f;
-  T* out = static_cast<T*>(a.out) + bh * a.tq * D;
+  T* out = static_cast<T*>(a.out) + bh * a.tq * d;
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
-    store2(out, r_lo, a.tq, dt * 8 + tig * 2, D, o[dt][0] * inv_lo, o[dt][1] * inv_lo);
-    store2(out, r_hi, a.tq, dt * 8 + tig * 2, D, o[dt][2] * inv_hi, o[dt][3] * inv_hi);
+    store2(out, r_lo, a.tq, dt * 8 + tig * 2, d, o[dt][0] * inv_lo, o[dt][1] * inv_lo);
+    store2(out, r_hi, a.tq, dt * 8 + tig * 2, d, o[dt][2] * inv_hi, o[dt][3] * inv_hi);
   }
   if (tig == 0) {
     if (r_lo < a.tq) a.lse[bh * a.tq + r_lo] = n_end > 0 ? softmax_lse(MaxSum{m_lo, l_lo}, 1.0f) : kNegInf;
@@ -427,25 +595,33 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
 // Backward, tensor cores (sm_80+): FlashAttention-2's backward as two kernels, so that
 // neither needs atomics (deterministic). P is recomputed from the saved lse exactly as the
 // forward formed it; P and dS are rounded to the input dtype for their mma, as in FA2.
-// The tile that streams through shared memory is 64 rows up to D = 64; at D = 128 it is
-// 32 (dQ) and 16 (dK/dV, which holds two D-wide accumulators), to stay within 48 KB of
-// static shared memory and within the register file without spilling.
+// The tile that streams through shared memory is 64 rows up to D = 64; at D = 96 and 128
+// it is 32 (dQ) and 16 (dK/dV, which holds two D-wide accumulators), to stay within 48 KB
+// of static shared memory and within the register file without spilling. Above D = 128 the
+// row operands' A fragments are re-read from L1 per tile instead of held, dQ streams 16 keys,
+// and a dK/dV block owns half of the D columns (grid z), recomputing the scores per half.
 // ---------------------------------------------------------------------------------------
 
 // The backward's two score-shaped products for one warp: s = A B^T (the scores) and
-// dp = A' B'^T (dO V^T), A and A' the warp's 16 rows as fragments, B and B' row-major tiles
-// of 8 NT rows (stride ld) in shared memory.
-template <typename T, int NT, int KK>
-__device__ __forceinline__ void score_products(float (&s)[NT][4], const uint32_t (&a)[KK][4], const T* b,
-                                               float (&dp)[NT][4], const uint32_t (&a2)[KK][4], const T* b2, int ld) {
+// dp = A' B'^T (dO V^T), A and A' the warp's 16 rows (ARows), B and B' row-major tiles of
+// 8 NT rows (stride ld) in shared memory.
+template <typename T, int NT, int D, bool R>
+__device__ __forceinline__ void score_products(float (&s)[NT][4], const ARows<T, D, R>& a, const T* b,
+                                               float (&dp)[NT][4], const ARows<T, D, R>& a2, const T* b2, int ld) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) s[nt][c] = dp[nt][c] = 0.0f;
+  }
 #pragma unroll
-    for (int kk = 0; kk < KK; ++kk) {
-      mma_tile_b(s[nt], a[kk], b, ld, nt * 8, kk * 16);
-      mma_tile_b(dp[nt], a2[kk], b2, ld, nt * 8, kk * 16);
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t af[4], a2f[4];
+    a.get(af, kk);
+    a2.get(a2f, kk);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      mma_tile_b(s[nt], af, b, ld, nt * 8, kk * 16);
+      mma_tile_b(dp[nt], a2f, b2, ld, nt * 8, kk * 16);
     }
   }
 }
@@ -477,33 +653,47 @@ __device__ __forceinline__ void probs_and_score_grads(float (&s)[NT][4], float (
   }
 }
 
-// dK and dV for 64 keys (16 per warp, K and V held as A fragments), streaming the queries
-// that see them: S^T = K Q^T and dP^T = V dO^T (keys as rows), P^T = exp2(S^T - lse),
-// dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q (scaled on the way out).
+// Output columns per block of the backward mma kernels (D / columns blocks on grid z): all
+// of them up to D = 128; above, the dK and dV (resp. dQ) accumulators of a slice, sized so
+// that no configuration spills (ptxas, sm_80 and sm_90).
+constexpr int dkdv_columns(int d) { return d <= 128 ? d : d == 192 ? 64 : 128; }
+constexpr int dq_columns(int d) { return d <= 128 ? d : d / 2; }
+
+// dK and dV for 64 keys (16 per warp, K and V as A fragments), streaming the queries that
+// see them: S^T = K Q^T and dP^T = V dO^T (keys as rows), P^T = exp2(S^T - lse),
+// dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q (scaled on the way out), over
+// this block's DC output columns [blockIdx.z * DC, + DC).
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBackwardArgs a) {
-  constexpr int BQ = D <= 64 ? 64 : 16;  // queries per streamed tile
+  constexpr bool kSmall = D <= 128;          // K's fragments in registers, V's in shared memory
+  constexpr int BQ = D <= 64 ? 64 : 16;      // queries per streamed tile
+  constexpr int DC = dkdv_columns(D);        // output columns per block
   constexpr int LD = D + 8;
-  constexpr int KK = D / 16, DT = D / 8, NQ = BQ / 8;
+  constexpr int DT = DC / 8, NQ = BQ / 8;
   __shared__ alignas(16) T q_s[BQ * LD];
   __shared__ alignas(16) T do_s[BQ * LD];
-  __shared__ alignas(16) T v_blk[kBlockN * LD];  // this block's keys of V: A fragments by ldmatrix
+  __shared__ alignas(16) T v_blk[kSmall ? kBlockN * LD : 8];  // this block's keys of V: A fragments by ldmatrix
   __shared__ float lse_s[BQ], delta_s[BQ];
 
   const AttentionArgs& f = a.fwd;
+  const int d = f.head_dim;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, tig = lane & 3;
   const int64_t bh = blockIdx.x, b = bh / f.heads, h = bh % f.heads;
   const int64_t n_block = static_cast<int64_t>(blockIdx.y) * kBlockN;
+  const int c_base = static_cast<int>(blockIdx.z) * DC;
   const int64_t key_lo = n_block + warp * 16 + (lane >> 2), key_hi = key_lo + 8;
   const int64_t offset = f.tk - f.tq;
 
-  // K's A fragments stay in registers; V's are re-read from shared memory per tile, which
-  // keeps the D = 128 kernel within the register file (dK and dV take 128 registers).
-  uint32_t ka[KK][4];
-  load_a_rows<T, D>(ka, f.k, f.k_strides, b, h, key_lo, f.tk);
-  stage_rows_async<T, D, kBlockN>(f.v, f.v_strides, b, h, n_block, f.tk, v_blk);
-  cp_async_commit();  // waited for with the first query tile
-  const T* v_warp = v_blk + warp * 16 * LD;
+  // K's A fragments stay in registers up to D = 128; V's are re-read from shared memory per
+  // tile, which keeps the D = 128 kernel within the register file (dK and dV take 128
+  // registers). Above, both come from L1 per tile.
+  const ARows<T, D, kSmall> ka(f.k, f.k_strides, b, h, key_lo, f.tk, d);
+  const ARows<T, D, false> va_global(f.v, f.v_strides, b, h, key_lo, f.tk, d);
+  if constexpr (kSmall) {
+    stage_rows_async<T, D, kBlockN>(f.v, f.v_strides, b, h, n_block, f.tk, d, v_blk);
+    cp_async_commit();  // waited for with the first query tile
+  }
+  const T* v_warp = v_blk + (kSmall ? warp * 16 * LD : 0);
   float dk[DT][4], dv[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
@@ -519,8 +709,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
 
   for (int64_t m0 = m_begin; m0 < f.tq; m0 += BQ) {
     __syncthreads();  // the previous tiles are consumed
-    stage_rows_async<T, D, BQ>(f.q, f.q_strides, b, h, m0, f.tq, q_s);
-    stage_rows_async<T, D, BQ>(a.dout, a.dout_strides, b, h, m0, f.tq, do_s);
+    stage_rows_async<T, D, BQ>(f.q, f.q_strides, b, h, m0, f.tq, d, q_s);
+    stage_rows_async<T, D, BQ>(a.dout, a.dout_strides, b, h, m0, f.tq, d, do_s);
     cp_async_commit();
     for (int i = tid; i < BQ; i += kWarps * 32) {
       lse_s[i] = m0 + i < f.tq ? lse[m0 + i] : 0.0f;
@@ -529,7 +719,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
     cp_async_wait<0>();
     __syncthreads();
 
-    // S^T = K Q^T and dP^T = V dO^T.
+    // S^T = K Q^T and dP^T = V dO^T over all D columns.
     float st[NQ][4], dpt[NQ][4];
 #pragma unroll
     for (int nq = 0; nq < NQ; ++nq) {
@@ -537,12 +727,17 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
       for (int c = 0; c < 4; ++c) st[nq][c] = dpt[nq][c] = 0.0f;
     }
 #pragma unroll
-    for (int kk = 0; kk < KK; ++kk) {
-      uint32_t va[4];
-      ldmatrix_a(va, v_warp + kk * 16, LD);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t kf[4], va[4];
+      ka.get(kf, kk);
+      if constexpr (kSmall) {
+        ldmatrix_a(va, v_warp + kk * 16, LD);
+      } else {
+        va_global.get(va, kk);
+      }
 #pragma unroll
       for (int nq = 0; nq < NQ; ++nq) {
-        mma_tile_b(st[nq], ka[kk], q_s, LD, nq * 8, kk * 16);
+        mma_tile_b(st[nq], kf, q_s, LD, nq * 8, kk * 16);
         mma_tile_b(dpt[nq], va, do_s, LD, nq * 8, kk * 16);
       }
     }
@@ -558,44 +753,48 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv_mma(AttentionBac
       accumulators_as_a<T>(dsa, dpt[2 * t], dpt[2 * t + 1]);
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt) {
-        mma_rows_as_b<T, D>(dv[dt], pa, do_s, dt * 8, t * 16);
-        mma_rows_as_b<T, D>(dk[dt], dsa, q_s, dt * 8, t * 16);
+        mma_rows_as_b<T, D>(dv[dt], pa, do_s, c_base + dt * 8, t * 16);
+        mma_rows_as_b<T, D>(dk[dt], dsa, q_s, c_base + dt * 8, t * 16);
       }
     }
   }
 
-  T* dk_out = static_cast<T*>(a.dk) + bh * f.tk * D;
-  T* dv_out = static_cast<T*>(a.dv) + bh * f.tk * D;
+  T* dk_out = static_cast<T*>(a.dk) + bh * f.tk * d;
+  T* dv_out = static_cast<T*>(a.dv) + bh * f.tk * d;
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
-    const int col = dt * 8 + tig * 2;
-    store2(dk_out, key_lo, f.tk, col, D, dk[dt][0] * a.scale, dk[dt][1] * a.scale);
-    store2(dk_out, key_hi, f.tk, col, D, dk[dt][2] * a.scale, dk[dt][3] * a.scale);
-    store2(dv_out, key_lo, f.tk, col, D, dv[dt][0], dv[dt][1]);
-    store2(dv_out, key_hi, f.tk, col, D, dv[dt][2], dv[dt][3]);
+    const int col = c_base + dt * 8 + tig * 2;
+    store2(dk_out, key_lo, f.tk, col, d, dk[dt][0] * a.scale, dk[dt][1] * a.scale);
+    store2(dk_out, key_hi, f.tk, col, d, dk[dt][2] * a.scale, dk[dt][3] * a.scale);
+    store2(dv_out, key_lo, f.tk, col, d, dv[dt][0], dv[dt][1]);
+    store2(dv_out, key_hi, f.tk, col, d, dv[dt][2], dv[dt][3]);
   }
 }
 
-// dQ for 64 queries (16 per warp, Q and dO held as A fragments), streaming the keys they
-// see: S = Q K^T and dP = dO V^T as in the forward, dS = P (dP - delta), dQ += dS K.
+
+// dQ for 64 queries (16 per warp, Q and dO as A fragments), streaming the keys they see:
+// S = Q K^T and dP = dO V^T as in the forward, dS = P (dP - delta), dQ += dS K.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackwardArgs a) {
-  constexpr int BN = D <= 64 ? 64 : 32;  // keys per streamed tile
+  constexpr bool kSmall = D <= 128;  // Q's and dO's fragments in registers
+  constexpr int BN = D <= 64 ? 64 : D <= 128 ? 32 : 16;  // keys per streamed tile
   constexpr int LD = D + 8;
-  constexpr int KK = D / 16, DT = D / 8, NT = BN / 8;
+  constexpr int DC = dq_columns(D);  // output columns per block, from c_base
+  constexpr int DT = DC / 8, NT = BN / 8;
   __shared__ alignas(16) T k_s[BN * LD];
   __shared__ alignas(16) T v_s[BN * LD];
 
   const AttentionArgs& f = a.fwd;
+  const int d = f.head_dim;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tig = lane & 3;
   const int64_t bh = blockIdx.x, b = bh / f.heads, h = bh % f.heads;
   const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
+  const int c_base = static_cast<int>(blockIdx.z) * DC;
   const int64_t r_lo = m_block + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
   const int64_t offset = f.tk - f.tq;
 
-  uint32_t qa[KK][4], doa[KK][4];
-  load_a_rows<T, D>(qa, f.q, f.q_strides, b, h, r_lo, f.tq);
-  load_a_rows<T, D>(doa, a.dout, a.dout_strides, b, h, r_lo, f.tq);
+  const ARows<T, D, kSmall> qa(f.q, f.q_strides, b, h, r_lo, f.tq, d);
+  const ARows<T, D, kSmall> doa(a.dout, a.dout_strides, b, h, r_lo, f.tq, d);
   const float lse_lo = r_lo < f.tq ? f.lse[bh * f.tq + r_lo] : 0.0f;
   const float lse_hi = r_hi < f.tq ? f.lse[bh * f.tq + r_hi] : 0.0f;
   const float delta_lo = r_lo < f.tq ? a.delta[bh * f.tq + r_lo] : 0.0f;
@@ -609,8 +808,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackw
 
   for (int64_t n0 = 0; n0 < n_end; n0 += BN) {
     __syncthreads();  // the previous tiles are consumed
-    stage_rows_async<T, D, BN>(f.k, f.k_strides, b, h, n0, f.tk, k_s);
-    stage_rows_async<T, D, BN>(f.v, f.v_strides, b, h, n0, f.tk, v_s);
+    stage_rows_async<T, D, BN>(f.k, f.k_strides, b, h, n0, f.tk, d, k_s);
+    stage_rows_async<T, D, BN>(f.v, f.v_strides, b, h, n0, f.tk, d, v_s);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -627,16 +826,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq_mma(AttentionBackw
       uint32_t dsa[4];
       accumulators_as_a<T>(dsa, dp[2 * t], dp[2 * t + 1]);
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) mma_rows_as_b<T, D>(dq[dt], dsa, k_s, dt * 8, t * 16);
+      for (int dt = 0; dt < DT; ++dt) mma_rows_as_b<T, D>(dq[dt], dsa, k_s, c_base + dt * 8, t * 16);
     }
   }
 
-  T* dq_out = static_cast<T*>(a.dq) + bh * f.tq * D;
+  T* dq_out = static_cast<T*>(a.dq) + bh * f.tq * d;
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {
-    const int col = dt * 8 + tig * 2;
-    store2(dq_out, r_lo, f.tq, col, D, dq[dt][0] * a.scale, dq[dt][1] * a.scale);
-    store2(dq_out, r_hi, f.tq, col, D, dq[dt][2] * a.scale, dq[dt][3] * a.scale);
+    const int col = c_base + dt * 8 + tig * 2;
+    store2(dq_out, r_lo, f.tq, col, d, dq[dt][0] * a.scale, dq[dt][1] * a.scale);
+    store2(dq_out, r_hi, f.tq, col, d, dq[dt][2] * a.scale, dq[dt][3] * a.scale);
   }
 }
 
@@ -649,10 +848,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_delta(AttentionBackwa
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (row >= a.fwd.batch * a.fwd.heads * a.fwd.tq) return;
   const Row r = split_row(row, a.fwd.heads, a.fwd.tq);
+  const int d = a.fwd.head_dim;
   const T* dout = at<T>(a.dout, a.dout_strides, r.b, r.h, r.i);
-  const T* out = static_cast<const T*>(a.fwd.out) + row * D;
+  const T* out = static_cast<const T*>(a.fwd.out) + row * d;
   float s = 0.0f;
-  for (int d = lane; d < D; d += 32) s += to_float(dout[d]) * to_float(out[d]);
+  for (int x = lane; x < d; x += 32) s += to_float(dout[x]) * to_float(out[x]);
   s = warp_allreduce(s, SumOp{});
   if (lane == 0) a.delta[row] = s;
 }
@@ -667,11 +867,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq(AttentionBackwardA
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (row >= f.batch * f.heads * f.tq) return;
   const Row r = split_row(row, f.heads, f.tq);
+  const int d = f.head_dim;
   const T* q = at<T>(f.q, f.q_strides, r.b, r.h, r.i);
   const T* dout = at<T>(a.dout, a.dout_strides, r.b, r.h, r.i);
-  for (int d = lane; d < D; d += 32) {
-    q_s[warp][d] = to_float(q[d]);
-    do_s[warp][d] = to_float(dout[d]);
+  for (int x = lane; x < d; x += 32) {
+    q_s[warp][x] = to_float(q[x]);
+    do_s[warp][x] = to_float(dout[x]);
   }
   __syncwarp();
   const float lse = f.lse[row], delta = a.delta[row];
@@ -683,8 +884,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq(AttentionBackwardA
     const int64_t j = j0 + lane;
     float ds = 0.0f;
     if (j < n_keys) {
-      const float s = dot_row<T, D>(q_s[warp], at<T>(f.k, f.k_strides, r.b, r.h, j));
-      const float dp = dot_row<T, D>(do_s[warp], at<T>(f.v, f.v_strides, r.b, r.h, j));
+      const float s = dot_row<T, D>(q_s[warp], at<T>(f.k, f.k_strides, r.b, r.h, j), d);
+      const float dp = dot_row<T, D>(do_s[warp], at<T>(f.v, f.v_strides, r.b, r.h, j), d);
       const float p = exp2f(scaled_score(s, f.scale_log2) - lse);
       ds = p * (dp - delta) * a.scale;
     }
@@ -694,14 +895,14 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dq(AttentionBackwardA
       const T* k = at<T>(f.k, f.k_strides, r.b, r.h, j0 + jj);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        if (e * 32 + lane < D) acc[e] += dsj * to_float(k[e * 32 + lane]);
+        if (e * 32 + lane < d) acc[e] += dsj * to_float(k[e * 32 + lane]);
       }
     }
   }
-  T* dq = static_cast<T*>(a.dq) + row * D;
+  T* dq = static_cast<T*>(a.dq) + row * d;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    if (e * 32 + lane < D) dq[e * 32 + lane] = from_float<T>(acc[e]);
+    if (e * 32 + lane < d) dq[e * 32 + lane] = from_float<T>(acc[e]);
   }
 }
 
@@ -715,11 +916,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv(AttentionBackwar
   const int64_t key_row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (key_row >= f.batch * f.heads * f.tk) return;
   const Row r = split_row(key_row, f.heads, f.tk);  // r.i is the key index
+  const int d = f.head_dim;
   const T* k = at<T>(f.k, f.k_strides, r.b, r.h, r.i);
   const T* v = at<T>(f.v, f.v_strides, r.b, r.h, r.i);
-  for (int d = lane; d < D; d += 32) {
-    k_s[warp][d] = to_float(k[d]);
-    v_s[warp][d] = to_float(v[d]);
+  for (int x = lane; x < d; x += 32) {
+    k_s[warp][x] = to_float(k[x]);
+    v_s[warp][x] = to_float(v[x]);
   }
   __syncwarp();
   // Queries that see key j: i >= j - (Tk - Tq) when causal.
@@ -733,8 +935,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv(AttentionBackwar
     const int64_t i = i0 + lane;
     float p = 0.0f, ds = 0.0f;
     if (i < f.tq) {
-      const float s = dot_row<T, D>(k_s[warp], at<T>(f.q, f.q_strides, r.b, r.h, i));
-      const float dp = dot_row<T, D>(v_s[warp], at<T>(a.dout, a.dout_strides, r.b, r.h, i));
+      const float s = dot_row<T, D>(k_s[warp], at<T>(f.q, f.q_strides, r.b, r.h, i), d);
+      const float dp = dot_row<T, D>(v_s[warp], at<T>(a.dout, a.dout_strides, r.b, r.h, i), d);
       p = exp2f(scaled_score(s, f.scale_log2) - f.lse[bh_rows + i]);
       ds = p * (dp - a.delta[bh_rows + i]) * a.scale;
     }
@@ -745,32 +947,34 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_bwd_dkdv(AttentionBackwar
       const T* dout = at<T>(a.dout, a.dout_strides, r.b, r.h, i0 + ii);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        if (e * 32 + lane < D) {
+        if (e * 32 + lane < d) {
           dv[e] += pi * to_float(dout[e * 32 + lane]);
           dk[e] += dsi * to_float(q[e * 32 + lane]);
         }
       }
     }
   }
-  T* dk_out = static_cast<T*>(a.dk) + key_row * D;
-  T* dv_out = static_cast<T*>(a.dv) + key_row * D;
+  T* dk_out = static_cast<T*>(a.dk) + key_row * d;
+  T* dv_out = static_cast<T*>(a.dv) + key_row * d;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    if (e * 32 + lane < D) {
+    if (e * 32 + lane < d) {
       dk_out[e * 32 + lane] = from_float<T>(dk[e]);
       dv_out[e * 32 + lane] = from_float<T>(dv[e]);
     }
   }
 }
 
+// The padded head dim D a head dim d runs at (d <= 256, a multiple of 8; entry.cpp checks).
 template <typename F>
 void with_head_dim(int d, F&& f) {
-  switch (d) {
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    case 32: f(std::integral_constant<int, 32>{}); break;
-    case 64: f(std::integral_constant<int, 64>{}); break;
-    default: f(std::integral_constant<int, 128>{}); break;
-  }
+  if (d <= 16) f(std::integral_constant<int, 16>{});
+  else if (d <= 32) f(std::integral_constant<int, 32>{});
+  else if (d <= 64) f(std::integral_constant<int, 64>{});
+  else if (d <= 96) f(std::integral_constant<int, 96>{});
+  else if (d <= 128) f(std::integral_constant<int, 128>{});
+  else if (d <= 192) f(std::integral_constant<int, 192>{});
+  else f(std::integral_constant<int, 256>{});
 }
 
 unsigned int warp_blocks(int64_t rows) { return static_cast<unsigned int>((rows + kWarps - 1) / kWarps); }
@@ -788,7 +992,12 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
       }
     }
     const int64_t rows = a.batch * a.heads * a.tq;
-    attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    if constexpr (!std::is_same_v<T, float>) {  // fp16/bf16 decode (fp32 keeps the row kernel's
+      // score order, which its backward recomputes bit for bit)
+      attn_fwd_decode<T, D><<<static_cast<unsigned int>(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    } else {
+      attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
+    }
     if (a.splits > 1) attn_fwd_combine<T, D><<<warp_blocks(rows), kWarps * 32, 0, st>>>(a);
   });
 }
@@ -802,11 +1011,12 @@ void backward_typed(const AttentionBackwardArgs& a, cudaStream_t st) {
     if constexpr (!std::is_same_v<T, float>) {
       const auto bh = static_cast<unsigned int>(f.batch * f.heads);
       if (f.tq > 0) {
-        attn_bwd_dq_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tq + kBlockM - 1) / kBlockM)), kWarps * 32,
-                                0, st>>>(a);
+        attn_bwd_dq_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tq + kBlockM - 1) / kBlockM), D / dq_columns(D)),
+                                kWarps * 32, 0, st>>>(a);
       }
       if (f.tk > 0) {
-        attn_bwd_dkdv_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tk + kBlockN - 1) / kBlockN)),
+        attn_bwd_dkdv_mma<T, D><<<dim3(bh, static_cast<unsigned int>((f.tk + kBlockN - 1) / kBlockN),
+                                       D / dkdv_columns(D)),
                                   kWarps * 32, 0, st>>>(a);
       }
       return;
@@ -821,9 +1031,13 @@ void backward_typed(const AttentionBackwardArgs& a, cudaStream_t st) {
 int attention_key_splits(DType dt, const AttentionArgs& args, int sm_count) {
   const int64_t rows = args.batch * args.heads * args.tq;
   if (rows == 0 || (dt != DType::kFloat32 && args.tq > kDecodeRows)) return 1;  // tensor-core path
-  // Enough warps for ~32 per SM, each chunk at least kMinChunk keys.
+  // Enough work to fill the GPU, each chunk at least kMinChunk keys: fp16/bf16 decode runs
+  // a block per (row, chunk), 4 per SM (16 warps, each with 4 KB of K/V loads in flight:
+  // 64 KB per SM); fp32 a warp per (row, chunk), ~32 per SM. Rows that fill it alone run
+  // unsplit, in one launch.
   constexpr int64_t kMinChunk = 128, kMaxSplits = 64;
-  const int64_t want = (static_cast<int64_t>(sm_count) * 32 + rows - 1) / rows;
+  const int64_t per_sm = dt == DType::kFloat32 ? 32 : 4;
+  const int64_t want = (static_cast<int64_t>(sm_count) * per_sm + rows - 1) / rows;
   const int64_t by_keys = (args.tk + kMinChunk - 1) / kMinChunk;
   const int64_t splits = std::min(std::min(want, by_keys), kMaxSplits);
   return splits > 1 ? static_cast<int>(splits) : 1;

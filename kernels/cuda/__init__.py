@@ -96,7 +96,9 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
 
 def _last_dim_contiguous(t):
     # The kernels take any batch/head/token strides (the model's (B, T, H, D) -> (B, H, T, D)
-    # transposes stay views) but need unit stride along D: copy only then.
+    # transposes stay views) but need unit stride along D. q, k and v with a strided D are
+    # refused (kernels._checks); an incoming gradient (autograd may hand an expanded or
+    # transposed one) is copied, only then.
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
@@ -106,7 +108,6 @@ def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
         raise ValueError("kv_lengths is not supported by backend='cuda' yet; use backend='torch'")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     return _CALLS["attention"](q, k, v, bool(causal), float(scale))[0]
 
 

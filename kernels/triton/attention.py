@@ -1,4 +1,4 @@
-"""Causal flash attention: forward, backward, and split-K (flash-decoding) for KV-cache decode.
+"""Causal flash attention: forward, backward, and a GEMV-shaped kernel for KV-cache decode.
 
 o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
 Queries are aligned to the END of the keys: query i sits at absolute position
@@ -14,9 +14,11 @@ Roofline (s = bytes per element, causal halves the FLOPs):
             (k/v re-read per query block, mostly from L2). Compute-bound from T ~ 256.
   backward  2.5x the forward FLOPs (recomputes p, then dv, dp, dk, dq); reads q, k, v, o,
             do, lse; writes dq, dk, dv.
-  decode    Tq ~ 1: 4 B H Tk D FLOP against 2 B H Tk D s bytes of K/V: memory-bound, so the
-            keys are split across programs (flash-decoding) to put every SM on the K/V
-            stream, each writing a partial (o, lse) that a combine kernel merges.
+  decode    Tq ~ 1: 4 B H Tk D FLOP against 2 B H Tk D s bytes of K/V: memory-bound. Tq <= 4
+            rows stay in registers (no 16-row MMA tile) while a program's warps stream its
+            keys; only when B H cannot fill the GPU are the keys split across programs
+            too, each writing a partial (o, lse) that a combine kernel merges. Tq 5..16
+            takes flash-decoding on the 16-row MMA tile.
 
 Numerics: scores are scaled by scale * log2(e) and exponentiated with exp2; the saved
 logsumexp is in that base-2, pre-scaled domain (lse2 = max + log2(sum)). fp32 inputs
@@ -24,9 +26,11 @@ use IEEE fp32 dots (TF32 would be ~1e3x less accurate than PyTorch's fp32 attent
 Backward is deterministic: dk/dv come from one program per key block looping over
 queries, dq from one program per query block looping over keys; no atomics.
 
+Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with masks.
+
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
-projection, slices of a preallocated KV cache) run without a copy; a non-unit last-dim
-stride is copied. Outputs are laid out (B, Tq, H, D) in memory (returned as the
+projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
+non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid out (B, Tq, H, D) in memory (returned as the
 (B, H, Tq, D) view), so the model's transpose back to (B, T, C) is free.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ import triton.language as tl
 
 from . import _launch as _fast
 from .. import _checks
+from .. import _backend
 from .._backend import autotune_enabled, triton_interpreting
 
 INTERPRETING = triton_interpreting()
@@ -58,15 +63,52 @@ def _head(H):
 
 
 @triton.jit
-def _load_rows(base, rows, stride, ok, HEAD_DIM: tl.constexpr):
-    """The (len(rows), HEAD_DIM) tile of rows `stride` apart; rows not `ok` read as 0."""
-    return tl.load(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], mask=ok[:, None], other=0.0)
+def _row_mask(ok, offs_d, D, EVEN_D: tl.constexpr):
+    """(rows, BLOCK_D) mask: row `ok` and, unless the head dim fills BLOCK_D, column < D."""
+    if EVEN_D:
+        return ok[:, None]
+    else:
+        return ok[:, None] & (offs_d[None, :] < D)
 
 
 @triton.jit
-def _store_rows(base, rows, stride, ok, value, HEAD_DIM: tl.constexpr):
-    tl.store(base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], value.to(base.dtype.element_ty),
-             mask=ok[:, None])
+def _load_rows(base, rows, stride, ok, D, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """The (len(rows), BLOCK_D) tile of rows `stride` apart; rows not `ok` and the padding
+    columns >= D read as 0."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=_row_mask(ok, offs_d, D, EVEN_D), other=0.0)
+
+
+@triton.jit
+def _store_rows(base, rows, stride, ok, value, D, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    tl.store(base + rows[:, None] * stride + offs_d[None, :], value.to(base.dtype.element_ty),
+             mask=_row_mask(ok, offs_d, D, EVEN_D))
+
+
+@triton.jit
+def _load_keys(base, cols, stride, key_end, offs_d, D, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+               TRANS: tl.constexpr):
+    """A K or V tile of the keys `cols`: (BLOCK_D, BLOCK_N) if TRANS else (BLOCK_N, BLOCK_D).
+    MASKED tiles zero keys >= key_end; a head dim short of BLOCK_D zeroes the padding."""
+    if TRANS:
+        ptrs = base + cols[None, :] * stride + offs_d[:, None]
+        key_ok = cols[None, :] < key_end
+        d_ok = offs_d[:, None] < D
+    else:
+        ptrs = base + cols[:, None] * stride + offs_d[None, :]
+        key_ok = cols[:, None] < key_end
+        d_ok = offs_d[None, :] < D
+    if MASKED:
+        if EVEN_D:
+            return tl.load(ptrs, mask=key_ok, other=0.0)
+        else:
+            return tl.load(ptrs, mask=key_ok & d_ok, other=0.0)
+    else:
+        if EVEN_D:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=d_ok, other=0.0)
 
 
 @triton.jit
@@ -94,20 +136,16 @@ def _visible(cols, q_pos, key_end, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale, D,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+               BLOCK_N: tl.constexpr):
     """Online-softmax update of (acc, m_i, l_i) with keys [lo, hi). MASKED tiles mask keys
     >= key_end and, if CAUSAL, keys after each row's position q_pos."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]   # (D, BLOCK_N)
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]    # (BLOCK_N, D)
-        if MASKED:
-            kt = tl.load(kt_ptrs, mask=cols[None, :] < key_end, other=0.0)
-        else:
-            kt = tl.load(kt_ptrs)
+        kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
         qk = tl.dot(q, kt, input_precision="ieee") * qk_scale
         if MASKED:
             qk = tl.where(_visible(cols, q_pos, key_end, CAUSAL), qk, -float("inf"))
@@ -117,24 +155,23 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo
         p = tl.exp2(qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=cols[:, None] < key_end, other=0.0)
-        else:
-            v = tl.load(v_ptrs)
+        v = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, False)  # (BLOCK_N, BLOCK_D)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
     return acc, m_i, l_i
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-                     H, Tq, Tk, qk_scale, TQ_BUCKET, TK_BUCKET,
-                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                     H, Tq, Tk, qk_scale, D8, TQ_BUCKET, TK_BUCKET,
+                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
-    o and lse2. TQ_BUCKET/TK_BUCKET only key the autotuner."""
+    o and lse2. The head dim is D = 8 * D8 (so the compiler knows it is a multiple of 8)
+    padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner."""
+    D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
     q_base = q_ptr + b * stride_qb + h * stride_qh
@@ -142,31 +179,32 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     v_base = v_ptr + b * stride_vb + h * stride_vh
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
-    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
     q_pos = offs_m + (Tk - Tq)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
-                               qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
+                               qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
-                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+                               qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
     o = acc / l_i[:, None]
-    _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, HEAD_DIM)
+    _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, D, BLOCK_D, EVEN_D)
     tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
                            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                            stride_vb, stride_vh, stride_vn,
-                           H, Tq, Tk, qk_scale, chunk, n_splits, TQ_BUCKET, TK_BUCKET,
-                           HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                           H, Tq, Tk, qk_scale, D8, chunk, n_splits, TQ_BUCKET, TK_BUCKET,
+                           BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Flash-decoding: program (split, batch*head) attends all Tq (<= BLOCK_M) queries to
     keys [split * chunk, (split + 1) * chunk) and writes an fp32 partial o and its lse2
     (-inf, o = 0 for a row that sees none of those keys)."""
+    D = D8 * 8
     split = tl.program_id(0)
     b, h, bh = _head(H)
     q_base = q_ptr + b * stride_qb + h * stride_qh
@@ -174,79 +212,151 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
     v_base = v_ptr + b * stride_vb + h * stride_vh
     offs_m = tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
-    q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
+    q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
     q_pos = offs_m + (Tk - Tq)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, Tk)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, hi,
-                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+                               qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     o = acc / l_safe[:, None]
     lse = tl.where(seen, m_i + tl.log2(l_safe), -float("inf"))
     part = bh * n_splits + split
-    _store_rows(o_part_ptr + part * Tq * HEAD_DIM, offs_m, HEAD_DIM, row_ok, o, HEAD_DIM)
+    _store_rows(o_part_ptr + part * Tq * D, offs_m, D, row_ok, o, D, BLOCK_D, EVEN_D)
     tl.store(lse_part_ptr + part * Tq + offs_m, lse, mask=row_ok)
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8", "n_splits"])
+def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                        H, Tq, Tk, qk_scale, D8, chunk, n_splits,
+                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Decode, GEMV-shaped: program (split, head, batch) holds its Tq <= TQ (<= DECODE_GEMV_TQ)
+    query rows in registers, with no 16-row MMA tile to fill, and streams the keys
+    [split * chunk, + chunk) in tiles of BLOCK_N keys spread over its warps, K and V of a
+    tile loaded together (16-byte loads along D); scores and P V are fp32 FMAs.
+
+    Each of the BLOCK_N key slots (and query row) keeps its own online softmax (max, sum,
+    o) over the keys slot, slot + BLOCK_N, ...: per tile the only reduction is each score's
+    dot over D, none across keys, warps or shared memory; the slots merge once at the end
+    (as flash-decoding's splits do). n_splits > 1: keys cut across programs too (B H cannot
+    fill the GPU), each writing a partial (o, lse2) that _attn_combine_kernel merges;
+    otherwise this one launch writes o and lse2. The head dim is always masked (D = 8 * D8
+    keeps 16-byte vectors): one binary per (BLOCK_D, TQ)."""
+    D = D8 * 8
+    split = tl.program_id(0)
+    b, h, bh = _head(H)
+    offs_m = tl.arange(0, TQ)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, D, BLOCK_D, False)
+    q = q.to(tl.float32)[:, None, :]                                              # (TQ, 1, BLOCK_D)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    q_pos = offs_m + (Tk - Tq)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, Tk)
+    acc = tl.zeros([TQ, BLOCK_N, BLOCK_D], dtype=tl.float32)
+    m_s = tl.full([TQ, BLOCK_N], -float("inf"), dtype=tl.float32)
+    l_s = tl.zeros([TQ, BLOCK_N], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_keys(k_base, cols, stride_kn, hi, offs_d, D, True, False, False)  # (BLOCK_N, BLOCK_D)
+        v = _load_keys(v_base, cols, stride_vn, hi, offs_d, D, True, False, False)
+        qk = tl.sum(q * k.to(tl.float32)[None, :, :], axis=2) * qk_scale          # (TQ, BLOCK_N)
+        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL), qk, -float("inf"))
+        m_new = tl.maximum(m_s, qk)
+        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)  # a slot that has seen no key yet
+        alpha = tl.exp2(m_s - m_use)
+        p = tl.exp2(qk - m_use)
+        l_s = l_s * alpha + p
+        acc = acc * alpha[:, :, None] + p[:, :, None] * v.to(tl.float32)[None, :, :]
+        m_s = m_new
+    # Merge the slots: weights 2^(m_slot - m) (0 for a slot that saw no key).
+    m_i = tl.max(m_s, axis=1)
+    m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
+    w = tl.exp2(m_s - m_use[:, None])
+    l_i = tl.sum(l_s * w, axis=1)
+    o = tl.sum(acc * w[:, :, None], axis=1)                                        # (TQ, BLOCK_D)
+    if n_splits > 1:
+        seen = l_i > 0.0
+        l_safe = tl.where(seen, l_i, 1.0)
+        part = bh * n_splits + split
+        _store_rows(o_part_ptr + part * Tq * D, offs_m, D, row_ok, o / l_safe[:, None], D, BLOCK_D, False)
+        tl.store(lse_part_ptr + part * Tq + offs_m, tl.where(seen, m_i + tl.log2(l_safe), -float("inf")),
+                 mask=row_ok)
+    else:
+        # Every row sees at least one key here (Tk >= 1; causal rows see key 0 on).
+        _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / l_i[:, None], D,
+                    BLOCK_D, False)
+        tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, stride_oh, stride_om,
-                         H, Tq, n_splits, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+                         H, Tq, n_splits, D8, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     """One program per (query row, batch*head): o = sum_s 2^(lse_s - lse) o_s over the
     splits, lse = log2(sum_s 2^lse_s). Reads n_splits * (D + 1) fp32 values per row."""
+    D = D8 * 8
     m = tl.program_id(0)
     b, h, bh = _head(H)
     offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     lse_row = lse_part_ptr + bh * n_splits * Tq + m
     run_max = tl.full([BLOCK_S], -float("inf"), dtype=tl.float32)
     for s0 in range(0, n_splits, BLOCK_S):
         lse_s = tl.load(lse_row + (s0 + offs_s) * Tq, mask=s0 + offs_s < n_splits, other=-float("inf"))
         run_max = tl.maximum(run_max, lse_s)
     top = tl.max(run_max, axis=0)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     total = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, n_splits, BLOCK_S):
         ok = s0 + offs_s < n_splits
         lse_s = tl.load(lse_row + (s0 + offs_s) * Tq, mask=ok, other=-float("inf"))
         w = tl.exp2(lse_s - top)
-        o_s = tl.load(o_part_ptr + ((bh * n_splits + s0 + offs_s[:, None]) * Tq + m) * HEAD_DIM + offs_d[None, :],
-                      mask=ok[:, None], other=0.0)
+        o_s = tl.load(o_part_ptr + ((bh * n_splits + s0 + offs_s[:, None]) * Tq + m) * D + offs_d[None, :],
+                      mask=ok[:, None] & (offs_d[None, :] < D), other=0.0)
         acc += tl.sum(w[:, None] * o_s, axis=0)
         total += w
     l = tl.sum(total, axis=0)
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d, (acc / l).to(o_ptr.dtype.element_ty))
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d, (acc / l).to(o_ptr.dtype.element_ty),
+             mask=offs_d < D)
     tl.store(lse_ptr + bh * Tq + m, top + tl.log2(l))
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_om,
-                                stride_dob, stride_doh, stride_dom, H, Tq,
-                                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+                                stride_dob, stride_doh, stride_dom, H, Tq, D8,
+                                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta = rowsum(do * o) in fp32: the softmax-backward term, one read of o and do."""
+    D = D8 * 8
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     b, h, bh = _head(H)
     row_ok = offs_m < Tq
-    o = _load_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, HEAD_DIM).to(tl.float32)
-    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM).to(tl.float32)
+    o = _load_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, D, BLOCK_D, False)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, D, BLOCK_D, False)
+    o, do = o.to(tl.float32), do.to(tl.float32)
     tl.store(delta_ptr + bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
 
 
 @triton.jit
 def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
-                    key_pos, shift, lo, hi, Tq, qk_scale,
-                    MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+                    key_pos, shift, lo, hi, Tq, qk_scale, D,
+                    MASKED: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """Accumulate dk (unscaled) and dv of one key block over the query blocks in [lo, hi),
     transposed (keys x queries) so both products land in (BLOCK_N, D) without a transpose
     of the accumulators. MASKED applies the causal mask (key <= shift + query)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Tq
-        q = _load_rows(q_base, offs_m, stride_qm, row_ok, HEAD_DIM)
-        do = _load_rows(do_base, offs_m, stride_dom, row_ok, HEAD_DIM)
+        q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
+        do = _load_rows(do_base, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
         # Rows past Tq read lse = +inf: their probabilities are exactly 0.
         lse = tl.load(lse_row + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_row + offs_m, mask=row_ok, other=0.0)
@@ -260,59 +370,57 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
     return dk, dv
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                           stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                          H, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
-                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                          H, Tq, Tk, qk_scale, scale, D8, TQ_BUCKET, TK_BUCKET,
+                          BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (BLOCK_N keys, head, batch): k and v stay on chip while the query
     blocks that see them stream past; dk and dv are written once (no atomics)."""
+    D = D8 * 8
     start_n = tl.program_id(0) * BLOCK_N
     b, h, bh = _head(H)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     key_ok = offs_n < Tk
-    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, HEAD_DIM)
-    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, HEAD_DIM)
+    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, D, BLOCK_D, EVEN_D)
+    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, D, BLOCK_D, EVEN_D)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     do_base = do_ptr + b * stride_dob + h * stride_doh
     lse_row = lse_ptr + bh * Tq
     delta_row = delta_ptr + bh * Tq
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     shift = Tk - Tq
     if CAUSAL:
         # Query blocks before lo see none of these keys; from full_lo on they see all of them.
         lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
         full_lo = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M
         dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
-                                 offs_n, shift, lo, tl.minimum(full_lo, Tq), Tq, qk_scale, True, HEAD_DIM, BLOCK_M)
+                                 offs_n, shift, lo, tl.minimum(full_lo, Tq), Tq, qk_scale, D, True, BLOCK_D, EVEN_D,
+                                 BLOCK_M)
     else:
         full_lo = 0
     dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
-                             offs_n, shift, full_lo, Tq, Tq, qk_scale, False, HEAD_DIM, BLOCK_M)
-    _store_rows(dk_ptr + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, key_ok, dk * scale, HEAD_DIM)
-    _store_rows(dv_ptr + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, key_ok, dv, HEAD_DIM)
+                             offs_n, shift, full_lo, Tq, Tq, qk_scale, D, False, BLOCK_D, EVEN_D, BLOCK_M)
+    _store_rows(dk_ptr + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, key_ok, dk * scale, D, BLOCK_D,
+                EVEN_D)
+    _store_rows(dv_ptr + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, key_ok, dv, D, BLOCK_D, EVEN_D)
 
 
 @triton.jit
-def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale,
-                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale, D,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
     """Accumulate dq (unscaled) of one query block over the key tiles in [lo, hi)."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]   # (D, BLOCK_N)
-        vt_ptrs = v_base + cols[None, :] * stride_vn + offs_d[:, None]
-        if MASKED:
-            kt = tl.load(kt_ptrs, mask=cols[None, :] < key_end, other=0.0)
-            vt = tl.load(vt_ptrs, mask=cols[None, :] < key_end, other=0.0)
-        else:
-            kt = tl.load(kt_ptrs)
-            vt = tl.load(vt_ptrs)
+        kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
+        vt = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, True)
         p = tl.exp2(tl.dot(q, kt, input_precision="ieee") * qk_scale - lse[:, None])
         if MASKED:
             p = tl.where(_visible(cols, q_pos, key_end, CAUSAL), p, 0.0)
@@ -322,34 +430,36 @@ def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q
     return dq
 
 
-@_fast.jit
+@_fast.jit(do_not_specialize=["D8"])
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                         stride_dqb, stride_dqh, stride_dqm,
-                        H, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
-                        HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                        H, Tq, Tk, qk_scale, scale, D8, TQ_BUCKET, TK_BUCKET,
+                        BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (BLOCK_M queries, head, batch): q, do, lse, delta stay on chip while
     the visible K/V tiles stream past, as in the forward."""
+    D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
-    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, HEAD_DIM)
-    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, HEAD_DIM)
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
+    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
     lse = tl.load(lse_ptr + bh * Tq + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(delta_ptr + bh * Tq + offs_m, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     q_pos = offs_m + (Tk - Tq)
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
-                       qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
+                       qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
     dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
-                       qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
-    _store_rows(dq_ptr + b * stride_dqb + h * stride_dqh, offs_m, stride_dqm, row_ok, dq * scale, HEAD_DIM)
+                       qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
+    _store_rows(dq_ptr + b * stride_dqb + h * stride_dqh, offs_m, stride_dqm, row_ok, dq * scale, D, BLOCK_D,
+                EVEN_D)
 
 
 # -----------------------------------------------------------------------------------------
@@ -357,53 +467,80 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 # -----------------------------------------------------------------------------------------
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-HEAD_DIMS = (16, 32, 64, 128)
+# Head dims: every multiple of 8 from 8 to 256, padded to BLOCK_D, the next power of two
+# >= max(D, 16) (tl.dot needs 16); the padding columns load as 0 and are never stored.
+# A kernel is compiled per (BLOCK_D, EVEN_D = D == BLOCK_D): D itself is a runtime
+# argument, so these classes are every binary the launchers can make.
+BLOCK_DS = (16, 32, 64, 128, 256)
+MAX_HEAD_DIM = 256
+
+
+def block_d(head_dim: int) -> int:
+    return max(16, _fast.next_power_of_2(head_dim))
+
 
 # Tuning space per kernel, as (BLOCK_M, BLOCK_N, num_warps, num_stages), for 16-bit and
-# fp32 inputs and small (<= 64) or large head dims. fp32 runs IEEE dots on the FMA units:
-# smaller tiles. Each list is what the autotuner tries for that (dtype, D). Every entry
-# compiles without register spills for sm_80 and sm_90, every head dim and dtype of its
-# class (kernels.triton.compile_check): the D=128 and backward tiles take 8 warps or
-# smaller tiles rather than spill.
+# fp32 inputs and small (BLOCK_D <= 64), large (128) or huge (256) head dims. fp32 runs
+# IEEE dots on the FMA units: smaller tiles. Each list is what the autotuner tries for that
+# (dtype, BLOCK_D). Every entry compiles without register spills for sm_80 and sm_90,
+# every BLOCK_D and dtype of its class, padded or not (kernels.triton.compile_check): the
+# D=128 and backward tiles take 8 warps or smaller tiles rather than spill.
 _SPACE = {
     "fwd": {("16", "small"): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)],
             ("16", "large"): [(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3)],
-            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
-            ("32", "large"): [(32, 16, 8, 2), (16, 32, 8, 2)]},
-    "dkdv": {("16", "small"): [(32, 128, 8, 3), (32, 64, 4, 3)],
+            ("32", "small"): [(64, 32, 8, 2)],
+            ("32", "large"): [(32, 16, 8, 2)],
+            ("16", "huge"): [(64, 16, 8, 2), (32, 32, 8, 2)],
+            ("32", "huge"): [(16, 16, 4, 2)]},  # (16, 32, 8, 2) and (16, 16, 8, 2) spill
+    "dkdv": {("16", "small"): [(16, 128, 8, 3), (16, 64, 4, 3)],  # 32-query tiles spill at D=8 on sm_80
              ("16", "large"): [(64, 32, 8, 3), (32, 32, 8, 3)],
-             ("32", "small"): [(32, 32, 8, 2), (16, 64, 8, 2)],
-             ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)]},
+             ("32", "small"): [(32, 32, 8, 2)],
+             ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
+             ("16", "huge"): [(32, 32, 8, 2), (16, 32, 8, 2)],
+             ("32", "huge"): [(16, 16, 8, 1)]},
     "dq": {("16", "small"): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
-           ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)]},
+           ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
+           ("16", "huge"): [(32, 16, 8, 2), (16, 32, 8, 2)],
+           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 4, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
               ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
-              ("32", "small"): [(16, 32, 4, 2), (16, 64, 4, 2)],
-              ("32", "large"): [(16, 32, 8, 2), (16, 16, 4, 2)]},
+              ("32", "small"): [(16, 64, 4, 2)],
+              ("32", "large"): [(16, 16, 4, 2)],
+              ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
+              ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
 # Under the interpreter (no driver, no autotuning): one fixed, deliberately unequal tiling,
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
 _INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
 
+# Decode with Tq <= DECODE_GEMV_TQ takes the GEMV-shaped kernel (rows in registers); up to
+# DECODE_MAX_TQ rows take flash-decoding on a 16-row MMA tile (the "split" kernel).
+DECODE_GEMV_TQ = 4
+DECODE_TILE_BYTES = 8192  # one K (and one V) tile of the GEMV decode kernel, for one query row
 DECODE_MAX_TQ = 16    # query rows one flash-decoding program holds: every split config's BLOCK_M
 # Keys per split are a multiple of this (a multiple of every split BLOCK_N), so tiles are whole.
 DECODE_UNIT = 32 if INTERPRETING else 128
 MAX_SPLITS = 256
 COMBINE_BLOCK_S = 16
 PRE_BLOCK_M = 64
+
+
+def _pre_block_m(bd: int) -> int:
+    return PRE_BLOCK_M if bd <= 128 else 16  # 64 rows of o and do at D = 256 spill
 MAX_GRID_YZ = 65535  # heads and batches run on grid axes 1 and 2
 
 
 def _space_key(dtype, head_dim: int) -> tuple[str, str]:
     name = dtype if isinstance(dtype, str) else DTYPE_NAMES[dtype]
-    return ("32" if name == "fp32" else "16", "small" if head_dim <= 64 else "large")
+    padded = block_d(head_dim)
+    return ("32" if name == "fp32" else "16", "small" if padded <= 64 else "large" if padded <= 128 else "huge")
 
 
 def configs_for(kind: str, dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use."""
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D."""
     if INTERPRETING:
         return [_INTERPRETER[kind]]
     return _SPACE[kind][_space_key(dtype, head_dim)]
@@ -422,12 +559,11 @@ def _tuned(kind: str, kernel):
     table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
 
     def prune(configs, named_args, **kwargs):
-        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, head_dim))
+        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"]))
         eligible = [config for c, config in table if c in allowed]
         return eligible if autotune_enabled() else eligible[:1]
 
-    return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "HEAD_DIM", "CAUSAL"],
+    return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"],
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -459,7 +595,13 @@ def empty_bthd(shape, dtype, device) -> torch.Tensor:
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # Only for tensors autograd hands the backward (an incoming gradient may be expanded or
+    # transposed): user inputs with a strided last dim are refused, not copied.
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _head_dim_args(D: int, causal: bool, configs) -> dict:
+    return dict(BLOCK_D=block_d(D), EVEN_D=D == block_d(D), CAUSAL=causal, configs=configs)
 
 
 def _bhm(t: torch.Tensor) -> tuple[int, int, int]:
@@ -469,7 +611,34 @@ def _bhm(t: torch.Tensor) -> tuple[int, int, int]:
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
+    if _backend.STUB_DRIVER:  # compiling for a stand-in GPU (benchmarks.stub_driver): its SMs
+        return triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
     return 8  # the interpreter: enough to exercise several splits on small shapes
+
+
+def decode_tiling(tq: int, dtype, head_dim: int) -> tuple[int, int, int]:
+    """(TQ, BLOCK_N, num_warps) of the GEMV decode kernel: TQ rows held (1, or
+    DECODE_GEMV_TQ), and a key tile of DECODE_TILE_BYTES per K and V for one row (a TQ x
+    BLOCK_N x BLOCK_D fp32 product lives in registers, so more rows mean fewer keys per tile,
+    and 8 warps: 4 spill at D=128 on sm_90). Spill-free for sm_80/sm_90 (compile_cases)."""
+    tq_rows = 1 if tq == 1 else DECODE_GEMV_TQ
+    size = 4 if dtype in (torch.float32, "fp32") else 2
+    least = 8 if block_d(head_dim) == 256 else 16  # 16 keys x 4 rows x 256 spill
+    return tq_rows, max(least, DECODE_TILE_BYTES // (block_d(head_dim) * size * tq_rows)), 4 if tq_rows == 1 else 8
+
+
+def decode_gemv_splits(tk: int, batch_heads: int, block_n: int, device) -> tuple[int, int]:
+    """(n_splits, chunk) of the GEMV decode kernel: one program per head when B H fills the
+    GPU, i.e. two programs per SM (each has a K and a V tile, 2 x DECODE_TILE_BYTES, in
+    flight: 32 KB per SM, what an H100 needs), in one launch; otherwise each head's keys are
+    cut into chunks of whole tiles for about two programs per SM, then a combine launch."""
+    sms = _sm_count(torch.device(device))
+    tiles = _cdiv(max(tk, 1), block_n)
+    if batch_heads >= 2 * sms:
+        return 1, tiles * block_n
+    want = min(_cdiv(2 * sms, max(batch_heads, 1)), MAX_SPLITS)
+    chunk = _cdiv(tiles, max(1, min(tiles, want))) * block_n
+    return _cdiv(tk, chunk), chunk
 
 
 def decode_splits(tq: int, tk: int, batch_heads: int, device) -> int:
@@ -505,17 +674,21 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         return o, lse
     if Tk == 0:  # non-causal with no keys: the empty sum, as the reference gives
         return o.zero_(), lse.fill_(-float("inf"))
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.unit_last_dim(name, t)
     qk_scale = scale * math.log2(math.e)
+    if split is None and Tq <= DECODE_GEMV_TQ:
+        with _device_guard(q):
+            return _decode(q, k, v, o, lse, causal, qk_scale)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
     if n_splits and Tq > DECODE_MAX_TQ:
         raise ValueError(f"the flash-decoding path holds at most {DECODE_MAX_TQ} query rows, got Tq={Tq}")
-    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
+    common = _head_dim_args(D, causal, configs)
     with _device_guard(q):
         if not n_splits:
-            args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale,
+            args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
                     _bucket(Tq), _bucket(Tk))
             _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
             return o, lse
@@ -523,11 +696,36 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         n_splits = _cdiv(Tk, chunk)
         o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
-        args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, chunk, n_splits,
-                _bucket(Tq), _bucket(Tk))
+        args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8, chunk,
+                n_splits, _bucket(Tq), _bucket(Tk))
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
-        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits,
-                                         HEAD_DIM=D, BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
+                                         BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+    return o, lse
+
+
+def _decode(q, k, v, o, lse, causal, qk_scale, splits=None):
+    """The GEMV decode path (Tq <= DECODE_GEMV_TQ): one launch, or key splits and a combine.
+    `splits` forces a split count (tests)."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    tq_rows, block_n, warps = decode_tiling(Tq, q.dtype, D)
+    n_splits, chunk = decode_gemv_splits(Tk, B * H, block_n, q.device)
+    if splits is not None:
+        chunk = _cdiv(_cdiv(Tk, block_n), splits) * block_n
+        n_splits = _cdiv(Tk, chunk)
+    if n_splits > 1:
+        o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
+    else:
+        o_part, lse_part = o, lse  # unused
+    _attn_decode_kernel[(n_splits, H, B)](
+        q, k, v, o, lse, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
+        chunk, n_splits, BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n, num_warps=warps,
+        num_stages=1)
+    if n_splits > 1:
+        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
+                                         BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
     return o, lse
 
 
@@ -542,18 +740,21 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         return dq, dk, dv
     if Tq == 0 or Tk == 0:  # nothing attends: every gradient is zero
         return dq.zero_(), dk.zero_(), dv.zero_()
-    do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.unit_last_dim(name, t)
+    do, o = _unit_last(do), _unit_last(o)
     qk_scale = scale * math.log2(math.e)
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
-    common = dict(HEAD_DIM=D, CAUSAL=causal, configs=configs)
+    common = _head_dim_args(D, causal, configs)
     with _device_guard(q):
-        _attn_bwd_preprocess_kernel[(_cdiv(Tq, PRE_BLOCK_M), H, B)](
-            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, HEAD_DIM=D, BLOCK_M=PRE_BLOCK_M, num_warps=4)
+        pre_m = _pre_block_m(block_d(D))
+        _attn_bwd_preprocess_kernel[(_cdiv(Tq, pre_m), H, B)](
+            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4)
         args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
-                H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
+                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
         _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, **common)
         args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
-                H, Tq, Tk, qk_scale, scale, _bucket(Tq), _bucket(Tk))
+                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
         _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
     return dq, dk, dv
 
@@ -568,36 +769,50 @@ def _signature(names: str, dtype: str) -> dict:
 _ARGS = {
     "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
-        + " H:i Tq:i Tk:i qk_scale:s TQ_BUCKET:i TK_BUCKET:i"),
+        + " H:i Tq:i Tk:i qk_scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
     "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn")) for d in dims)
-        + " H:i Tq:i Tk:i qk_scale:s chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
+        + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
     "dkdv": (_attn_bwd_dkdv_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dk_ptr:t dv_ptr:t "
              + " ".join(f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"),
                                                              ("dk", "bhn"), ("dv", "bhn")) for d in dims)
-             + " H:i Tq:i Tk:i qk_scale:s scale:s TQ_BUCKET:i TK_BUCKET:i"),
+             + " H:i Tq:i Tk:i qk_scale:s scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
     "dq": (_attn_bwd_dq_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dq_ptr:t " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"), ("dq", "bhm"))
-        for d in dims) + " H:i Tq:i Tk:i qk_scale:s scale:s TQ_BUCKET:i TK_BUCKET:i"),
+        for d in dims) + " H:i Tq:i Tk:i qk_scale:s scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
 }
 
 
-def compile_cases():
+_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f " + " ".join(
+    f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
+    + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i")
+
+
+def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
+    """Every (kernel, dtype, BLOCK_D, EVEN_D, tile) a launch can compile: D is a runtime
+    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D."""
     cases = []
-    for dtype in ("fp32", "fp16", "bf16"):
-        for d in HEAD_DIMS:
-            for kind, (kernel, names) in _ARGS.items():
-                for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, d)]:
-                    # The causal build is the superset (the same loops plus the causal compare
-                    # in the masked tiles); compiling both would double a long test for no signal.
-                    meta = {"HEAD_DIM": d, "CAUSAL": True, "BLOCK_M": block_m, "BLOCK_N": block_n}
-                    cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+    for dtype in dtypes:
+        for bd in block_ds:
+            for even in (True, False):
+                for kind in kinds:
+                    kernel, names = _ARGS[kind]
+                    for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, bd)]:
+                        # The causal build is the superset (the same loops plus the causal compare
+                        # in the masked tiles); compiling both would double a long test for no signal.
+                        meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
+                                "BLOCK_N": block_n}
+                        cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+            for tq_rows in (1, DECODE_GEMV_TQ):
+                _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
+                cases.append((_attn_decode_kernel, _signature(_DECODE_ARGS, dtype),
+                              {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}, warps, 1))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
-                "stride_dom:i H:i Tq:i", dtype), {"HEAD_DIM": d, "BLOCK_M": PRE_BLOCK_M}, 4))
+                "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": _pre_block_m(bd)}, 4))
             cases.append((_attn_combine_kernel, _signature(
                 "o_part_ptr:f lse_part_ptr:f o_ptr:t lse_ptr:f stride_ob:i stride_oh:i stride_om:i H:i Tq:i "
-                "n_splits:i", dtype), {"HEAD_DIM": d, "BLOCK_S": COMBINE_BLOCK_S}, 4))
+                "n_splits:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_S": COMBINE_BLOCK_S}, 4))
     return cases
 
 

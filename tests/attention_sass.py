@@ -1,0 +1,141 @@
+"""Static facts about the Triton attention kernels as launched, from their sm_90 SASS, with no GPU:
+run in a child process (no TRITON_INTERPRET) by tests/test_attention_sass.py.
+
+benchmarks.stub_driver makes Triton compile for an H100 (132 SMs) and launch nothing, so
+`kernels.attention(...)` on CPU tensors goes through the real launcher (split heuristics,
+tiling, specialisation) and hands over the exact cubins a GPU would run; cuobjdump reads them.
+
+    python tests/attention_sass.py   # one JSON record per (shape, kernel)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+SMS = 132
+REGS_PER_SM = 65536
+SHARED_PER_SM = 233472  # 228 KB on sm_90, of which 1 KB per block is reserved
+MAX_BLOCKS_PER_SM = 32
+MAX_THREADS_PER_SM = 2048
+
+# (B, H, Tk, D) of the decode targets: the issue's B8 H16 Tk4096 D128 and GPT-2's decode;
+# then a batch whose B H fills the 132 SMs twice over (one launch, no key split, no combine).
+DECODE_SHAPES = [(8, 16, 4096, 128), (1, 12, 1024, 64), (24, 12, 500, 64)]
+
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9]*(?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+
+
+def instructions(sass: str, kernel: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, operands) of one kernel's SASS."""
+    body = sass.split(f"Function : {kernel}", 1)[1].split("Function :", 1)[0]
+    return [(int(m.group(1), 16), m.group(3), m.group(4)) for m in _INSTR.finditer(body)]
+
+
+def main_loop(instrs):
+    """The instructions of the outermost backward branch's range (the key loop)."""
+    best = None
+    for addr, op, args in instrs:
+        m = re.match(r"0x([0-9a-f]+)", args.strip())
+        if op.startswith("BRA") and m and int(m.group(1), 16) < addr:
+            start = int(m.group(1), 16)
+            if best is None or addr - start > best[1] - best[0]:
+                best = (start, addr)
+    return [] if best is None else [i for i in instrs if best[0] <= i[0] <= best[1]]
+
+
+def blocks_per_sm(registers: int, threads: int, shared: int) -> int:
+    per_block_regs = ((registers + 7) // 8) * 8 * threads
+    return min(REGS_PER_SM // per_block_regs, SHARED_PER_SM // (shared + 1024), MAX_BLOCKS_PER_SM,
+               MAX_THREADS_PER_SM // threads)
+
+
+def _cuobjdump(args, cubin: bytes) -> str:
+    from kernels.triton.compile_check import _cuobjdump as tool
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool(), *args, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def decode_records() -> list[dict]:
+    os.environ.pop("TRITON_INTERPRET", None)
+    from benchmarks import stub_driver
+    stub_driver.install()
+    import torch
+
+    import kernels
+    from kernels.triton import attention as attn
+
+    records = []
+    for B, H, Tk, D in DECODE_SHAPES:
+        stub_driver.loaded_cubins.clear()
+        q = torch.randn(B, H, 1, D, dtype=torch.bfloat16)
+        k = torch.randn(B, H, Tk, D, dtype=torch.bfloat16)
+        kernels.attention(q, k, k, causal=True, backend="triton")
+        tq_rows, block_n, warps = attn.decode_tiling(1, torch.bfloat16, D)
+        n_splits, _ = attn.decode_gemv_splits(Tk, B * H, block_n, "cpu")
+        launches = sorted(stub_driver.loaded_cubins)  # before the combine kernel may be cached
+        cubin = stub_driver.loaded_cubins["_attn_decode_kernel"]
+        usage = _cuobjdump(["--dump-resource-usage"], cubin)
+        regs = int(re.search(r"REG:(\d+)", usage).group(1))
+        shared = int(re.search(r"SHARED:(\d+)", usage).group(1))
+        local = sum(int(m) for m in re.findall(r"(?:LOCAL|STACK):(\d+)", usage))
+        instrs = instructions(_cuobjdump(["-sass"], cubin), "_attn_decode_kernel")
+        loop = main_loop(instrs)
+        loads = [op for _, op, _ in loop if op.startswith("LDG")]
+        first_math = next((a for a, op, _ in loop if op.split(".")[0] in ("FFMA", "FMUL", "FADD")), None)
+        last_load = max((a for a, op, _ in loop if op.startswith("LDG")), default=None)
+        threads = warps * 32
+        per_block = 16 * sum(op.startswith("LDG.E.128") for op in loads) * threads
+        grid = n_splits * B * H
+        resident = min(blocks_per_sm(regs, threads, shared), grid / SMS)
+        records.append({
+            "shape": f"B{B} H{H} Tq1 Tk{Tk} D{D} bf16", "launches": launches,
+            "grid": grid, "splits": n_splits, "block_n": block_n, "threads": threads, "registers": regs,
+            "local_bytes": local, "local_instructions": sum(op.startswith(("LDL", "STL")) for _, op, _ in instrs),
+            "loop_loads": loads, "loads_before_math": last_load is not None and first_math is not None
+            and last_load < first_math, "loop_instructions": len(loop), "bytes_per_block_iteration": per_block,
+            "blocks_per_sm": blocks_per_sm(regs, threads, shared), "bytes_in_flight_per_sm": resident * per_block,
+            "kv_bytes_per_sm": 2 * B * H * Tk * D * 2 / SMS,
+        })
+    return records
+
+
+def prefill_records() -> list[dict]:
+    """Every 16-bit forward and backward tiling the autotuner may pick at D = 64 and 128,
+    pinned and launched for sm_90: whether its SASS has Hopper's warpgroup MMA (HGMMA)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    from benchmarks import stub_driver
+    stub_driver.install()
+    import torch
+
+    from kernels.triton import attention as attn
+
+    os.environ["GPTK_AUTOTUNE"] = "0"  # the kernel not pinned in a backward launch: its first config
+    records = []
+    for D in (64, 128):
+        q, k, v, do = (torch.randn(1, 2, 300, D, dtype=torch.bfloat16) for _ in range(4))
+        lse = torch.zeros(1, 2, 300)
+        for kind in ("fwd", "dkdv", "dq"):
+            for config in attn.configs_for(kind, torch.bfloat16, D):
+                stub_driver.loaded_cubins.clear()
+                if kind == "fwd":
+                    attn.attention_forward(q, k, v, True, D ** -0.5, split=False, configs={kind: config})
+                else:
+                    attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5, configs={kind: config})
+                name = attn._KERNELS[kind].__name__
+                sass = _cuobjdump(["-sass"], stub_driver.loaded_cubins[name])
+                ops = [op for _, op, _ in instructions(sass, name)]
+                records.append({"kind": kind, "D": D, "config": config, "kernel": name,
+                                "hgmma": sum(op.startswith("HGMMA") for op in ops),
+                                "hmma": sum(op.startswith("HMMA") for op in ops)})
+    return records
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    json.dump({"decode": decode_records(), "prefill": prefill_records()}, sys.stdout)
