@@ -42,7 +42,6 @@ the broadcast gradient of a `.sum()`).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import torch
@@ -60,52 +59,105 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 # -----------------------------------------------------------------------------------------
 
 
-@_launch.jit
+@triton.jit
+def _add_pair(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
-                   y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
+                   y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
+                   SPLIT: tl.constexpr, HEAD: tl.constexpr, HAS_PEEL: tl.constexpr):
     """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
-    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd)."""
+    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd).
+
+    Every load is issued first (weight, bias, the rows, their first elements), then s is
+    stored, then one fused (sum, sum of squares) reduction of the rows shifted by their first
+    element gives mean and variance. With SPLIT every row tensor's rows start HEAD elements
+    before a 16-byte boundary (the launcher checks it): the body from there moves in 16-byte
+    vectors and the head and tail in one peel (HAS_PEEL); without SPLIT (rows of mixed
+    alignment) the whole row is one masked access, vectorised where Triton can prove it."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    col_ok = cols < n_cols
-    mask = row_ok[:, None] & col_ok[None, :]
-    rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        r = tl.load(r_ptr + rows64 * r_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = (x + r).to(s_ptr.dtype.element_ty)
-        tl.store(s_ptr + rows64 * s_row_stride + cols[None, :], s, mask=mask)
-        x = s.to(tl.float32)  # normalize what is returned as s
-    # The first element of each row, as the tile holds it (x + r rounded when fused).
-    if BLOCK_M == 1:
-        # One wide row per program (16 warps, 64 registers each): picking it out of the tile
-        # by a reduction keeps these configs spill-free, where a separate load does not.
-        shift = tl.sum(tl.where(cols[None, :] == 0, x, 0.0), axis=1)
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    if SPLIT:
+        body_len = (n_cols - HEAD) // VEC * VEC
+        x_body = tl.multiple_of(x_off + rows64 * x_row_stride + HEAD, VEC)
+        r_body = tl.multiple_of(r_off + rows64 * r_row_stride + HEAD, VEC)
+        y_body = tl.multiple_of(y_off + rows64 * y_row_stride + HEAD, VEC)
+        s_body = tl.multiple_of(s_off + rows64 * s_row_stride + HEAD, VEC)
     else:
-        # Several rows per program: a cached scalar load per row instead of one more
-        # cross-warp reduction.
-        shift = tl.load(x_ptr + rows.to(tl.int64) * x_row_stride, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_RES:
-            r0 = tl.load(r_ptr + rows.to(tl.int64) * r_row_stride, mask=row_ok, other=0.0).to(tl.float32)
-            shift = (shift + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
-    d = tl.where(mask, x - shift[:, None], 0.0)
-    mean_d = tl.sum(d, axis=1) / n_cols
-    diff = tl.where(mask, d - mean_d[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(diff * diff, axis=1) / n_cols + eps)
-    y = diff * rstd[:, None]
+        body_len = n_cols
+        x_body = x_off + rows64 * x_row_stride
+        r_body = r_off + rows64 * r_row_stride
+        y_body = y_off + rows64 * y_row_stride
+        s_body = s_off + rows64 * s_row_stride
+    col_ok = cols < body_len
+    mask = row_ok[:, None] & col_ok[None, :]
     if HAS_W:
-        y = y * tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.load(w_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
     if HAS_B:
-        y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + rows, shift + mean_d, mask=row_ok)
-    tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+        b = tl.load(b_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptr + r_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    # The first element of each row (x + r rounded when fused): the shift.
+    x0 = tl.load(x_ptr + x_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_RES:
+        r0 = tl.load(r_ptr + r_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_PEEL:
+        pcols, pok = _launch.peel(HEAD, body_len, n_cols, VEC)
+        pmask = row_ok[:, None] & pok[None, :]
+        if HAS_W:
+            pw = tl.load(w_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if HAS_B:
+            pb = tl.load(b_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        xp = tl.load(x_ptr + (x_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+                     eviction_policy="evict_first").to(tl.float32)
+        if HAS_RES:
+            rp = tl.load(r_ptr + (r_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+    if HAS_RES:
+        s = (x + r).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + s_body[:, None] + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)  # normalize what is returned as s
+        x0 = (x0 + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_PEEL:
+            sp = (xp + rp).to(s_ptr.dtype.element_ty)
+            tl.store(s_ptr + (s_body - HEAD)[:, None] + pcols[None, :], sp, mask=pmask, eviction_policy="evict_first")
+            xp = sp.to(tl.float32)
+    d = tl.where(mask, x - x0[:, None], 0.0)
+    sum_d, sum_dd = tl.sum(d, axis=1), tl.sum(d * d, axis=1)
+    if HAS_PEEL:
+        dp = tl.where(pmask, xp - x0[:, None], 0.0)
+        sum_d += tl.sum(dp, axis=1)
+        sum_dd += tl.sum(dp * dp, axis=1)
+    mean_d = sum_d / n_cols
+    # Centred on the first element, E[d^2] - E[d]^2 is exact for a constant row (0 - 0) and
+    # loses nothing to a large common offset; clamped at 0 against rounding.
+    rstd = tl.rsqrt(tl.maximum(sum_dd / n_cols - mean_d * mean_d, 0.0) + eps)
+    y = (d - mean_d[:, None]) * rstd[:, None]
+    if HAS_W:
+        y = y * w[None, :]
+    if HAS_B:
+        y = y + b[None, :]
+    tl.store(y_ptr + y_body[:, None] + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    if HAS_PEEL:
+        yp = (dp - mean_d[:, None]) * rstd[:, None]
+        if HAS_W:
+            yp = yp * pw[None, :]
+        if HAS_B:
+            yp = yp + pb[None, :]
+        tl.store(y_ptr + (y_body - HEAD)[:, None] + pcols[None, :], yp.to(y_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
+    tl.store(mean_ptr + rows, x0 + mean_d, mask=row_ok, eviction_policy="evict_first")
+    tl.store(rstd_ptr + rows, rstd, mask=row_ok, eviction_policy="evict_first")
 
 
-@_launch.jit
+@triton.jit
 def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_cols,
                         y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -159,7 +211,7 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
         tl.store(y_ptr + row * y_row_stride + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@_launch.jit
+@triton.jit
 def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, n_cols,
                              dy_row_stride, x_row_stride, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks.
@@ -188,7 +240,7 @@ def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rst
 LAUNCH_OPTIONS = {"_ln_bwd_kernel": {"enable_fp_fusion": False}}
 
 
-@_launch.jit
+@triton.jit
 def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, ds_ptr, c1_ptr, c2_ptr,
                    n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
@@ -246,7 +298,7 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
         tl.store(pb_ptr + part * n_cols + cols, tl.sum(acc_db, axis=0), mask=col_ok)
 
 
-@_launch.jit
+@triton.jit
 def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
                           COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -284,10 +336,16 @@ BWD_TILE_ELEMS = 2048            # row tile of the backward: ~8 values per threa
 REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
 
 
-@functools.lru_cache(maxsize=None)
-def forward_config(n_cols: int) -> dict:
-    """Whole rows on chip up to MAX_ROW_BLOCK (several short rows per program), else chunks."""
-    return _launch.row_config(n_cols, LONG_FWD_BLOCK)
+def forward_config(n_cols: int, elem_size: int = 2) -> dict:
+    """Whole rows on chip up to MAX_ROW_BLOCK, else chunks. A row of at least 1 KB gets its
+    own program with 32 bytes (two 16-byte vectors) per thread and tensor: no second row
+    in the tile, so weight and bias broadcast without a layout change through shared memory.
+    Shorter rows share a program as before."""
+    cfg = _launch.row_config(n_cols, LONG_FWD_BLOCK)
+    row_bytes = cfg["BLOCK_N"] * elem_size
+    if cfg["single_pass"] and row_bytes >= 1024:
+        cfg.update(BLOCK_M=1, num_warps=max(1, min(16, row_bytes // 1024)))
+    return cfg
 
 
 def _bwd_warps(tile_elems: int) -> int:
@@ -296,7 +354,6 @@ def _bwd_warps(tile_elems: int) -> int:
     return max(4, min(16, tile_elems // 256))
 
 
-@functools.lru_cache(maxsize=None)
 def backward_config(n_cols: int) -> dict:
     """Row tiles of ~BWD_TILE_ELEMS on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path."""
     block_n = _launch.row_block(n_cols)
@@ -329,38 +386,55 @@ def _unit_stride(p: torch.Tensor) -> torch.Tensor:
 
 
 def _stats_like(x: torch.Tensor) -> torch.Tensor:
-    # Flat (rows,): only the backward reads them (the C++ ops' statistics have this shape too).
-    n_cols = x.shape[-1]
-    return torch.empty(x.numel() // n_cols if n_cols else math.prod(x.shape[:-1]), dtype=torch.float32,
-                       device=x.device)
+    return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+
+
+def row_split(vec: int, n_cols: int, *row_tensors) -> dict:
+    """Constexprs of the 16-byte split shared by several row tensors (2-D, unit stride): SPLIT
+    when every row of every tensor starts the same number of elements past a 16-byte
+    boundary (HEAD elements before the next one), else a plain masked row; HAS_PEEL when
+    a head or a tail remains."""
+    n_rows = row_tensors[0].shape[0]
+    phases = {(t.data_ptr() // t.element_size()) % vec for t in row_tensors}
+    uniform = all(n_rows <= 1 or t.stride(0) % vec == 0 for t in row_tensors)
+    uniform = uniform and all(t.data_ptr() % t.element_size() == 0 for t in row_tensors)
+    if len(phases) != 1 or not uniform:
+        return {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
+    head = min((vec - phases.pop()) % vec, n_cols)
+    return {"VEC": vec, "SPLIT": True, "HEAD": head, "HAS_PEEL": head > 0 or (n_cols - head) % vec != 0}
 
 
 def forward(x, residual, weight, bias, eps):
-    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, flat (rows,)."""
+    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, shape x.shape[:-1]."""
     y, y_rows = _launch.empty_rows_like(x)
     s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
-    mean, rstd = _stats_like(x), _stats_like(x)  # separate buffers: custom-op outputs may not alias
+    mean, rstd = _stats_like(x), _stats_like(x)
     if x.numel() == 0:
         mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
         rstd.fill_(float("nan"))
         return y, s, mean, rstd
-    x_rows, n_rows, n_cols, x_stride = _launch.rows(x)
-    r_rows, _, _, r_stride = _launch.rows(residual) if residual is not None else (x_rows, 0, 0, x_stride)
+    x_rows = _launch.as_rows(x)
+    r_rows = _launch.as_rows(residual) if residual is not None else x_rows
+    n_rows, n_cols = x_rows.shape
     if s_rows is None:
         s_rows = y_rows  # never written: HAS_RES is False
-    args = (y_rows, s_rows, mean, rstd, x_rows, r_rows,
-            _unit_stride(weight) if weight is not None else x_rows,
-            _unit_stride(bias) if bias is not None else x_rows)
-    strides = (n_cols, n_cols, x_stride, r_stride, eps)  # y and s: fresh contiguous rows
+    w_arg = _unit_stride(weight) if weight is not None else x_rows
+    b_arg = _unit_stride(bias) if bias is not None else x_rows
     flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
-    cfg = forward_config(n_cols)
+    cfg = forward_config(n_cols, x.element_size())
     if cfg["single_pass"]:
-        _ln_fwd_kernel[(-(-n_rows // cfg["BLOCK_M"]),)](
-            *args, n_rows, n_cols, *strides, **flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            num_warps=cfg["num_warps"])
+        (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
+                                                          (y_rows, s_rows, x_rows, r_rows))
+        split = row_split(_launch.vec(x), n_cols, *((y_rows, s_rows, x_rows, r_rows) if residual is not None
+                                                     else (y_rows, x_rows)))
+        _ln_fwd_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]),)](
+            y_b, s_b, mean, rstd, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, y_rows.stride(0), s_o,
+            s_rows.stride(0), x_o, x_rows.stride(0), r_o, r_rows.stride(0), eps, **flags, **split,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     else:
-        _ln_fwd_long_kernel[(n_rows,)](*args, n_cols, *strides, **flags, BLOCK_N=cfg["BLOCK_N"],
-                                       num_warps=cfg["num_warps"])
+        _ln_fwd_long_kernel[(n_rows,)](y_rows, s_rows, mean, rstd, x_rows, r_rows, w_arg, b_arg, n_cols,
+                                       y_rows.stride(0), s_rows.stride(0), x_rows.stride(0), r_rows.stride(0), eps,
+                                       **flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return y, s, mean, rstd
 
 
@@ -373,13 +447,13 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     db = x.new_empty((n_cols,) if need_db else (0,))
     if x.numel() == 0:
         return dx, dw.zero_(), db.zero_()
-    x_rows, n_rows, _, x_stride = _launch.rows(x)
-    dy_rows, _, _, dy_stride = _launch.rows(dy)
-    ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
+    x_rows, dy_rows = _launch.as_rows(x), _launch.as_rows(dy)
+    ds_rows = _launch.as_rows(ds) if ds is not None else dy_rows
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
+    n_rows = x_rows.shape[0]
     cfg = backward_config(n_cols)
-    n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
-    parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
+    n_col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
+    parts = n_partials(x.device, triton.cdiv(n_rows, cfg["BLOCK_M"]), n_col_blocks)
     pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
     pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
     w_arg = _unit_stride(weight) if weight is not None else x_rows
@@ -387,17 +461,17 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     if not cfg["single_pass"]:
         c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
         _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
-                                            dy_stride, x_stride, HAS_W=weight is not None,
+                                            dy_rows.stride(0), x_rows.stride(0), HAS_W=weight is not None,
                                             BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
     _ln_bwd_kernel[(n_col_blocks, parts)](
         dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
-        n_cols, dy_stride, x_stride, ds_stride,
+        dx_rows.stride(0), dy_rows.stride(0), x_rows.stride(0), ds_rows.stride(0),
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
         ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
-        _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
+        _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
             dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
             COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
@@ -472,6 +546,36 @@ def compile_cases():
     return cases
 
 
+# The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
+# (label, a call of the real launcher on meta tensors, allowed tagged accesses per kernel:
+# the peel, VEC per row tensor, and the per-row scalars: first elements, mean, rstd).
+STATIC_SHAPES = ((16384, 1024), (16384, 4096))
+
+
+def static_cases():
+    cases = []
+    for dtype in (torch.bfloat16, torch.float32):
+        vec = _launch.VEC_BYTES // dtype.itemsize
+        allowed = {"_ln_fwd_kernel": 4 * vec + 4, "_ln_bwd_kernel": 4 * vec + 4, "_ln_bwd_reduce_kernel": 0}
+        for n_rows, n_cols in STATIC_SHAPES:
+            def t(shape=(n_rows, n_cols), dtype=dtype):
+                return torch.empty(shape, dtype=dtype, device="meta")
+
+            def stats(n_rows=n_rows):
+                return torch.empty(n_rows, dtype=torch.float32, device="meta")
+            name = f"{n_rows}x{n_cols} {str(dtype)[6:]}"
+            w = lambda n_cols=n_cols, t=t: t((n_cols,))  # noqa: E731
+            cases += [
+                (f"layer_norm fwd {name}", lambda t=t, w=w: forward(t(), None, w(), w(), 1e-5), allowed),
+                (f"add_layer_norm fwd {name}", lambda t=t, w=w: forward(t(), t(), w(), w(), 1e-5), allowed),
+                (f"layer_norm bwd {name}", lambda t=t, w=w, stats=stats: backward(
+                    t(), t(), w(), stats(), stats(), None, True, True), allowed),
+                (f"add_layer_norm bwd {name}", lambda t=t, w=w, stats=stats: backward(
+                    t(), t(), w(), stats(), stats(), t(), True, True), allowed),
+            ]
+    return cases
+
+
 # -----------------------------------------------------------------------------------------
 # Registration: opaque custom ops with fake impls and autograd on top. The forward ops also
 # return the fp32 mean and rstd (saved for backward, marked non-differentiable); the public
@@ -479,14 +583,12 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-def _layer_norm_impl(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("gptk::layer_norm_triton", mutates_args=())
+def layer_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     y, _, mean, rstd = forward(x, None, weight, bias, eps)
     return y, mean, rstd
-
-
-layer_norm_op = torch.library.custom_op("gptk::layer_norm_triton", _layer_norm_impl, mutates_args=())
 
 
 @layer_norm_op.register_fake
@@ -494,14 +596,12 @@ def _(x, weight, bias, eps):
     return _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x)
 
 
-def _add_layer_norm_impl(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
-                         bias: Optional[torch.Tensor], eps: float
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("gptk::add_layer_norm_triton", mutates_args=())
+def add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor], eps: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     return forward(x, residual, weight, bias, eps)
-
-
-add_layer_norm_op = torch.library.custom_op("gptk::add_layer_norm_triton", _add_layer_norm_impl, mutates_args=())
 
 
 @add_layer_norm_op.register_fake
@@ -509,15 +609,11 @@ def _(x, residual, weight, bias, eps):
     return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x))
 
 
-def _layer_norm_backward_impl(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                              mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
-                              need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("gptk::layer_norm_triton_backward", mutates_args=())
+def layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                           mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
+                           need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward(dy, x, weight, mean, rstd, ds, need_dw, need_db)
-
-
-layer_norm_backward_op = torch.library.custom_op("gptk::layer_norm_triton_backward", _layer_norm_backward_impl,
-                                                 mutates_args=())
-_layer_norm_backward_call = _launch.fast_op(layer_norm_backward_op, _layer_norm_backward_impl)
 
 
 @layer_norm_backward_op.register_fake
@@ -533,7 +629,7 @@ def _norm_grads(ctx, dy, ds, w_index):
     need = ctx.needs_input_grad
     need_dw = weight is not None and need[w_index]
     need_db = ctx.has_bias and need[w_index + 1]
-    dx, dw, db = _layer_norm_backward_call(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
+    dx, dw, db = layer_norm_backward_op(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
     return dx, (dw if need_dw else None), (db if need_db else None)
 
 
@@ -563,17 +659,16 @@ def _add_layer_norm_backward(ctx, dy, ds, _dmean, _drstd):
     return dsum, dsum, dw, db, None
 
 
-_layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward)
-_add_layer_norm_call = _launch.fast_op(add_layer_norm_op, _add_layer_norm_impl, _setup_context,
-                                       _add_layer_norm_backward)
+layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_setup_context)
+add_layer_norm_op.register_autograd(_add_layer_norm_backward, setup_context=_setup_context)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """The triton backend's layer norm (arguments already validated by kernels.layer_norm)."""
-    return _layer_norm_call(x, weight, bias, float(eps))[0]
+    return layer_norm_op(x, weight, bias, float(eps))[0]
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     """(layer_norm(x + residual), x + residual) in one pass (arguments already validated)."""
-    y, s, _, _ = _add_layer_norm_call(x, residual, weight, bias, float(eps))
+    y, s, _, _ = add_layer_norm_op(x, residual, weight, bias, float(eps))
     return y, s

@@ -17,7 +17,6 @@ large logits exact (x - m is exact when x is near m), which scaling first does n
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -32,112 +31,166 @@ from . import _launch
 # -----------------------------------------------------------------------------------------
 
 
-@_launch.jit
-def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """BLOCK_M whole rows per program, each row held on chip: one read, one write."""
+@triton.jit
+def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr):
+    """BLOCK_M whole rows per program, each row held on chip: one read, one write, one exp
+    per element. Each row's body moves in 16-byte vectors, its head and tail in one peel."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
-    row_max = tl.max(x, axis=1)
+    x_start, head, x_body, body_len = _launch.row_split(rows, x_off, x_row_stride, n_cols, VEC)
+    y_start = y_off + rows.to(tl.int64) * y_row_stride
+    y_body = y_start + head
+    if Y_ALIGNED:
+        y_body = tl.multiple_of(y_body, VEC)
+    mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
+    pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+    pmask = pmask & row_ok[:, None]
+    x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    xp = tl.load(x_ptr + x_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=-float("inf")).to(tl.float32)
+    row_max = tl.maximum(tl.max(x, axis=1), tl.max(xp, axis=1))
     # A row of all -inf gives (-inf) - (-inf) = NaN, as torch does.
     e = tl.exp2((x - row_max[:, None]) * scale_log2)
+    ep = tl.exp2((xp - row_max[:, None]) * scale_log2)
     # One reciprocal per row, then multiplies: a per-element fp32 divide is a multi-instruction
     # sequence, which 16-bit inputs (twice the elements per byte) cannot hide behind memory.
-    y = e * (1.0 / tl.sum(e, axis=1))[:, None]
-    tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    inv_sum = 1.0 / (tl.sum(e, axis=1) + tl.sum(ep, axis=1))
+    tl.store(y_ptr + y_body[:, None] + cols[None, :], (e * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_start[:, None] + pcols, (ep * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
 
 
-@_launch.jit
-def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
-                             BLOCK_N: tl.constexpr):
-    """Rows too long for the chip, streamed in BLOCK_N chunks: pass 1 keeps a per-lane
-    running max and sum (online softmax), pass 2 re-reads x and writes y. The grid is
-    persistent (one program per SM, looping over rows) so the rows in flight fit in L2
-    and pass 2's re-read comes from L2 rather than HBM."""
+@triton.jit
+def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
+                             BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr):
+    """Rows too long for registers, in BLOCK_N chunks, two passes. Pass 1 takes each chunk's
+    max (a block reduction), rescales the running sum by one scalar exp when the max grows
+    and adds the chunk's exps: one exp per element. Pass 2 re-reads x and writes y: a second
+    exp per element. The grid is persistent (a few programs per SM, looping over rows) so
+    the rows in flight fit in L2 and pass 2's re-read comes from L2 rather than HBM."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-        x_row = x_ptr + tl.cast(row, tl.int64) * x_row_stride
-        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
-        run_max = tl.full([BLOCK_N], -float("inf"), tl.float32)
-        run_sum = tl.zeros([BLOCK_N], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
-            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
-            new_max = tl.maximum(run_max, x)
-            # Lanes that have seen only -inf keep a zero sum; shifting by 0 avoids inf - inf.
-            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-            run_sum = run_sum * tl.exp2((run_max - shift) * scale_log2) + tl.exp2((x - shift) * scale_log2)
-            run_max = new_max
-        row_max = tl.max(run_max, axis=0)
+        x_start, head, x_body, body_len = _launch.row_split(row, x_off, x_row_stride, n_cols, VEC)
+        y_start = y_off + tl.cast(row, tl.int64) * y_row_stride
+        y_body = y_start + head
+        if Y_ALIGNED:
+            y_body = tl.multiple_of(y_body, VEC)
+        pcols, pmask = _launch.peel(head, body_len, n_cols, VEC)
+        xp = tl.load(x_ptr + x_start + pcols, mask=pmask, eviction_policy="evict_first", other=-float("inf")).to(tl.float32)
+        run_max = tl.max(xp, axis=0)
+        # exps relative to `shift`: the running max, or 0 while it is -inf (no inf - inf).
         shift = tl.where(run_max == -float("inf"), 0.0, run_max)
-        row_sum = tl.sum(run_sum * tl.exp2((shift - row_max) * scale_log2), axis=0)
+        run_sum = tl.sum(tl.exp2((xp - shift) * scale_log2), axis=0)
+        for start in range(0, body_len, BLOCK_N):
+            x = tl.load(x_ptr + x_body + start + cols, mask=start + cols < body_len,
+                        other=-float("inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, tl.max(x, axis=0))
+            new_shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp2((shift - new_shift) * scale_log2) + \
+                tl.sum(tl.exp2((x - new_shift) * scale_log2), axis=0)
+            run_max, shift = new_max, new_shift
         # NaN anywhere in the row reaches run_sum (exp2(NaN) = NaN) and so every output.
-        inv_sum = 1.0 / row_sum
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            x = tl.load(x_row + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
-            y = tl.exp2((x - row_max) * scale_log2) * inv_sum
-            tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        inv_sum = 1.0 / run_sum
+        yp = tl.exp2((xp - run_max) * scale_log2) * inv_sum
+        tl.store(y_ptr + y_start + pcols, yp.to(y_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+        for start in range(0, body_len, BLOCK_N):
+            mask = start + cols < body_len
+            x = tl.load(x_ptr + x_body + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
+            y = tl.exp2((x - run_max) * scale_log2) * inv_sum
+            tl.store(y_ptr + y_body + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@_launch.jit
-def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride,
-                        y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program."""
+@triton.jit
+def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
+                        y_off, y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        VEC: tl.constexpr, DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
+    """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program, split like the forward
+    (on y's alignment; dy and dx share it when their rows are congruent)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    rows64 = rows.to(tl.int64)[:, None]
-    y = tl.load(y_ptr + rows64 * y_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + rows64 * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    dot = tl.sum(dy * y, axis=1)
+    y_start, head, y_body, body_len = _launch.row_split(rows, y_off, y_row_stride, n_cols, VEC)
+    dy_start = dy_off + rows.to(tl.int64) * dy_row_stride
+    dx_start = dx_off + rows.to(tl.int64) * dx_row_stride
+    dy_body = dy_start + head
+    dx_body = dx_start + head
+    if DY_ALIGNED:
+        dy_body = tl.multiple_of(dy_body, VEC)
+    if DX_ALIGNED:
+        dx_body = tl.multiple_of(dx_body, VEC)
+    mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
+    pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+    pmask = pmask & row_ok[:, None]
+    y = tl.load(y_ptr + y_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + dy_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    yp = tl.load(y_ptr + y_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+    dyp = tl.load(dy_ptr + dy_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+    dot = tl.sum(dy * y, axis=1) + tl.sum(dyp * yp, axis=1)
     dx = y * (dy - dot[:, None]) * inv_temperature
-    tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    dxp = yp * (dyp - dot[:, None]) * inv_temperature
+    tl.store(dx_ptr + dx_body[:, None] + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + dx_start[:, None] + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
 
 
-@_launch.jit
-def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride, y_row_stride,
-                             inv_temperature, BLOCK_N: tl.constexpr):
-    """Long rows, persistent grid: pass 1 accumulates sum(dy * y) per lane, pass 2 writes dx."""
+@triton.jit
+def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
+                             y_off, y_row_stride, inv_temperature, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
+                             DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
+    """Long rows, persistent grid: pass 1 sums dy * y chunk by chunk, pass 2 re-reads y and dy
+    (from L2) and writes dx."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
-        dy_row = dy_ptr + tl.cast(row, tl.int64) * dy_row_stride
-        dx_row = dx_ptr + tl.cast(row, tl.int64) * dx_row_stride
-        acc = tl.zeros([BLOCK_N], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += dy * y
-        dot = tl.sum(acc, axis=0)
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        y_start, head, y_body, body_len = _launch.row_split(row, y_off, y_row_stride, n_cols, VEC)
+        dy_start = dy_off + tl.cast(row, tl.int64) * dy_row_stride
+        dx_start = dx_off + tl.cast(row, tl.int64) * dx_row_stride
+        dy_body = dy_start + head
+        dx_body = dx_start + head
+        if DY_ALIGNED:
+            dy_body = tl.multiple_of(dy_body, VEC)
+        if DX_ALIGNED:
+            dx_body = tl.multiple_of(dx_body, VEC)
+        pcols, pmask = _launch.peel(head, body_len, n_cols, VEC)
+        yp = tl.load(y_ptr + y_start + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+        dyp = tl.load(dy_ptr + dy_start + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+        dot = tl.sum(dyp * yp, axis=0)
+        for start in range(0, body_len, BLOCK_N):
+            mask = start + cols < body_len
+            y = tl.load(y_ptr + y_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(dy * y, axis=0)
+        dxp = yp * (dyp - dot) * inv_temperature
+        tl.store(dx_ptr + dx_start + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+        for start in range(0, body_len, BLOCK_N):
+            mask = start + cols < body_len
+            y = tl.load(y_ptr + y_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_body + start + cols, mask=mask, other=0.0).to(tl.float32)
             dx = y * (dy - dot) * inv_temperature
-            tl.store(dx_row + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            tl.store(dx_ptr + dx_body + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # -----------------------------------------------------------------------------------------
 # Launchers
 # -----------------------------------------------------------------------------------------
 
-_LOG2E = math.log2(math.e)
-LONG_ROW_BLOCK = 4096  # chunk width when a row does not fit on chip
+# Rows wider than MAX_ROW_BLOCK stream in chunks of LONG_CHUNK_BYTES per program (16 values
+# per thread at 8 warps, whatever the dtype: 64-73 registers on sm_90, 3-4 programs and
+# 48-96 KB of loads in flight per SM; 8192 bf16 values at 16 warps fit only 2).
+LONG_CHUNK_BYTES = 16384
+LONG_ROW_WARPS = 8
 
 
-@functools.lru_cache(maxsize=None)
-def launch_config(n_cols: int) -> dict:
+def launch_config(n_cols: int, elem_size: int = 2) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
-    cfg = _launch.row_config(n_cols, LONG_ROW_BLOCK)
+    cfg = _launch.row_config(n_cols, LONG_CHUNK_BYTES // elem_size)
     if not cfg["single_pass"]:
-        # Two running fp32 vectors per lane: 16 warps keep them in registers (8 warps spilled
-        # 8 bytes on sm_80 under triton 3.6).
-        cfg["num_warps"] = 16
+        cfg["num_warps"] = LONG_ROW_WARPS
     return cfg
+
+
+def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(16-byte aligned base, element offset, row stride) of a 2-D row view."""
+    base, off = _launch.aligned_base(t)
+    return base, off, t.stride(0)
 
 
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
@@ -145,18 +198,24 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     y, y_rows = _launch.empty_rows_like(x, dim)
     if x.numel() == 0:
         return y
-    x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
-    cfg = launch_config(n_cols)
-    scale_log2 = _LOG2E / temperature
+    x_rows = _launch.as_rows(x, dim)
+    n_rows, n_cols = x_rows.shape
+    cfg = launch_config(n_cols, x.element_size())
+    scale_log2 = math.log2(math.e) / temperature
+    x_base, x_off, x_stride = _rows(x_rows)
+    y_base, y_off, y_stride = _rows(y_rows)
+    vec = _launch.vec(x)
+    y_aligned = _launch.congruent(vec, (x_off, x_stride, n_rows), (y_off, y_stride, n_rows))
     if cfg["single_pass"]:
-        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_fwd_kernel[grid](y_rows, x_rows, n_rows, n_cols, x_stride, n_cols,
-                                  scale_log2, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
+        _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
+                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
                                   num_warps=cfg["num_warps"])
     else:
-        _softmax_fwd_long_kernel[(_launch.persistent_programs(n_rows, x.device),)](
-            y_rows, x_rows, n_rows, n_cols, x_stride, n_cols, scale_log2,
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (_launch.row_programs(n_rows, x.device),)
+        _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
+                                       BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
+                                       num_warps=cfg["num_warps"])
     return y
 
 
@@ -165,43 +224,86 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     dx, dx_rows = _launch.empty_rows_like(y, dim)
     if y.numel() == 0:
         return dx
-    y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
-    dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
-    cfg = launch_config(n_cols)
+    y_rows = _launch.as_rows(y, dim)
+    dy_rows = _launch.as_rows(dy, dim)
+    n_rows, n_cols = y_rows.shape
+    cfg = launch_config(n_cols, y.element_size())
     inv_t = 1.0 / temperature
-    strides = (n_cols, dy_stride, y_stride)
+    (dx_base, dx_off, dx_stride), (dy_base, dy_off, dy_stride), (y_base, y_off, y_stride) = (
+        _rows(dx_rows), _rows(dy_rows), _rows(y_rows))
+    vec = _launch.vec(y)
+    flags = {"VEC": vec, "DX_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dx_off, dx_stride, n_rows)),
+             "DY_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dy_off, dy_stride, n_rows))}
     if cfg["single_pass"]:
-        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_bwd_kernel[grid](dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
-                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
+        _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
+                                  y_off, y_stride, inv_t, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
+                                  num_warps=cfg["num_warps"])
     else:
-        _softmax_bwd_long_kernel[(_launch.persistent_programs(n_rows, y.device),)](
-            dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (_launch.row_programs(n_rows, y.device),)
+        _softmax_bwd_long_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off,
+                                       dy_stride, y_off, y_stride, inv_t, BLOCK_N=cfg["BLOCK_N"], **flags,
+                                       num_warps=cfg["num_warps"])
     return dx
 
 
-# Every configuration the launchers can pick, for the sm_80/sm_90 compile test.
+def _signature(kernel, dtype):
+    """Runtime-argument types of a softmax kernel: pointers of `dtype`, fp32 scales, i32 ints."""
+    sig = {}
+    for name in kernel.arg_names:
+        if name.endswith("_ptr"):
+            sig[name] = f"*{dtype}"
+        elif name in ("scale_log2", "inv_temperature"):
+            sig[name] = "fp32"
+        elif name.isupper():
+            continue
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+# Every configuration the launchers can pick, for the sm_80/sm_90 compile test (aligned and
+# unaligned outputs: the two code paths of each kernel).
 def compile_cases():
     cases = []
-    for dtype in ("fp32", "fp16", "bf16"):
-        for n_cols in (1, 33, 1000, 4097, _launch.MAX_ROW_BLOCK):
-            cfg = launch_config(n_cols)
-            meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-            cases.append((_softmax_fwd_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_rows": "i32",
-                          "n_cols": "i32", "x_row_stride": "i32", "y_row_stride": "i32", "scale_log2": "fp32"},
-                          meta, cfg["num_warps"]))
-            cases.append((_softmax_bwd_kernel, {"dx_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                          "n_rows": "i32", "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32",
-                          "y_row_stride": "i32", "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
-        cfg = launch_config(_launch.MAX_ROW_BLOCK + 1)
-        meta = {"BLOCK_N": cfg["BLOCK_N"]}
-        cases.append((_softmax_fwd_long_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_rows": "i32",
-                      "n_cols": "i32",
-                      "x_row_stride": "i32", "y_row_stride": "i32", "scale_log2": "fp32"}, meta, cfg["num_warps"]))
-        cases.append((_softmax_bwd_long_kernel, {"dx_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                      "n_rows": "i32", "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32", "y_row_stride": "i32",
-                      "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
+    for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
+        vec = _launch.VEC_BYTES // size
+        for aligned in (True, False):
+            for n_cols in (1, 33, 1000, 4097, _launch.MAX_ROW_BLOCK):
+                cfg = launch_config(n_cols, size)
+                meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
+                cases.append((_softmax_fwd_kernel, _signature(_softmax_fwd_kernel, dtype),
+                              {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
+                cases.append((_softmax_bwd_kernel, _signature(_softmax_bwd_kernel, dtype),
+                              {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size)
+            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
+            cases.append((_softmax_fwd_long_kernel, _signature(_softmax_fwd_long_kernel, dtype),
+                          {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
+            cases.append((_softmax_bwd_long_kernel, _signature(_softmax_bwd_long_kernel, dtype),
+                          {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
+    return cases
+
+
+# The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
+# (label, a call of the real launcher on meta tensors, allowed peel accesses per kernel).
+# The peel is one masked 2 x VEC access per row tensor; per thread Triton may split it into
+# up to VEC scalar accesses, so VEC per row tensor bounds it well below a scalar body.
+STATIC_SHAPES = ((8192, 4096), (8192, 50257))
+
+
+def static_cases():
+    cases = []
+    for dtype in (torch.bfloat16, torch.float32):
+        vec = _launch.VEC_BYTES // dtype.itemsize
+        allowed = {"_softmax_fwd_kernel": 2 * vec, "_softmax_fwd_long_kernel": 2 * vec,
+                   "_softmax_bwd_kernel": 3 * vec, "_softmax_bwd_long_kernel": 3 * vec}
+        for n_rows, n_cols in STATIC_SHAPES:
+            def x(n_rows=n_rows, n_cols=n_cols, dtype=dtype):
+                return torch.empty(n_rows, n_cols, dtype=dtype, device="meta")
+            name = f"{n_rows}x{n_cols} {str(dtype)[6:]}"
+            cases.append((f"softmax fwd {name}", lambda x=x: softmax_forward(x(), 1.0, -1), allowed))
+            cases.append((f"softmax bwd {name}", lambda x=x: softmax_backward(x(), x(), 1.0, -1), allowed))
     return cases
 
 
@@ -211,13 +313,11 @@ def compile_cases():
 # -----------------------------------------------------------------------------------------
 
 
-def _softmax_impl(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+@torch.library.custom_op("gptk::softmax_triton", mutates_args=())
+def softmax_op(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     # kernels.softmax checks this eagerly; under torch.compile only here, with the real value.
     _checks.positive_finite("temperature", temperature)
     return softmax_forward(x, temperature, dim)
-
-
-softmax_op = torch.library.custom_op("gptk::softmax_triton", _softmax_impl, mutates_args=())
 
 
 @softmax_op.register_fake
@@ -225,13 +325,9 @@ def _(x, temperature, dim):
     return _launch.empty_rows_like(x, dim)[0]
 
 
-def _softmax_backward_impl(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+@torch.library.custom_op("gptk::softmax_triton_backward", mutates_args=())
+def softmax_backward_op(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     return softmax_backward(dy, y, temperature, dim)
-
-
-softmax_backward_op = torch.library.custom_op("gptk::softmax_triton_backward", _softmax_backward_impl,
-                                              mutates_args=())
-_softmax_backward_call = _launch.fast_op(softmax_backward_op, _softmax_backward_impl)
 
 
 @softmax_backward_op.register_fake
@@ -247,12 +343,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (y,) = ctx.saved_tensors
-    return _softmax_backward_call(dy, y, ctx.temperature, ctx.dim), None, None
+    return softmax_backward_op(dy, y, ctx.temperature, ctx.dim), None, None
 
 
-_softmax_call = _launch.fast_op(softmax_op, _softmax_impl, _setup_context, _backward)
+softmax_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def softmax(x, temperature=1.0, dim=-1):
     """The triton backend's softmax (arguments already validated by kernels.softmax)."""
-    return _softmax_call(x, float(temperature), int(dim))
+    return softmax_op(x, float(temperature), int(dim))
