@@ -212,7 +212,7 @@ def row_programs(n_rows: int, device: torch.device) -> int:
     """Grid of a row-looping kernel: one program per row on a GPU (the hardware keeps as many
     resident as fit, in row order, so the rows in flight stay in L2); a few under the
     interpreter, enough to exercise the row loop."""
-    return n_rows if device.type == "cuda" else max(1, min(n_rows, 3))
+    return n_rows if device.type in ("cuda", "meta") else max(1, min(n_rows, 3))
 
 
 def row_block(n_cols: int) -> int:

@@ -13,7 +13,9 @@ The models, stated once:
 - Residency (sm_90: 65536 registers, 64 warps, 32 CTAs and 228 KB of shared memory per
   SM, 227 KB per CTA, 1 KB reserved per CTA): registers are allocated per warp in units of
   256 (8 per thread), so warps by registers = 65536 // (32 * ceil8(regs)); CTAs =
-  min(32, warps_by_regs // warps_per_cta, 233472 // (shared + 1024), 64 // warps_per_cta).
+  min(32, warps_by_regs // warps_per_cta, 233472 // (shared + 1024), 64 // warps_per_cta),
+  and no more than the grid spread over 132 SMs (ceil(grid / 132)) when a grid is given:
+  a persistent kernel's residency is its grid's.
 - Loads in flight: a warp keeps issuing loads until an instruction reads a register one of
   them writes (the scoreboard stall). Scanning the SASS in program order, a window is the
   run of global loads (LDG, and LDGSTS into shared memory) between two such dependent
@@ -39,6 +41,8 @@ MAX_WARPS_PER_SM = 64
 MAX_CTAS_PER_SM = 32
 SHARED_PER_SM = 233472      # 228 KB on sm_90
 SHARED_RESERVED_PER_CTA = 1024
+
+SMS = 132                   # H100 SXM
 
 MIN_WARPS_PER_SM = 16
 MIN_BYTES_IN_FLIGHT = 32 * 1024
@@ -132,13 +136,15 @@ class Report:
     ex2: int = 0
     barriers: int = 0
     window_bytes: int = 0                         # bytes per lane of the largest load window
+    grid: int = 0                                 # programs launched (0: unknown, no limit)
 
     @property
     def ctas_per_sm(self) -> int:
         regs = -(-max(self.registers, 1) // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
         by_regs = (REGS_PER_SM // (32 * regs)) // self.num_warps
         by_shared = SHARED_PER_SM // (self.shared + SHARED_RESERVED_PER_CTA)
-        return min(MAX_CTAS_PER_SM, by_regs, by_shared, MAX_WARPS_PER_SM // self.num_warps)
+        by_grid = -(-self.grid // SMS) if self.grid else MAX_CTAS_PER_SM
+        return min(MAX_CTAS_PER_SM, by_regs, by_shared, MAX_WARPS_PER_SM // self.num_warps, by_grid)
 
     @property
     def warps_per_sm(self) -> int:
