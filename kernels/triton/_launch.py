@@ -208,11 +208,12 @@ def next_power_of_2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
-def row_programs(n_rows: int, device: torch.device) -> int:
-    """Grid of a row-looping kernel: one program per row on a GPU (the hardware keeps as many
-    resident as fit, in row order, so the rows in flight stay in L2); a few under the
-    interpreter, enough to exercise the row loop."""
-    return n_rows if device.type in ("cuda", "meta") else max(1, min(n_rows, 3))
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 132 (an H100) for meta tensors, which the static SASS checks
+    launch on; 1 elsewhere."""
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 132 if device.type == "meta" else 1
 
 
 def row_block(n_cols: int) -> int:
@@ -285,6 +286,20 @@ def congruent(vec_elems: int, *layouts) -> bool:
     (off0, stride0, n_rows), *rest = layouts
     return all((off - off0) % vec_elems == 0 and (n_rows <= 1 or (stride - stride0) % vec_elems == 0)
                for off, stride, _ in rest)
+
+
+def has_peel(vec_elems: int, n_cols: int, layout) -> bool:
+    """Whether rows given as (off, row_stride, n_rows) can have a head or a tail: not when
+    every row starts on a 16-byte boundary and is a whole number of vectors long."""
+    off, stride, n_rows = layout
+    return not (off % vec_elems == 0 and (n_rows <= 1 or stride % vec_elems == 0) and n_cols % vec_elems == 0)
+
+
+def peel_allowance(vec: int, row_tensors: int, scalars: int = 0) -> int:
+    """Narrow tagged accesses (static count per thread) a kernel is entitled to in the SASS
+    checks: Triton may split a row's 2 x VEC peel into a few scalar accesses per thread,
+    VEC / 2 + 1 per row tensor bounds that well below a scalar body; plus per-row scalars."""
+    return row_tensors * (vec // 2 + 1) + scalars
 
 
 @triton.jit

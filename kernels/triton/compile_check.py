@@ -186,7 +186,8 @@ def static_report(module_name: str) -> list[dict]:
                 "num_warps": rep.num_warps, "registers": rep.registers, "shared": rep.shared, "local": rep.local,
                 "local_accesses": rep.local_accesses, "loads": rep.loads, "stores": rep.stores,
                 "narrow_untagged": rep.narrow(tagged=False), "narrow_tagged": rep.narrow(tagged=True),
-                "allowed_tagged": allowed, "exempt": exempt, "ctas_per_sm": rep.ctas_per_sm, "warps_per_sm": rep.warps_per_sm,
+                "allowed_tagged": allowed, "exempt": exempt, "ctas_per_sm": rep.ctas_per_sm,
+                "warps_per_sm": rep.warps_per_sm,
                 "bytes_in_flight_per_sm": rep.bytes_in_flight_per_sm, "ex2": rep.ex2, "barriers": rep.barriers,
                 "ex2_per_element": round(rep.ex2_per_element(elements), 3), "line": rep.line(),
                 "problems": bad,
@@ -245,7 +246,8 @@ def main(argv=None):
             return 0
         for r in results:
             print(f"{r['case']:<40} {r['kernel']:<28} {r['constexprs']}\n    {r['line']} "
-                  f"exp/elt={r['ex2_per_element']}" + (f" ({r['exempt']})" if r["exempt"] else "") + "".join(f"\n    PROBLEM: {p}" for p in r["problems"]))
+                  f"exp/elt={r['ex2_per_element']}" + (f" ({r['exempt']})" if r["exempt"] else "")
+                  + "".join(f"\n    PROBLEM: {p}" for p in r["problems"]))
         return 1 if any(r["problems"] for r in results) else 0
     results = [r for m in args.modules for r in check_module(m)]
     if args.json:

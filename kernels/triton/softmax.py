@@ -33,9 +33,11 @@ from . import _launch
 
 @triton.jit
 def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr,
+                        HAS_PEEL: tl.constexpr):
     """BLOCK_M whole rows per program, each row held on chip: one read, one write, one exp
-    per element. Each row's body moves in 16-byte vectors, its head and tail in one peel."""
+    per element. Each row's body moves in 16-byte vectors, its head and tail in one peel
+    (HAS_PEEL False: the launcher found every row 16-byte aligned and whole vectors long)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     cols = tl.arange(0, BLOCK_N)
@@ -45,19 +47,27 @@ def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off
     if Y_ALIGNED:
         y_body = tl.multiple_of(y_body, VEC)
     mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
-    pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
-    pmask = pmask & row_ok[:, None]
     x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
-    xp = tl.load(x_ptr + x_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=-float("inf")).to(tl.float32)
-    row_max = tl.maximum(tl.max(x, axis=1), tl.max(xp, axis=1))
+    row_max = tl.max(x, axis=1)
+    if HAS_PEEL:
+        pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+        pmask = pmask & row_ok[:, None]
+        xp = tl.load(x_ptr + x_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=-float("inf")).to(tl.float32)
+        row_max = tl.maximum(row_max, tl.max(xp, axis=1))
     # A row of all -inf gives (-inf) - (-inf) = NaN, as torch does.
     e = tl.exp2((x - row_max[:, None]) * scale_log2)
-    ep = tl.exp2((xp - row_max[:, None]) * scale_log2)
+    row_sum = tl.sum(e, axis=1)
+    if HAS_PEEL:
+        ep = tl.exp2((xp - row_max[:, None]) * scale_log2)
+        row_sum += tl.sum(ep, axis=1)
     # One reciprocal per row, then multiplies: a per-element fp32 divide is a multi-instruction
     # sequence, which 16-bit inputs (twice the elements per byte) cannot hide behind memory.
-    inv_sum = 1.0 / (tl.sum(e, axis=1) + tl.sum(ep, axis=1))
+    inv_sum = 1.0 / row_sum
     tl.store(y_ptr + y_body[:, None] + cols[None, :], (e * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_ptr + y_start[:, None] + pcols, (ep * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+    if HAS_PEEL:
+        tl.store(y_ptr + y_start[:, None] + pcols, (ep * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
 
 
 @triton.jit
@@ -66,8 +76,8 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, 
     """Rows too long for registers, in BLOCK_N chunks, two passes. Pass 1 takes each chunk's
     max (a block reduction), rescales the running sum by one scalar exp when the max grows
     and adds the chunk's exps: one exp per element. Pass 2 re-reads x and writes y: a second
-    exp per element. The grid is persistent (a few programs per SM, looping over rows) so
-    the rows in flight fit in L2 and pass 2's re-read comes from L2 rather than HBM."""
+    exp per element. The grid is persistent (programs loop over rows), sized by the launcher
+    so the rows in flight fit in L2 and pass 2's re-read comes from L2 rather than HBM."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
         x_start, head, x_body, body_len = _launch.row_split(row, x_off, x_row_stride, n_cols, VEC)
@@ -76,7 +86,8 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, 
         if Y_ALIGNED:
             y_body = tl.multiple_of(y_body, VEC)
         pcols, pmask = _launch.peel(head, body_len, n_cols, VEC)
-        xp = tl.load(x_ptr + x_start + pcols, mask=pmask, eviction_policy="evict_first", other=-float("inf")).to(tl.float32)
+        xp = tl.load(x_ptr + x_start + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=-float("inf")).to(tl.float32)
         run_max = tl.max(xp, axis=0)
         # exps relative to `shift`: the running max, or 0 while it is -inf (no inf - inf).
         shift = tl.where(run_max == -float("inf"), 0.0, run_max)
@@ -93,7 +104,10 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, 
         inv_sum = 1.0 / run_sum
         yp = tl.exp2((xp - run_max) * scale_log2) * inv_sum
         tl.store(y_ptr + y_start + pcols, yp.to(y_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
-        for start in range(0, body_len, BLOCK_N):
+        # Pass 2 walks the chunks backwards: the last ones read are the likeliest still in L2.
+        n_chunks = tl.cdiv(body_len, BLOCK_N)
+        for i in range(0, n_chunks):
+            start = (n_chunks - 1 - i) * BLOCK_N
             mask = start + cols < body_len
             x = tl.load(x_ptr + x_body + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
             y = tl.exp2((x - run_max) * scale_log2) * inv_sum
@@ -103,7 +117,8 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, 
 @triton.jit
 def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
                         y_off, y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        VEC: tl.constexpr, DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
+                        VEC: tl.constexpr, DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr,
+                        HAS_PEEL: tl.constexpr):
     """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program, split like the forward
     (on y's alignment; dy and dx share it when their rows are congruent)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -119,25 +134,31 @@ def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_st
     if DX_ALIGNED:
         dx_body = tl.multiple_of(dx_body, VEC)
     mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
-    pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
-    pmask = pmask & row_ok[:, None]
     y = tl.load(y_ptr + y_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + dy_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    yp = tl.load(y_ptr + y_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
-    dyp = tl.load(dy_ptr + dy_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
-    dot = tl.sum(dy * y, axis=1) + tl.sum(dyp * yp, axis=1)
+    dot = tl.sum(dy * y, axis=1)
+    if HAS_PEEL:
+        pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+        pmask = pmask & row_ok[:, None]
+        yp = tl.load(y_ptr + y_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=0.0).to(tl.float32)
+        dyp = tl.load(dy_ptr + dy_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                      other=0.0).to(tl.float32)
+        dot += tl.sum(dyp * yp, axis=1)
     dx = y * (dy - dot[:, None]) * inv_temperature
-    dxp = yp * (dyp - dot[:, None]) * inv_temperature
     tl.store(dx_ptr + dx_body[:, None] + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(dx_ptr + dx_start[:, None] + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+    if HAS_PEEL:
+        dxp = yp * (dyp - dot[:, None]) * inv_temperature
+        tl.store(dx_ptr + dx_start[:, None] + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
 
 
 @triton.jit
 def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
                              y_off, y_row_stride, inv_temperature, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
                              DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
-    """Long rows, persistent grid: pass 1 sums dy * y chunk by chunk, pass 2 re-reads y and dy
-    (from L2) and writes dx."""
+    """Long rows, persistent grid sized like the forward's: pass 1 sums dy * y chunk by chunk,
+    pass 2 re-reads y and dy (from L2) and writes dx."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
         y_start, head, y_body, body_len = _launch.row_split(row, y_off, y_row_stride, n_cols, VEC)
@@ -160,7 +181,9 @@ def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_r
             dot += tl.sum(dy * y, axis=0)
         dxp = yp * (dyp - dot) * inv_temperature
         tl.store(dx_ptr + dx_start + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
-        for start in range(0, body_len, BLOCK_N):
+        n_chunks = tl.cdiv(body_len, BLOCK_N)
+        for i in range(0, n_chunks):  # backwards, as in the forward
+            start = (n_chunks - 1 - i) * BLOCK_N
             mask = start + cols < body_len
             y = tl.load(y_ptr + y_body + start + cols, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + dy_body + start + cols, mask=mask, other=0.0).to(tl.float32)
@@ -172,19 +195,37 @@ def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_r
 # Launchers
 # -----------------------------------------------------------------------------------------
 
-# Rows wider than MAX_ROW_BLOCK stream in chunks of LONG_CHUNK_BYTES per program (16 values
-# per thread at 8 warps, whatever the dtype: 64-73 registers on sm_90, 3-4 programs and
-# 48-96 KB of loads in flight per SM; 8192 bf16 values at 16 warps fit only 2).
-LONG_CHUNK_BYTES = 16384
-LONG_ROW_WARPS = 8
+# Rows wider than MAX_ROW_BLOCK stream in chunks of LONG_CHUNK elements, 64 bytes per thread
+# (8 warps for 16-bit dtypes, 16 for fp32: 64-73 registers on sm_90), on a persistent grid of
+# LONG_ROWS_IN_FLIGHT_BYTES / row bytes programs (at least one per SM, at most what fits):
+# 2 per SM for bf16 rows of 50257 (32 KB of loads in flight per SM), 26 MB of rows in
+# flight, half the H100's 50 MB L2, so pass 2 re-reads from L2.
+LONG_CHUNK = 8192
+LONG_ROWS_IN_FLIGHT_BYTES = 26 << 20
 
 
-def launch_config(n_cols: int, elem_size: int = 2) -> dict:
-    """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
-    cfg = _launch.row_config(n_cols, LONG_CHUNK_BYTES // elem_size)
+def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False) -> dict:
+    """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK. The
+    long-row backward streams two inputs, so one program per SM fills the L2 budget: it
+    takes 16 warps whatever the dtype (8 warps of 16-bit rows spill on sm_90), and chunks of
+    64 bytes per thread and input (16384 16-bit or 8192 fp32 values)."""
+    cfg = _launch.row_config(n_cols, LONG_CHUNK)
     if not cfg["single_pass"]:
-        cfg["num_warps"] = LONG_ROW_WARPS
+        cfg["num_warps"] = 16 if backward else LONG_CHUNK * elem_size // (64 * 32)
+        if backward:  # 64 bytes per thread and input, as in the forward
+            cfg["BLOCK_N"] = 16 * 32 * 64 // elem_size
+        cfg["max_programs_per_sm"] = 64 // cfg["num_warps"] // 2
     return cfg
+
+
+def long_row_programs(n_rows: int, row_bytes: int, cfg: dict, device: torch.device) -> int:
+    """Persistent grid of the long-row kernels: rows in flight (`row_bytes` each, every input
+    counted) within LONG_ROWS_IN_FLIGHT_BYTES."""
+    sms = _launch.sm_count(device)
+    per_sm = max(1, min(cfg["max_programs_per_sm"], LONG_ROWS_IN_FLIGHT_BYTES // (row_bytes * sms)))
+    if device.type not in ("cuda", "meta"):
+        return max(1, min(n_rows, 3))  # the interpreter: enough programs to exercise the row loop
+    return max(1, min(n_rows, per_sm * sms))
 
 
 def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -210,9 +251,10 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
         grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
         _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
                                   BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
+                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (x_off, x_stride, n_rows)),
                                   num_warps=cfg["num_warps"])
     else:
-        grid = (_launch.row_programs(n_rows, x.device),)
+        grid = (long_row_programs(n_rows, n_cols * x.element_size(), cfg, x.device),)
         _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
                                        BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
                                        num_warps=cfg["num_warps"])
@@ -227,7 +269,7 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     y_rows = _launch.as_rows(y, dim)
     dy_rows = _launch.as_rows(dy, dim)
     n_rows, n_cols = y_rows.shape
-    cfg = launch_config(n_cols, y.element_size())
+    cfg = launch_config(n_cols, y.element_size(), backward=True)
     inv_t = 1.0 / temperature
     (dx_base, dx_off, dx_stride), (dy_base, dy_off, dy_stride), (y_base, y_off, y_stride) = (
         _rows(dx_rows), _rows(dy_rows), _rows(y_rows))
@@ -238,9 +280,10 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
         grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
         _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
                                   y_off, y_stride, inv_t, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
+                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (y_off, y_stride, n_rows)),
                                   num_warps=cfg["num_warps"])
     else:
-        grid = (_launch.row_programs(n_rows, y.device),)
+        grid = (long_row_programs(n_rows, 2 * n_cols * y.element_size(), cfg, y.device),)
         _softmax_bwd_long_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off,
                                        dy_stride, y_off, y_stride, inv_t, BLOCK_N=cfg["BLOCK_N"], **flags,
                                        num_warps=cfg["num_warps"])
@@ -262,8 +305,8 @@ def _signature(kernel, dtype):
     return sig
 
 
-# Every configuration the launchers can pick, for the sm_80/sm_90 compile test (aligned and
-# unaligned outputs: the two code paths of each kernel).
+# Every configuration the launchers can pick, for the sm_80/sm_90 compile test: aligned rows
+# without a peel, and rows with a peel whose outputs are not congruent (the most code).
 def compile_cases():
     cases = []
     for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
@@ -273,22 +316,23 @@ def compile_cases():
                 cfg = launch_config(n_cols, size)
                 meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
                 cases.append((_softmax_fwd_kernel, _signature(_softmax_fwd_kernel, dtype),
-                              {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
+                              {**meta, "Y_ALIGNED": aligned, "HAS_PEEL": not aligned}, cfg["num_warps"]))
                 cases.append((_softmax_bwd_kernel, _signature(_softmax_bwd_kernel, dtype),
-                              {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
+                              {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned, "HAS_PEEL": not aligned},
+                              cfg["num_warps"]))
             cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size)
             meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
             cases.append((_softmax_fwd_long_kernel, _signature(_softmax_fwd_long_kernel, dtype),
                           {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, backward=True)
+            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
             cases.append((_softmax_bwd_long_kernel, _signature(_softmax_bwd_long_kernel, dtype),
                           {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
     return cases
 
 
 # The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
-# (label, a call of the real launcher on meta tensors, allowed peel accesses per kernel).
-# The peel is one masked 2 x VEC access per row tensor; per thread Triton may split it into
-# up to VEC scalar accesses, so VEC per row tensor bounds it well below a scalar body.
+# (label, a call of the real launcher on meta tensors, allowed tagged accesses per kernel).
 STATIC_SHAPES = ((8192, 4096), (8192, 50257))
 
 
@@ -296,8 +340,9 @@ def static_cases():
     cases = []
     for dtype in (torch.bfloat16, torch.float32):
         vec = _launch.VEC_BYTES // dtype.itemsize
-        allowed = {"_softmax_fwd_kernel": 2 * vec, "_softmax_fwd_long_kernel": 2 * vec,
-                   "_softmax_bwd_kernel": 3 * vec, "_softmax_bwd_long_kernel": 3 * vec}
+        fwd, bwd = _launch.peel_allowance(vec, 2), _launch.peel_allowance(vec, 3)  # x, y / y, dy, dx
+        allowed = {"_softmax_fwd_kernel": fwd, "_softmax_fwd_long_kernel": fwd,
+                   "_softmax_bwd_kernel": bwd, "_softmax_bwd_long_kernel": bwd}
         for n_rows, n_cols in STATIC_SHAPES:
             def x(n_rows=n_rows, n_cols=n_cols, dtype=dtype):
                 return torch.empty(n_rows, n_cols, dtype=dtype, device="meta")
