@@ -574,8 +574,8 @@ def compile_cases():
     cases = []
     for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
         vec = _launch.VEC_BYTES // size
-        # Alignment code paths: the forward's split rows with a peel at every shape (the most
-        # code), without a peel and unsplit at the widest; the backward's both ways everywhere.
+        # Alignment code paths: the forward's split rows with a peel and the backward's aligned
+        # rows at every shape; the others below.
         peeled = {"VEC": vec, "SPLIT": True, "HEAD": 1, "HAS_PEEL": True}
         other_fwd = ({"VEC": vec, "SPLIT": True, "HEAD": 0, "HAS_PEEL": False},
                      {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False})
@@ -589,15 +589,20 @@ def compile_cases():
             else:
                 shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
             cfg = backward_config(n_cols, size)
-            for aligned in (True, False):
-                meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "VEC": vec, "ALIGNED": aligned,
-                        "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-                shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
+            meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "VEC": vec, "ALIGNED": True,
+                    "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+            shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
             if not cfg["single_pass"]:
                 shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
                                                                         cfg["means_warps"]))
-        widest, warps = shapes[_ln_fwd_kernel][-1]
-        shapes[_ln_fwd_kernel] += [({**widest, **a}, warps) for a in other_fwd]
+        # The other alignment paths address memory differently but hold no more values: every
+        # flag, at the widest shape of each path.
+        extra = [(_ln_fwd_kernel, {**shapes[_ln_fwd_kernel][-1][0], **a}, shapes[_ln_fwd_kernel][-1][1])
+                 for a in other_fwd]
+        for rows_given in (False, True):
+            meta, warps = [m for m in shapes[_ln_bwd_kernel] if m[0]["ROW_MEANS_GIVEN"] == rows_given][-1]
+            extra.append((_ln_bwd_kernel, {**meta, "ALIGNED": False}, warps))
+        cases += [(k, _sig(k, dtype), {**flags[k][-1], **meta}, warps) for k, meta, warps in extra]
         block_p, block_n = REDUCE_BLOCK
         shapes[_ln_bwd_reduce_kernel] = [({"BLOCK_P": block_p, "BLOCK_N": block_n}, 4)]
         for kernel, kernel_shapes in shapes.items():
