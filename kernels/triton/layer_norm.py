@@ -17,7 +17,7 @@ O(N + M), negligible next to M N):
                   bwd 4 M N e  (read s, dy and ds, write dx: dx is also the residual's
                                 gradient, one tensor written once; 3 M N e when s is unused)
   plus, per weight/bias gradient, a P x N fp32 partials buffer written and read once
-  (P ~ 2 x SM count: small next to M N e once M >> P).
+  (P = 4 x SM count: small next to M N e once M >> P).
 Backward math per row: xhat = (x - mean) rstd, g = dy w,
   dx = rstd (g - xhat mean(g xhat) - mean(g)) [+ ds];   dw = sum_rows dy xhat;  db = sum_rows dy.
 dw and db are deterministic: each program owns one row of a fp32 partials buffer (it sums a
@@ -32,8 +32,14 @@ Rows wider than the on-chip block stream through in chunks (no register spills):
        kernel writes dx and the partials: 5 M N e (x and dy are read twice).
 The row is shifted by its first element before the statistics (mean = shift + mean(x -
 shift)): a constant row gives exactly mean = x, var = 0, y = b and finite gradients
-(rstd = 1/sqrt(eps)), and large offsets lose no precision. NaN or inf in a row makes the
-whole row NaN, as in torch.
+(rstd = 1/sqrt(eps)), and large offsets lose no precision. On chip the forward takes the
+sum and the sum of squares of the shifted row in the same pass (var = E[d^2] - E[d]^2,
+exact for a constant row). NaN or inf in a row makes the whole row NaN, as in torch.
+
+Rows move in 16-byte vectors when every row tensor's rows share one alignment (the usual
+case: contiguous tensors of any width, and slices starting at the same offset): the forward
+peels each row's head and tail, the backward needs rows 16-byte aligned and a whole number
+of vectors wide. Other layouts take plain masked accesses (correct, narrower).
 
 Input rows may have any row stride; only the last dim must be unit-stride. `as_rows`
 copies only a tensor whose rows cannot be expressed that way (e.g. a transposed x, or

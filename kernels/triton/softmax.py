@@ -8,8 +8,12 @@ Roofline (N = numel, s = bytes per element):
   forward   2 N s bytes (read x, write y), ~5 FLOP/element: memory-bound everywhere.
   backward  3 N s bytes (read y and dy, write dx): dx = y * (dy - sum(dy * y)) / t.
 Rows longer than MAX_ROW_BLOCK stream through in chunks with an online (running max,
-running sum) softmax: 3 N s forward (x is read twice; the second read often hits L2),
-4 N s backward.
+running sum) softmax, one exp per element per pass: 3 N s forward, 5 N s backward, the
+re-reads from L2 (the launcher keeps the rows in flight to half of it).
+
+Row data moves in 16-byte vectors for any width and row start: each row splits into a
+peeled head and tail and a 16-byte aligned body (kernels/triton/_launch.py). The static
+SASS checks of this (tests/test_static_triton.py) run at the benchmark shapes STATIC_SHAPES.
 
 Math is fp32 whatever the storage dtype. The max is taken over raw x, and
 (x - max) is scaled afterwards: exp2((x - m) * log2(e) / t). Subtracting first keeps
