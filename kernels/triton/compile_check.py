@@ -94,11 +94,15 @@ class record_launches:
             def run(*args, grid, warmup, _k=k, **kwargs):
                 self.calls.append((_k, grid, args, kwargs))
             k.run = run
+            if hasattr(k, "_fast_launch"):  # _launch.jit's cached launch path
+                k._fast_launch = lambda grid, *args, _k=k, **kwargs: self.calls.append((_k, grid, args, kwargs))
         return self.calls
 
     def __exit__(self, *exc):
         for k in self.kernels:
-            del k.run  # back to JITFunction.run
+            del k.run  # back to the class's methods
+            if "_fast_launch" in vars(k):
+                del k._fast_launch
 
 
 def _specialise(value):

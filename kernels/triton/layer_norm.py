@@ -48,6 +48,7 @@ the broadcast gradient of a `.sum()`).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -65,12 +66,7 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
-def _add_pair(a0, a1, b0, b1):
-    return a0 + b0, a1 + b1
-
-
-@triton.jit
+@_launch.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
                    y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -163,7 +159,7 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
     tl.store(rstd_ptr + rows, rstd, mask=row_ok, eviction_policy="evict_first")
 
 
-@triton.jit
+@_launch.jit
 def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_cols,
                         y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -217,7 +213,7 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
         tl.store(y_ptr + row * y_row_stride + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, n_cols,
                              dy_row_stride, x_row_stride, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Wide rows, step 1: c1 = mean(g xhat), c2 = mean(g) per row (g = dy w), in chunks.
@@ -246,7 +242,7 @@ def _ln_bwd_row_means_kernel(c1_ptr, c2_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rst
 LAUNCH_OPTIONS = {"_ln_bwd_kernel": {"enable_fp_fusion": False}}
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, ds_ptr, c1_ptr, c2_ptr,
                    n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
@@ -342,7 +338,7 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
         tl.store(pb_ptr + part * n_cols + cols, tl.sum(acc_db, axis=0), mask=col_ok)
 
 
-@triton.jit
+@_launch.jit
 def _ln_bwd_reduce_kernel(dw_ptr, db_ptr, pw_ptr, pb_ptr, n_parts, n_cols,
                           COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -381,6 +377,7 @@ BWD_PROGRAMS_PER_SM = 4          # backward programs (and rows of dw/db partials
 REDUCE_BLOCK = (32, 16)          # (BLOCK_P, BLOCK_N) of the partials reduce: N / 16 programs
 
 
+@functools.lru_cache(maxsize=None)
 def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     """Whole rows on chip up to MAX_ROW_BLOCK, else chunks. A row of at least 1 KB gets its
     own program with 32 bytes (two 16-byte vectors) per thread and tensor: no second row
@@ -399,6 +396,7 @@ def _bwd_warps(tile_elems: int) -> int:
     return max(4, min(16, tile_elems // 256))
 
 
+@functools.lru_cache(maxsize=None)
 def backward_config(n_cols: int, elem_size: int = 2) -> dict:
     """Row tiles on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path. A row of 512 bytes
     or more is spread over as many warps (up to 16) as give each thread one 16-byte vector
@@ -446,18 +444,20 @@ def _unit_stride(p: torch.Tensor) -> torch.Tensor:
 
 
 def _stats_like(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    # Flat (rows,): only the backward reads them (the C++ ops' statistics have this shape too).
+    n_cols = x.shape[-1]
+    return torch.empty(x.numel() // n_cols if n_cols else math.prod(x.shape[:-1]), dtype=torch.float32,
+                       device=x.device)
 
 
-def row_split(vec: int, n_cols: int, *row_tensors) -> dict:
-    """Constexprs of the 16-byte split shared by several row tensors (2-D, unit stride): SPLIT
-    when every row of every tensor starts the same number of elements past a 16-byte
-    boundary (HEAD elements before the next one), else a plain masked row; HAS_PEEL when
-    a head or a tail remains."""
-    n_rows = row_tensors[0].shape[0]
-    phases = {(t.data_ptr() // t.element_size()) % vec for t in row_tensors}
-    uniform = all(n_rows <= 1 or t.stride(0) % vec == 0 for t in row_tensors)
-    uniform = uniform and all(t.data_ptr() % t.element_size() == 0 for t in row_tensors)
+def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
+    """Constexprs of the 16-byte split shared by several row tensors, given as (tensor, row
+    stride): SPLIT when every row of every tensor starts the same number of elements past a
+    16-byte boundary (HEAD elements before the next one), else a plain masked row; HAS_PEEL
+    when a head or a tail remains."""
+    phases = {(t.data_ptr() // t.element_size()) % vec for t, _ in layouts}
+    uniform = all(n_rows <= 1 or stride % vec == 0 for _, stride in layouts)
+    uniform = uniform and all(t.data_ptr() % t.element_size() == 0 for t, _ in layouts)
     if len(phases) != 1 or not uniform:
         return {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
     head = min((vec - phases.pop()) % vec, n_cols)
@@ -465,17 +465,16 @@ def row_split(vec: int, n_cols: int, *row_tensors) -> dict:
 
 
 def forward(x, residual, weight, bias, eps):
-    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, shape x.shape[:-1]."""
+    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, flat (rows,)."""
     y, y_rows = _launch.empty_rows_like(x)
     s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
-    mean, rstd = _stats_like(x), _stats_like(x)
+    mean, rstd = _stats_like(x), _stats_like(x)  # separate buffers: custom-op outputs may not alias
     if x.numel() == 0:
         mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
         rstd.fill_(float("nan"))
         return y, s, mean, rstd
-    x_rows = _launch.as_rows(x)
-    r_rows = _launch.as_rows(residual) if residual is not None else x_rows
-    n_rows, n_cols = x_rows.shape
+    x_rows, n_rows, n_cols, x_stride = _launch.rows(x)
+    r_rows, _, _, r_stride = _launch.rows(residual) if residual is not None else (x_rows, 0, 0, x_stride)
     if s_rows is None:
         s_rows = y_rows  # never written: HAS_RES is False
     w_arg = _unit_stride(weight) if weight is not None else x_rows
@@ -485,15 +484,17 @@ def forward(x, residual, weight, bias, eps):
     if cfg["single_pass"]:
         (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
                                                           (y_rows, s_rows, x_rows, r_rows))
-        split = row_split(_launch.vec(x), n_cols, *((y_rows, s_rows, x_rows, r_rows) if residual is not None
-                                                     else (y_rows, x_rows)))
-        _ln_fwd_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]),)](
-            y_b, s_b, mean, rstd, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, y_rows.stride(0), s_o,
-            s_rows.stride(0), x_o, x_rows.stride(0), r_o, r_rows.stride(0), eps, **flags, **split,
+        layouts = ((y_rows, n_cols), (x_rows, x_stride)) + (((s_rows, n_cols), (r_rows, r_stride))
+                                                            if residual is not None else ())
+        split = row_split(_launch.vec(x), n_rows, n_cols, *layouts)
+        _ln_fwd_kernel[(-(-n_rows // cfg["BLOCK_M"]),)](
+            y_b, s_b, mean, rstd, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
+            x_o, x_stride, r_o, r_stride, eps, **flags, **split,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     else:
+        # y and s: fresh contiguous rows
         _ln_fwd_long_kernel[(n_rows,)](y_rows, s_rows, mean, rstd, x_rows, r_rows, w_arg, b_arg, n_cols,
-                                       y_rows.stride(0), s_rows.stride(0), x_rows.stride(0), r_rows.stride(0), eps,
+                                       n_cols, n_cols, x_stride, r_stride, eps,
                                        **flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return y, s, mean, rstd
 
@@ -507,13 +508,13 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     db = x.new_empty((n_cols,) if need_db else (0,))
     if x.numel() == 0:
         return dx, dw.zero_(), db.zero_()
-    x_rows, dy_rows = _launch.as_rows(x), _launch.as_rows(dy)
-    ds_rows = _launch.as_rows(ds) if ds is not None else dy_rows
+    x_rows, n_rows, _, x_stride = _launch.rows(x)
+    dy_rows, _, _, dy_stride = _launch.rows(dy)
+    ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
-    n_rows = x_rows.shape[0]
     cfg = backward_config(n_cols, x.element_size())
-    n_col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    parts = n_partials(x.device, triton.cdiv(n_rows, cfg["BLOCK_M"]), n_col_blocks)
+    n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
+    parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
     pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
     pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
     w_arg = _unit_stride(weight) if weight is not None else x_rows
@@ -521,21 +522,22 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     if not cfg["single_pass"]:
         c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
         _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
-                                            dy_rows.stride(0), x_rows.stride(0), HAS_W=weight is not None,
+                                            dy_stride, x_stride, HAS_W=weight is not None,
                                             BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
     vec = _launch.vec(x)
     aligned = n_cols % vec == 0 and all(t.data_ptr() % _launch.VEC_BYTES == 0
-                                        and (n_rows <= 1 or t.stride(0) % vec == 0)
-                                        for t in (dx_rows, dy_rows, x_rows, ds_rows))
+                                        and (n_rows <= 1 or stride % vec == 0)
+                                        for t, stride in ((dx_rows, n_cols), (dy_rows, dy_stride),
+                                                          (x_rows, x_stride), (ds_rows, ds_stride)))
     _ln_bwd_kernel[(n_col_blocks, parts)](
         dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
-        dx_rows.stride(0), dy_rows.stride(0), x_rows.stride(0), ds_rows.stride(0),
+        n_cols, dy_stride, x_stride, ds_stride,
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
         ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec,
         ALIGNED=aligned, num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
-        _ln_bwd_reduce_kernel[(triton.cdiv(n_cols, block_n),)](
+        _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
             dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
             COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
@@ -663,12 +665,14 @@ def static_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::layer_norm_triton", mutates_args=())
-def layer_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_norm_impl(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     y, _, mean, rstd = forward(x, None, weight, bias, eps)
     return y, mean, rstd
+
+
+layer_norm_op = torch.library.custom_op("gptk::layer_norm_triton", _layer_norm_impl, mutates_args=())
 
 
 @layer_norm_op.register_fake
@@ -676,12 +680,14 @@ def _(x, weight, bias, eps):
     return _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x)
 
 
-@torch.library.custom_op("gptk::add_layer_norm_triton", mutates_args=())
-def add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor], eps: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _add_layer_norm_impl(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], eps: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.positive_finite("eps", eps)  # re-checked with the real value under torch.compile
     return forward(x, residual, weight, bias, eps)
+
+
+add_layer_norm_op = torch.library.custom_op("gptk::add_layer_norm_triton", _add_layer_norm_impl, mutates_args=())
 
 
 @add_layer_norm_op.register_fake
@@ -689,11 +695,15 @@ def _(x, residual, weight, bias, eps):
     return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x))
 
 
-@torch.library.custom_op("gptk::layer_norm_triton_backward", mutates_args=())
-def layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                           mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
-                           need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_norm_backward_impl(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                              mean: torch.Tensor, rstd: torch.Tensor, ds: Optional[torch.Tensor],
+                              need_dw: bool, need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward(dy, x, weight, mean, rstd, ds, need_dw, need_db)
+
+
+layer_norm_backward_op = torch.library.custom_op("gptk::layer_norm_triton_backward", _layer_norm_backward_impl,
+                                                 mutates_args=())
+_layer_norm_backward_call = _launch.fast_op(layer_norm_backward_op, _layer_norm_backward_impl)
 
 
 @layer_norm_backward_op.register_fake
@@ -709,7 +719,7 @@ def _norm_grads(ctx, dy, ds, w_index):
     need = ctx.needs_input_grad
     need_dw = weight is not None and need[w_index]
     need_db = ctx.has_bias and need[w_index + 1]
-    dx, dw, db = layer_norm_backward_op(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
+    dx, dw, db = _layer_norm_backward_call(dy, normed, weight, mean, rstd, ds, need_dw, need_db)
     return dx, (dw if need_dw else None), (db if need_db else None)
 
 
@@ -739,16 +749,17 @@ def _add_layer_norm_backward(ctx, dy, ds, _dmean, _drstd):
     return dsum, dsum, dw, db, None
 
 
-layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_setup_context)
-add_layer_norm_op.register_autograd(_add_layer_norm_backward, setup_context=_setup_context)
+_layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward)
+_add_layer_norm_call = _launch.fast_op(add_layer_norm_op, _add_layer_norm_impl, _setup_context,
+                                       _add_layer_norm_backward)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """The triton backend's layer norm (arguments already validated by kernels.layer_norm)."""
-    return layer_norm_op(x, weight, bias, float(eps))[0]
+    return _layer_norm_call(x, weight, bias, float(eps))[0]
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     """(layer_norm(x + residual), x + residual) in one pass (arguments already validated)."""
-    y, s, _, _ = add_layer_norm_op(x, residual, weight, bias, float(eps))
+    y, s, _, _ = _add_layer_norm_call(x, residual, weight, bias, float(eps))
     return y, s

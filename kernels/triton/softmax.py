@@ -21,6 +21,7 @@ large logits exact (x - m is exact when x is near m), which scaling first does n
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,7 +36,7 @@ from . import _launch
 # -----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_launch.jit
 def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr,
                         HAS_PEEL: tl.constexpr):
@@ -74,7 +75,7 @@ def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off
                  eviction_policy="evict_first")
 
 
-@triton.jit
+@_launch.jit
 def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
                              BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr):
     """Rows too long for registers, in BLOCK_N chunks, two passes. Pass 1 takes each chunk's
@@ -118,7 +119,7 @@ def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, 
             tl.store(y_ptr + y_body + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_launch.jit
 def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
                         y_off, y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         VEC: tl.constexpr, DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr,
@@ -157,7 +158,7 @@ def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_st
                  eviction_policy="evict_first")
 
 
-@triton.jit
+@_launch.jit
 def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
                              y_off, y_row_stride, inv_temperature, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
                              DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
@@ -199,6 +200,8 @@ def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_r
 # Launchers
 # -----------------------------------------------------------------------------------------
 
+_LOG2E = math.log2(math.e)
+
 # Rows wider than MAX_ROW_BLOCK stream in chunks of LONG_CHUNK elements, 64 bytes per thread
 # (8 warps for 16-bit dtypes, 16 for fp32: 64-73 registers on sm_90), on a persistent grid of
 # LONG_ROWS_IN_FLIGHT_BYTES / row bytes programs (at least one per SM, at most what fits):
@@ -208,6 +211,7 @@ LONG_CHUNK = 8192
 LONG_ROWS_IN_FLIGHT_BYTES = 26 << 20
 
 
+@functools.lru_cache(maxsize=None)
 def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK. The
     long-row backward streams two inputs, so one program per SM fills the L2 budget: it
@@ -232,34 +236,27 @@ def long_row_programs(n_rows: int, row_bytes: int, cfg: dict, device: torch.devi
     return max(1, min(n_rows, per_sm * sms))
 
 
-def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(16-byte aligned base, element offset, row stride) of a 2-D row view."""
-    base, off = _launch.aligned_base(t)
-    return base, off, t.stride(0)
-
-
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     """y = softmax(x / temperature, dim). Copies x only if `dim` is not unit-stride."""
     y, y_rows = _launch.empty_rows_like(x, dim)
     if x.numel() == 0:
         return y
-    x_rows = _launch.as_rows(x, dim)
-    n_rows, n_cols = x_rows.shape
+    x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
     cfg = launch_config(n_cols, x.element_size())
-    scale_log2 = math.log2(math.e) / temperature
-    x_base, x_off, x_stride = _rows(x_rows)
-    y_base, y_off, y_stride = _rows(y_rows)
+    scale_log2 = _LOG2E / temperature
+    x_base, x_off = _launch.aligned_base(x_rows)
+    y_base, y_off = _launch.aligned_base(y_rows)
     vec = _launch.vec(x)
-    y_aligned = _launch.congruent(vec, (x_off, x_stride, n_rows), (y_off, y_stride, n_rows))
+    y_aligned = _launch.congruent(vec, (x_off, x_stride, n_rows), (y_off, n_cols, n_rows))
     if cfg["single_pass"]:
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
-        _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
+        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
+        _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
                                   BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
                                   HAS_PEEL=_launch.has_peel(vec, n_cols, (x_off, x_stride, n_rows)),
                                   num_warps=cfg["num_warps"])
     else:
         grid = (long_row_programs(n_rows, n_cols * x.element_size(), cfg, x.device),)
-        _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, y_stride, scale_log2,
+        _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
                                        BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
                                        num_warps=cfg["num_warps"])
     return y
@@ -270,18 +267,18 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     dx, dx_rows = _launch.empty_rows_like(y, dim)
     if y.numel() == 0:
         return dx
-    y_rows = _launch.as_rows(y, dim)
-    dy_rows = _launch.as_rows(dy, dim)
-    n_rows, n_cols = y_rows.shape
+    y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
+    dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
     cfg = launch_config(n_cols, y.element_size(), backward=True)
     inv_t = 1.0 / temperature
-    (dx_base, dx_off, dx_stride), (dy_base, dy_off, dy_stride), (y_base, y_off, y_stride) = (
-        _rows(dx_rows), _rows(dy_rows), _rows(y_rows))
+    (dx_base, dx_off), (dy_base, dy_off), (y_base, y_off) = (
+        _launch.aligned_base(dx_rows), _launch.aligned_base(dy_rows), _launch.aligned_base(y_rows))
+    dx_stride = n_cols  # a fresh contiguous tensor
     vec = _launch.vec(y)
     flags = {"VEC": vec, "DX_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dx_off, dx_stride, n_rows)),
              "DY_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dy_off, dy_stride, n_rows))}
     if cfg["single_pass"]:
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
+        grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
         _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
                                   y_off, y_stride, inv_t, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
                                   HAS_PEEL=_launch.has_peel(vec, n_cols, (y_off, y_stride, n_rows)),
@@ -362,11 +359,13 @@ def static_cases():
 # -----------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("gptk::softmax_triton", mutates_args=())
-def softmax_op(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+def _softmax_impl(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     # kernels.softmax checks this eagerly; under torch.compile only here, with the real value.
     _checks.positive_finite("temperature", temperature)
     return softmax_forward(x, temperature, dim)
+
+
+softmax_op = torch.library.custom_op("gptk::softmax_triton", _softmax_impl, mutates_args=())
 
 
 @softmax_op.register_fake
@@ -374,9 +373,13 @@ def _(x, temperature, dim):
     return _launch.empty_rows_like(x, dim)[0]
 
 
-@torch.library.custom_op("gptk::softmax_triton_backward", mutates_args=())
-def softmax_backward_op(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+def _softmax_backward_impl(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     return softmax_backward(dy, y, temperature, dim)
+
+
+softmax_backward_op = torch.library.custom_op("gptk::softmax_triton_backward", _softmax_backward_impl,
+                                              mutates_args=())
+_softmax_backward_call = _launch.fast_op(softmax_backward_op, _softmax_backward_impl)
 
 
 @softmax_backward_op.register_fake
@@ -392,12 +395,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (y,) = ctx.saved_tensors
-    return softmax_backward_op(dy, y, ctx.temperature, ctx.dim), None, None
+    return _softmax_backward_call(dy, y, ctx.temperature, ctx.dim), None, None
 
 
-softmax_op.register_autograd(_backward, setup_context=_setup_context)
+_softmax_call = _launch.fast_op(softmax_op, _softmax_impl, _setup_context, _backward)
 
 
 def softmax(x, temperature=1.0, dim=-1):
     """The triton backend's softmax (arguments already validated by kernels.softmax)."""
-    return softmax_op(x, float(temperature), int(dim))
+    return _softmax_call(x, float(temperature), int(dim))
