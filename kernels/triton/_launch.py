@@ -322,5 +322,6 @@ def peel(head, body_len, n_cols, VEC: tl.constexpr):
     cols = tl.where(k < VEC, k, head + body_len + k - VEC)
     return cols, tl.where(k < VEC, k < head, cols < n_cols)
 
+
 # The eager/traced dispatch every backend shares (kernels/_eager.py).
 from .._eager import eager, fast_op  # noqa: E402,F401
