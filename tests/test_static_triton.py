@@ -189,7 +189,8 @@ def _tag_everything(kernel):
     import tempfile
     import textwrap
 
-    src = textwrap.dedent(inspect.getsource(kernel.fn)).replace("@triton.jit\n", "")
+    src = textwrap.dedent(inspect.getsource(kernel.fn))
+    src = src[src.index("def "):]  # drop the decorator
     src = src.replace("mask=mask,", 'mask=mask, eviction_policy="evict_first",')
     src = src.replace("mask=mask)", 'mask=mask, eviction_policy="evict_first")')
     path = os.path.join(tempfile.mkdtemp(), "static_tagged_kernel.py")
