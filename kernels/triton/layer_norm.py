@@ -139,8 +139,10 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
         sum_dd += tl.sum(dp * dp, axis=1)
     mean_d = sum_d / n_cols
     # Centred on the first element, E[d^2] - E[d]^2 is exact for a constant row (0 - 0) and
-    # loses nothing to a large common offset; clamped at 0 against rounding.
-    rstd = tl.rsqrt(tl.maximum(sum_dd / n_cols - mean_d * mean_d, 0.0) + eps)
+    # loses nothing to a large common offset; clamped at 0 against rounding by a select, not
+    # a max, so an inf in the row (inf - inf = NaN here) still makes the row NaN.
+    var = sum_dd / n_cols - mean_d * mean_d
+    rstd = tl.rsqrt(tl.where(var < 0.0, 0.0, var) + eps)
     y = (d - mean_d[:, None]) * rstd[:, None]
     if HAS_W:
         y = y * w[None, :]
