@@ -212,7 +212,7 @@ LONG_ROWS_IN_FLIGHT_BYTES = 26 << 20
 
 
 @functools.lru_cache(maxsize=None)
-def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False) -> dict:
+def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False, congruent: bool = True) -> dict:
     """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK. The
     long-row backward streams two inputs, so one program per SM fills the L2 budget: it
     takes 16 warps whatever the dtype (8 warps of 16-bit rows spill on sm_90), and chunks of
@@ -222,6 +222,8 @@ def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False) -> di
         cfg["num_warps"] = 16 if backward else LONG_CHUNK * elem_size // (64 * 32)
         if backward:  # 64 bytes per thread and input, as in the forward
             cfg["BLOCK_N"] = 16 * 32 * 64 // elem_size
+        if not congruent:  # outputs not provably aligned: narrower stores, more registers
+            cfg["BLOCK_N"] //= 2
         cfg["max_programs_per_sm"] = 64 // cfg["num_warps"] // 2
     return cfg
 
@@ -242,12 +244,12 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     if x.numel() == 0:
         return y
     x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
-    cfg = launch_config(n_cols, x.element_size())
     scale_log2 = _LOG2E / temperature
     x_base, x_off = _launch.aligned_base(x_rows)
     y_base, y_off = _launch.aligned_base(y_rows)
     vec = _launch.vec(x)
     y_aligned = _launch.congruent(vec, (x_off, x_stride, n_rows), (y_off, n_cols, n_rows))
+    cfg = launch_config(n_cols, x.element_size(), congruent=y_aligned)
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
         _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
@@ -269,7 +271,6 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
         return dx
     y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
     dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
-    cfg = launch_config(n_cols, y.element_size(), backward=True)
     inv_t = 1.0 / temperature
     (dx_base, dx_off), (dy_base, dy_off), (y_base, y_off) = (
         _launch.aligned_base(dx_rows), _launch.aligned_base(dy_rows), _launch.aligned_base(y_rows))
@@ -277,6 +278,8 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     vec = _launch.vec(y)
     flags = {"VEC": vec, "DX_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dx_off, dx_stride, n_rows)),
              "DY_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dy_off, dy_stride, n_rows))}
+    cfg = launch_config(n_cols, y.element_size(), backward=True,
+                        congruent=flags["DX_ALIGNED"] and flags["DY_ALIGNED"])
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
         _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
@@ -321,11 +324,11 @@ def compile_cases():
                 cases.append((_softmax_bwd_kernel, _signature(_softmax_bwd_kernel, dtype),
                               {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned, "HAS_PEEL": not aligned},
                               cfg["num_warps"]))
-            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size)
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, congruent=aligned)
             meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
             cases.append((_softmax_fwd_long_kernel, _signature(_softmax_fwd_long_kernel, dtype),
                           {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
-            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, backward=True)
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, backward=True, congruent=aligned)
             meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
             cases.append((_softmax_bwd_long_kernel, _signature(_softmax_bwd_long_kernel, dtype),
                           {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
