@@ -223,7 +223,7 @@ def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False, congr
         if backward:  # 64 bytes per thread and input, as in the forward
             cfg["BLOCK_N"] = 16 * 32 * 64 // elem_size
         if not congruent:  # outputs not provably aligned: narrower stores, more registers
-            cfg["BLOCK_N"] //= 2
+            cfg["BLOCK_N"] //= 4 if backward else 2
         cfg["max_programs_per_sm"] = 64 // cfg["num_warps"] // 2
     return cfg
 
