@@ -249,15 +249,17 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
                    n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                    HAS_DS: tl.constexpr, ROW_MEANS_GIVEN: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+                   PREFETCH: tl.constexpr):
     """dx, and this program's row of the dw/db partials, for column block program_id(0).
 
     Program (c, p) of a (column blocks, P) grid takes row tiles p, p + P, p + 2P, ... in
     order and keeps dy * xhat and dy summed over them in registers: a fixed order, so the
     partials (and the final dw/db) are bitwise reproducible. With ROW_MEANS_GIVEN False
     the block spans the whole row and c1/c2 are reduced on chip (one read of x and dy).
-    The next tile's x and dy are loaded before the current one is used, so two tiles per
-    program can be in flight; ds, needed only at the end, is loaded at the top of its tile.
+    With PREFETCH the next tile's x and dy are loaded before the current one is used, so two
+    tiles per program can be in flight; ds, needed only at the end, is loaded at the top of
+    its tile. (Without: tiny rows and the wide-row path, where it costs a stack slot.)
     ALIGNED (the launcher checks it): every row of every tensor starts on a 16-byte boundary
     and the width is a whole number of vectors, which tl.multiple_of tells the compiler so
     rows move in 16-byte accesses (other rows: plain masked accesses, correct but narrower).
@@ -276,38 +278,46 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     acc_dw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    # Prologue: the first tile's rows (an empty mask if this program has none).
-    rows = part * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    rows64 = rows.to(tl.int64)
-    x_offs = rows64 * x_row_stride
-    dy_offs = rows64 * dy_row_stride
-    if ALIGNED:
-        x_offs, dy_offs = tl.multiple_of(x_offs, VEC), tl.multiple_of(dy_offs, VEC)
-    x_next = tl.load(x_ptr + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-    dy_next = tl.load(dy_ptr + dy_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+    if PREFETCH:  # the first tile's rows (an empty mask if this program has none)
+        rows = part * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)
+        x_offs = rows64 * x_row_stride
+        dy_offs = rows64 * dy_row_stride
+        if ALIGNED:
+            x_offs, dy_offs = tl.multiple_of(x_offs, VEC), tl.multiple_of(dy_offs, VEC)
+        x_next = tl.load(x_ptr + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+        dy_next = tl.load(dy_ptr + dy_offs[:, None] + cols[None, :], mask=mask, other=0.0)
     for tile in range(part, n_tiles, n_parts):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
         mask = row_ok[:, None] & col_ok[None, :]
         rows64 = rows.to(tl.int64)
-        x = x_next.to(tl.float32)
-        dy = dy_next.to(tl.float32)
+        if PREFETCH:
+            x = x_next.to(tl.float32)
+            dy = dy_next.to(tl.float32)
+        else:
+            x_offs = rows64 * x_row_stride
+            dy_offs = rows64 * dy_row_stride
+            if ALIGNED:
+                x_offs, dy_offs = tl.multiple_of(x_offs, VEC), tl.multiple_of(dy_offs, VEC)
+            x = tl.load(x_ptr + x_offs[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_offs[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_DS:  # this tile's ds, in flight while the row sums reduce
             ds_offs = rows64 * ds_row_stride
             if ALIGNED:
                 ds_offs = tl.multiple_of(ds_offs, VEC)
             ds = tl.load(ds_ptr + ds_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-        # Prefetch the next tile of this program (masked off past the last row).
-        nrows = rows + n_parts * BLOCK_M
-        nmask = (nrows < n_rows)[:, None] & col_ok[None, :]
-        nrows64 = nrows.to(tl.int64)
-        nx_offs = nrows64 * x_row_stride
-        ndy_offs = nrows64 * dy_row_stride
-        if ALIGNED:
-            nx_offs, ndy_offs = tl.multiple_of(nx_offs, VEC), tl.multiple_of(ndy_offs, VEC)
-        x_next = tl.load(x_ptr + nx_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
-        dy_next = tl.load(dy_ptr + ndy_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
+        if PREFETCH:  # the next tile of this program (masked off past the last row)
+            nrows = rows + n_parts * BLOCK_M
+            nmask = (nrows < n_rows)[:, None] & col_ok[None, :]
+            nrows64 = nrows.to(tl.int64)
+            nx_offs = nrows64 * x_row_stride
+            ndy_offs = nrows64 * dy_row_stride
+            if ALIGNED:
+                nx_offs, ndy_offs = tl.multiple_of(nx_offs, VEC), tl.multiple_of(ndy_offs, VEC)
+            x_next = tl.load(x_ptr + nx_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
+            dy_next = tl.load(dy_ptr + ndy_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -387,8 +397,12 @@ def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     Shorter rows share a program as before."""
     cfg = _launch.row_config(n_cols, LONG_FWD_BLOCK)
     row_bytes = cfg["BLOCK_N"] * elem_size
+    if cfg["single_pass"] and row_bytes > 32768:  # x, r, w, b loaded first: 64 KB rows spill
+        cfg = {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_FWD_BLOCK}
     if cfg["single_pass"] and row_bytes >= 1024:
         cfg.update(BLOCK_M=1, num_warps=max(1, min(16, row_bytes // 1024)))
+    if not cfg["single_pass"]:
+        cfg["num_warps"] = 16  # 8 spill on sm_80 with 16-byte accesses
     return cfg
 
 
@@ -405,23 +419,27 @@ def backward_config(n_cols: int, elem_size: int = 2) -> dict:
     of it, so the weight's layout is the tile's column slice (no shuffle through shared
     memory). With BWD_PROGRAMS_PER_SM programs per SM, each needs ~8 KB of loads in flight:
     16-bit rows of one vector per thread take two rows per tile (sm_90: 128 registers, 4
-    programs of 4 warps at 1024 wide, 1 of 16 at 4096, 40-48 KB in flight per SM), fp32
-    rows one. Shorter rows: ~BWD_TILE_ELEMS per tile."""
+    programs of 4 warps at 1024 wide, 40 KB in flight per SM), except at 8 KB, where two
+    rows would need 16 warps and spill on sm_80: one row of two vectors per thread on 8
+    warps instead (2 programs per SM, 48 KB); fp32 rows one. These prefetch the next tile.
+    Shorter rows: ~BWD_TILE_ELEMS per tile, no prefetch (it costs them a stack slot)."""
     block_n = _launch.row_block(n_cols)
     row_bytes = block_n * elem_size
     if block_n <= BWD_MAX_ROW_BLOCK and row_bytes >= 512:
         warps = min(16, row_bytes // 512)
+        if elem_size == 2 and warps == 16:
+            warps = 8
         vectors = row_bytes // (warps * 32 * _launch.VEC_BYTES)
         return {"single_pass": True, "BLOCK_M": 2 if elem_size == 2 and vectors == 1 else 1, "BLOCK_N": block_n,
-                "num_warps": warps}
+                "num_warps": warps, "prefetch": True}
     if block_n > BWD_MAX_ROW_BLOCK:
         block_m, block_n = LONG_BWD_TILE
-        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
                 "num_warps": _bwd_warps(block_m * block_n),
                 "means_block": LONG_BWD_ROW_MEANS_BLOCK,
                 "means_warps": _launch.row_warps(LONG_BWD_ROW_MEANS_BLOCK)}
     block_m = _launch.rows_per_program(block_n, target=BWD_TILE_ELEMS)
-    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
+    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
             "num_warps": _bwd_warps(block_m * block_n)}
 
 
@@ -536,7 +554,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
         n_cols, dy_stride, x_stride, ds_stride,
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
         ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec,
-        ALIGNED=aligned, num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
+        ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
         _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
@@ -600,7 +618,7 @@ def compile_cases():
                 shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
             cfg = backward_config(n_cols, size)
             meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "VEC": vec, "ALIGNED": True,
-                    "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+                    "PREFETCH": cfg["prefetch"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
             shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
             if not cfg["single_pass"]:
                 shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
