@@ -431,9 +431,11 @@ def backward_config(n_cols: int, elem_size: int = 2) -> dict:
         if elem_size == 2 and warps == 16:  # 8 warps, two vectors per thread: no room to prefetch
             warps, prefetch = 8, False
         vectors = row_bytes // (warps * 32 * _launch.VEC_BYTES)
-        # Two rows at 8 warps spill on sm_80 (2048-wide bf16): two rows only on 4 warps or fewer.
-        return {"single_pass": True, "BLOCK_M": 2 if elem_size == 2 and vectors == 1 and warps <= 4 else 1,
-                "BLOCK_N": block_n, "num_warps": warps, "prefetch": prefetch}
+        # Two rows at 8 warps spill on sm_80 (2048-wide bf16): two rows only on 4 warps or fewer,
+        # and then no prefetch (it spilled 16 B on sm_80).
+        block_m = 2 if elem_size == 2 and vectors == 1 and warps <= 4 else 1
+        return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps,
+                "prefetch": prefetch and block_m == 1}
     if block_n > BWD_MAX_ROW_BLOCK:
         block_m, block_n = LONG_BWD_TILE
         return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
