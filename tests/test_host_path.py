@@ -37,9 +37,9 @@ for offset in (0, 1, 8):                 # 16-byte aligned, 2-byte aligned, 16-b
         x = base[offset:offset + 4 * n_cols].view(4, n_cols)
         y = torch.empty_like(x)
         cfg = sm.launch_config(n_cols)
-        ok, picked[offset, n_cols] = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 4, n_cols, n_cols, n_cols,
-                                                 1.25, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                                 num_warps=cfg["num_warps"])
+        ok, picked[offset, n_cols] = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 4, n_cols, 0, n_cols, 0,
+                                                 n_cols, 1.25, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                                 VEC=8, Y_ALIGNED=True, HAS_PEEL=True, num_warps=cfg["num_warps"])
         checks[f"softmax offset={offset} n={n_cols}"] = ok
 # Where Triton's specialisation differs the kernels differ (alignment, n == 1 vs 16 vs 17),
 # and where it agrees they are shared (offsets 0 and 8 elements are both 16-byte aligned).
@@ -49,8 +49,8 @@ checks["equal keys share"] = picked[0, 17] is picked[8, 17]
 for big in (2**31 - 1, 2**31, 2**40):    # i32 / i64 range
     x = base[:64].view(1, 64)
     y = torch.empty_like(x)
-    ok, _ = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 1, 64, big, 64, 1.0, BLOCK_M=1, BLOCK_N=64,
-                        num_warps=4)
+    ok, _ = same_kernel(sm._softmax_fwd_kernel, (1,), y, x, 1, 64, 0, big, 0, 64, 1.0, BLOCK_M=1, BLOCK_N=64,
+                        VEC=8, Y_ALIGNED=True, HAS_PEEL=True, num_warps=4)
     checks[f"softmax stride={big}"] = ok
 # Every op and backend runs its whole eager path (forward, forward with grad, backward).
 import kernels

@@ -491,3 +491,16 @@ def test_gpt_norms_match_torch(backend):
     loss_ref.backward()
     for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
         assert_close(p.grad, p_ref.grad, torch.float32, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_row_alignment_paths(backend, dtype):
+    # The 16-byte split: aligned rows (body only), a single odd-width row (body + peeled
+    # tail), rows starting off a 16-byte boundary (x[:, 1:]: plain masked rows), and a
+    # residual whose rows are aligned differently from x's.
+    base = randn(5, 1025, dtype=dtype, scale=2.0)
+    for x in (base[:, :1024], base[1, :1001], base[:, 1:], base[:3, 7:]):
+        _layer_norm_case(backend, dtype, tuple(x.shape), "weight+bias", x=x.detach())
+    r = randn(5, 1026, dtype=dtype, scale=2.0)[:, 2:]
+    _add_layer_norm_case(backend, dtype, (5, 1024), "weight+bias", x=base[:, 1:].detach(), r=r)

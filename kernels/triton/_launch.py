@@ -8,6 +8,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # -----------------------------------------------------------------------------------------
 # Launching: `jit` is triton.jit whose repeat launches skip Triton's generic binder.
@@ -207,6 +208,14 @@ def next_power_of_2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 132 (an H100) for meta tensors, which the static SASS checks
+    launch on; 1 elsewhere."""
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 132 if device.type == "meta" else 1
+
+
 def row_block(n_cols: int) -> int:
     return next_power_of_2(n_cols)
 
@@ -233,6 +242,85 @@ def row_config(n_cols: int, long_block: int) -> dict:
         return {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": long_block, "num_warps": row_warps(long_block)}
     block_m = rows_per_program(block_n)
     return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": row_warps(block_m * block_n)}
+
+
+# -----------------------------------------------------------------------------------------
+# 16-byte row access for any row width and any row start
+# -----------------------------------------------------------------------------------------
+# A row whose first element is not 16-byte aligned (odd widths such as 50257 in bf16, or a
+# slice like x[:, 1:]) would make Triton fall back to scalar accesses for the whole row.
+# Instead each row splits into a head (elements before its first 16-byte boundary), a body
+# of whole 16-byte vectors, and a tail: the body moves in 16-byte accesses, head and tail
+# (under 2 x VEC elements in all) in one small masked "peel" access. The kernels receive a
+# base pointer rounded down to 16 bytes plus the element offset `off` of the tensor's first
+# element from it, so a row's start `off + row * stride` and its split are plain integer
+# arithmetic (identical under the interpreter), and Triton proves the body aligned from the
+# specialised base pointer and tl.multiple_of on the offsets. Peel accesses (and per-row
+# scalars such as layer norm's mean and rstd) carry eviction_policy="evict_first": they are
+# touched once, and the tag (LDG.E.EF / STG.E.EF in SASS) lets the static check
+# (kernels/triton/sass.py) tell them from row data, which must move in 16-byte accesses.
+
+VEC_BYTES = 16
+
+
+def vec(t: torch.Tensor) -> int:
+    """Elements per 16-byte vector."""
+    return VEC_BYTES // t.element_size()
+
+
+def aligned_base(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(base, off): a view of t's storage starting at the 16-byte boundary at or before t's
+    first element, and the number of elements in between. If the storage itself is not
+    aligned that far back, (t, 0): still correct, the compiler just cannot prove alignment."""
+    e = t.element_size()
+    ptr = t.data_ptr()
+    off = (ptr % VEC_BYTES) // e
+    if ptr % e or off == 0 or off > t.storage_offset():
+        return t, 0
+    return t.as_strided((1,), (1,), t.storage_offset() - off), off
+
+
+def congruent(vec_elems: int, *layouts) -> bool:
+    """Whether rows of several tensors, given as (off, row_stride, n_rows), start at the same
+    offset modulo a 16-byte vector: then one head/body/tail split serves all of them."""
+    (off0, stride0, n_rows), *rest = layouts
+    return all((off - off0) % vec_elems == 0 and (n_rows <= 1 or (stride - stride0) % vec_elems == 0)
+               for off, stride, _ in rest)
+
+
+def has_peel(vec_elems: int, n_cols: int, layout) -> bool:
+    """Whether rows given as (off, row_stride, n_rows) can have a head or a tail: not when
+    every row starts on a 16-byte boundary and is a whole number of vectors long."""
+    off, stride, n_rows = layout
+    return not (off % vec_elems == 0 and (n_rows <= 1 or stride % vec_elems == 0) and n_cols % vec_elems == 0)
+
+
+def peel_allowance(vec: int, row_tensors: int, scalars: int = 0) -> int:
+    """Narrow tagged accesses (static count per thread) a kernel is entitled to in the SASS
+    checks: Triton may split a row's 2 x VEC peel into a few scalar accesses per thread,
+    VEC / 2 + 1 per row tensor bounds that well below a scalar body; plus per-row scalars."""
+    return row_tensors * (vec // 2 + 1) + scalars
+
+
+@triton.jit
+def row_split(rows, off, row_stride, n_cols, VEC: tl.constexpr):
+    """(start, head, body, body_len) of rows: element offsets from the aligned base of the
+    row start and of its first 16-byte boundary (`body`, a multiple of VEC), the number of
+    elements before it (`head`) and the body's length (a multiple of VEC)."""
+    start = off + tl.cast(rows, tl.int64) * row_stride
+    head = tl.minimum((VEC - start % VEC) % VEC, n_cols)
+    body = tl.multiple_of(start + head, VEC)
+    body_len = tl.multiple_of((n_cols - head) // VEC * VEC, VEC)
+    return start, head, body, body_len
+
+
+@triton.jit
+def peel(head, body_len, n_cols, VEC: tl.constexpr):
+    """(cols, mask) of a row's head and tail in one 2 x VEC access: lanes [0, VEC) are the
+    head, lanes [VEC, 2 VEC) the tail after the body. head/body_len broadcast over rows."""
+    k = tl.arange(0, 2 * VEC)
+    cols = tl.where(k < VEC, k, head + body_len + k - VEC)
+    return cols, tl.where(k < VEC, k < head, cols < n_cols)
 
 
 # The eager/traced dispatch every backend shares (kernels/_eager.py).

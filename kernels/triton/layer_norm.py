@@ -17,7 +17,7 @@ O(N + M), negligible next to M N):
                   bwd 4 M N e  (read s, dy and ds, write dx: dx is also the residual's
                                 gradient, one tensor written once; 3 M N e when s is unused)
   plus, per weight/bias gradient, a P x N fp32 partials buffer written and read once
-  (P ~ 2 x SM count: small next to M N e once M >> P).
+  (P = 4 x SM count: small next to M N e once M >> P).
 Backward math per row: xhat = (x - mean) rstd, g = dy w,
   dx = rstd (g - xhat mean(g xhat) - mean(g)) [+ ds];   dw = sum_rows dy xhat;  db = sum_rows dy.
 dw and db are deterministic: each program owns one row of a fp32 partials buffer (it sums a
@@ -32,8 +32,14 @@ Rows wider than the on-chip block stream through in chunks (no register spills):
        kernel writes dx and the partials: 5 M N e (x and dy are read twice).
 The row is shifted by its first element before the statistics (mean = shift + mean(x -
 shift)): a constant row gives exactly mean = x, var = 0, y = b and finite gradients
-(rstd = 1/sqrt(eps)), and large offsets lose no precision. NaN or inf in a row makes the
-whole row NaN, as in torch.
+(rstd = 1/sqrt(eps)), and large offsets lose no precision. On chip the forward takes the
+sum and the sum of squares of the shifted row in the same pass (var = E[d^2] - E[d]^2,
+exact for a constant row). NaN or inf in a row makes the whole row NaN, as in torch.
+
+Rows move in 16-byte vectors when every row tensor's rows share one alignment (the usual
+case: contiguous tensors of any width, and slices starting at the same offset): the forward
+peels each row's head and tail, the backward needs rows 16-byte aligned and a whole number
+of vectors wide. Other layouts take plain masked accesses (correct, narrower).
 
 Input rows may have any row stride; only the last dim must be unit-stride. `as_rows`
 copies only a tensor whose rows cannot be expressed that way (e.g. a transposed x, or
@@ -62,47 +68,97 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 
 @_launch.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
-                   y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
+                   y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
+                   SPLIT: tl.constexpr, HEAD: tl.constexpr, HAS_PEEL: tl.constexpr):
     """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
-    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd)."""
+    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd).
+
+    Every load is issued first (weight, bias, the rows, their first elements), then s is
+    stored, then one fused (sum, sum of squares) reduction of the rows shifted by their first
+    element gives mean and variance. With SPLIT every row tensor's rows start HEAD elements
+    before a 16-byte boundary (the launcher checks it): the body from there moves in 16-byte
+    vectors and the head and tail in one peel (HAS_PEEL); without SPLIT (rows of mixed
+    alignment) the whole row is one masked access, vectorised where Triton can prove it."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    col_ok = cols < n_cols
-    mask = row_ok[:, None] & col_ok[None, :]
-    rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        r = tl.load(r_ptr + rows64 * r_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = (x + r).to(s_ptr.dtype.element_ty)
-        tl.store(s_ptr + rows64 * s_row_stride + cols[None, :], s, mask=mask)
-        x = s.to(tl.float32)  # normalize what is returned as s
-    # The first element of each row, as the tile holds it (x + r rounded when fused).
-    if BLOCK_M == 1:
-        # One wide row per program (16 warps, 64 registers each): picking it out of the tile
-        # by a reduction keeps these configs spill-free, where a separate load does not.
-        shift = tl.sum(tl.where(cols[None, :] == 0, x, 0.0), axis=1)
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    if SPLIT:
+        body_len = (n_cols - HEAD) // VEC * VEC
+        x_body = tl.multiple_of(x_off + rows64 * x_row_stride + HEAD, VEC)
+        r_body = tl.multiple_of(r_off + rows64 * r_row_stride + HEAD, VEC)
+        y_body = tl.multiple_of(y_off + rows64 * y_row_stride + HEAD, VEC)
+        s_body = tl.multiple_of(s_off + rows64 * s_row_stride + HEAD, VEC)
     else:
-        # Several rows per program: a cached scalar load per row instead of one more
-        # cross-warp reduction.
-        shift = tl.load(x_ptr + rows.to(tl.int64) * x_row_stride, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_RES:
-            r0 = tl.load(r_ptr + rows.to(tl.int64) * r_row_stride, mask=row_ok, other=0.0).to(tl.float32)
-            shift = (shift + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
-    d = tl.where(mask, x - shift[:, None], 0.0)
-    mean_d = tl.sum(d, axis=1) / n_cols
-    diff = tl.where(mask, d - mean_d[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(diff * diff, axis=1) / n_cols + eps)
-    y = diff * rstd[:, None]
+        body_len = n_cols
+        x_body = x_off + rows64 * x_row_stride
+        r_body = r_off + rows64 * r_row_stride
+        y_body = y_off + rows64 * y_row_stride
+        s_body = s_off + rows64 * s_row_stride
+    col_ok = cols < body_len
+    mask = row_ok[:, None] & col_ok[None, :]
     if HAS_W:
-        y = y * tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.load(w_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
     if HAS_B:
-        y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + rows, shift + mean_d, mask=row_ok)
-    tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+        b = tl.load(b_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptr + r_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    # The first element of each row (x + r rounded when fused): the shift.
+    x0 = tl.load(x_ptr + x_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_RES:
+        r0 = tl.load(r_ptr + r_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_PEEL:
+        pcols, pok = _launch.peel(HEAD, body_len, n_cols, VEC)
+        pmask = row_ok[:, None] & pok[None, :]
+        if HAS_W:
+            pw = tl.load(w_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if HAS_B:
+            pb = tl.load(b_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        xp = tl.load(x_ptr + (x_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+                     eviction_policy="evict_first").to(tl.float32)
+        if HAS_RES:
+            rp = tl.load(r_ptr + (r_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+    if HAS_RES:
+        s = (x + r).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + s_body[:, None] + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)  # normalize what is returned as s
+        x0 = (x0 + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_PEEL:
+            sp = (xp + rp).to(s_ptr.dtype.element_ty)
+            tl.store(s_ptr + (s_body - HEAD)[:, None] + pcols[None, :], sp, mask=pmask, eviction_policy="evict_first")
+            xp = sp.to(tl.float32)
+    d = tl.where(mask, x - x0[:, None], 0.0)
+    sum_d, sum_dd = tl.sum(d, axis=1), tl.sum(d * d, axis=1)
+    if HAS_PEEL:
+        dp = tl.where(pmask, xp - x0[:, None], 0.0)
+        sum_d += tl.sum(dp, axis=1)
+        sum_dd += tl.sum(dp * dp, axis=1)
+    mean_d = sum_d / n_cols
+    # Centred on the first element, E[d^2] - E[d]^2 is exact for a constant row (0 - 0) and
+    # loses nothing to a large common offset; clamped at 0 against rounding by a select, not
+    # a max, so an inf in the row (inf - inf = NaN here) still makes the row NaN.
+    var = sum_dd / n_cols - mean_d * mean_d
+    rstd = tl.rsqrt(tl.where(var < 0.0, 0.0, var) + eps)
+    y = (d - mean_d[:, None]) * rstd[:, None]
+    if HAS_W:
+        y = y * w[None, :]
+    if HAS_B:
+        y = y + b[None, :]
+    tl.store(y_ptr + y_body[:, None] + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    if HAS_PEEL:
+        yp = (dp - mean_d[:, None]) * rstd[:, None]
+        if HAS_W:
+            yp = yp * pw[None, :]
+        if HAS_B:
+            yp = yp + pb[None, :]
+        tl.store(y_ptr + (y_body - HEAD)[:, None] + pcols[None, :], yp.to(y_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
+    tl.store(mean_ptr + rows, x0 + mean_d, mask=row_ok, eviction_policy="evict_first")
+    tl.store(rstd_ptr + rows, rstd, mask=row_ok, eviction_policy="evict_first")
 
 
 @_launch.jit
@@ -193,40 +249,89 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
                    n_rows, n_cols, inv_n_cols, dx_row_stride, dy_row_stride, x_row_stride, ds_row_stride,
                    HAS_W: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
                    HAS_DS: tl.constexpr, ROW_MEANS_GIVEN: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+                   PREFETCH: tl.constexpr):
     """dx, and this program's row of the dw/db partials, for column block program_id(0).
 
     Program (c, p) of a (column blocks, P) grid takes row tiles p, p + P, p + 2P, ... in
     order and keeps dy * xhat and dy summed over them in registers: a fixed order, so the
     partials (and the final dw/db) are bitwise reproducible. With ROW_MEANS_GIVEN False
     the block spans the whole row and c1/c2 are reduced on chip (one read of x and dy).
+    With PREFETCH the next tile's x and dy are loaded before the current one is used, so two
+    tiles per program can be in flight; ds, needed only at the end, is loaded at the top of
+    its tile. (Without: tiny rows and the wide-row path, where it costs a stack slot.)
+    ALIGNED (the launcher checks it): every row of every tensor starts on a 16-byte boundary
+    and the width is a whole number of vectors, which tl.multiple_of tells the compiler so
+    rows move in 16-byte accesses (other rows: plain masked accesses, correct but narrower).
     Bytes: 3 M N e (read x, dy; write dx), + M N e with ds; + 4 N bytes per program and
     gradient for the partials.
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     part = tl.program_id(1)
     n_parts = tl.num_programs(1)
-    col_ok = cols < n_cols
+    n_tiles = tl.cdiv(n_rows, BLOCK_M)
+    width = n_cols
+    if ALIGNED:
+        width = tl.multiple_of(n_cols // VEC * VEC, VEC)
+    col_ok = cols < width
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     acc_dw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for tile in range(part, tl.cdiv(n_rows, BLOCK_M), n_parts):
+    if PREFETCH:  # the first tile's rows (an empty mask if this program has none)
+        rows = part * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)
+        x_offs = rows64 * x_row_stride
+        dy_offs = rows64 * dy_row_stride
+        if ALIGNED:
+            x_offs, dy_offs = tl.multiple_of(x_offs, VEC), tl.multiple_of(dy_offs, VEC)
+        x_next = tl.load(x_ptr + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+        dy_next = tl.load(dy_ptr + dy_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+    for tile in range(part, n_tiles, n_parts):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
         mask = row_ok[:, None] & col_ok[None, :]
-        rows64 = rows.to(tl.int64)[:, None]
-        x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows64 * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        rows64 = rows.to(tl.int64)
+        if PREFETCH:
+            x = x_next.to(tl.float32)
+            dy = dy_next.to(tl.float32)
+        else:
+            x_offs = rows64 * x_row_stride
+            dy_offs = rows64 * dy_row_stride
+            if ALIGNED:
+                x_offs, dy_offs = tl.multiple_of(x_offs, VEC), tl.multiple_of(dy_offs, VEC)
+            x = tl.load(x_ptr + x_offs[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_offs[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_DS:  # this tile's ds, in flight while the row sums reduce
+            ds_offs = rows64 * ds_row_stride
+            if ALIGNED:
+                ds_offs = tl.multiple_of(ds_offs, VEC)
+            ds = tl.load(ds_ptr + ds_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+        if PREFETCH:  # the next tile of this program (masked off past the last row)
+            nrows = rows + n_parts * BLOCK_M
+            nmask = (nrows < n_rows)[:, None] & col_ok[None, :]
+            nrows64 = nrows.to(tl.int64)
+            nx_offs = nrows64 * x_row_stride
+            ndy_offs = nrows64 * dy_row_stride
+            if ALIGNED:
+                nx_offs, ndy_offs = tl.multiple_of(nx_offs, VEC), tl.multiple_of(ndy_offs, VEC)
+            x_next = tl.load(x_ptr + nx_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
+            dy_next = tl.load(dy_ptr + ndy_offs[:, None] + cols[None, :], mask=nmask, other=0.0)
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        # The partials first: dy is then dead across the row reductions below.
+        if COMPUTE_DW:
+            acc_dw += dy * xhat
+        if COMPUTE_DB:
+            acc_db += dy
         g = dy
         if HAS_W:
             g = dy * w[None, :]
         if ROW_MEANS_GIVEN:
-            c1 = tl.load(c1_ptr + rows, mask=row_ok, other=0.0)
-            c2 = tl.load(c2_ptr + rows, mask=row_ok, other=0.0)
+            c1 = tl.load(c1_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
+            c2 = tl.load(c2_ptr + rows, mask=row_ok, other=0.0, eviction_policy="evict_first")
         else:
             # A multiply: IEEE division (what no-contraction compiles `/` to) calls a slow
             # path with a stack frame.
@@ -234,12 +339,11 @@ def _ln_bwd_kernel(dx_ptr, pw_ptr, pb_ptr, dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_
             c2 = tl.sum(g, axis=1) * inv_n_cols
         dx = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DS:
-            dx += tl.load(ds_ptr + rows64 * ds_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if COMPUTE_DW:
-            acc_dw += dy * xhat
-        if COMPUTE_DB:
-            acc_db += dy
+            dx += ds.to(tl.float32)
+        dx_offs = rows64 * dx_row_stride
+        if ALIGNED:
+            dx_offs = tl.multiple_of(dx_offs, VEC)
+        tl.store(dx_ptr + dx_offs[:, None] + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
     if COMPUTE_DW:
         tl.store(pw_ptr + part * n_cols + cols, tl.sum(acc_dw, axis=0), mask=col_ok)
     if COMPUTE_DB:
@@ -280,14 +384,26 @@ BWD_MAX_ROW_BLOCK = 4096
 LONG_FWD_BLOCK = 4096            # forward chunk for rows wider than MAX_ROW_BLOCK
 LONG_BWD_ROW_MEANS_BLOCK = 4096  # chunk of the wide-row c1/c2 kernel
 LONG_BWD_TILE = (1, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-row backward
-BWD_TILE_ELEMS = 2048            # row tile of the backward: ~8 values per thread at 8 warps
-REDUCE_BLOCK = (16, 128)         # (BLOCK_P, BLOCK_N) of the partials reduce
+BWD_TILE_ELEMS = 2048            # row tile of the backward for rows under 512 bytes
+BWD_PROGRAMS_PER_SM = 4          # backward programs (and rows of dw/db partials) per SM
+REDUCE_BLOCK = (32, 16)          # (BLOCK_P, BLOCK_N) of the partials reduce: N / 16 programs
 
 
 @functools.lru_cache(maxsize=None)
-def forward_config(n_cols: int) -> dict:
-    """Whole rows on chip up to MAX_ROW_BLOCK (several short rows per program), else chunks."""
-    return _launch.row_config(n_cols, LONG_FWD_BLOCK)
+def forward_config(n_cols: int, elem_size: int = 2) -> dict:
+    """Whole rows on chip up to MAX_ROW_BLOCK, else chunks. A row of at least 1 KB gets its
+    own program with 32 bytes (two 16-byte vectors) per thread and tensor: no second row
+    in the tile, so weight and bias broadcast without a layout change through shared memory.
+    Shorter rows share a program as before."""
+    cfg = _launch.row_config(n_cols, LONG_FWD_BLOCK)
+    row_bytes = cfg["BLOCK_N"] * elem_size
+    if cfg["single_pass"] and row_bytes > 32768:  # x, r, w, b loaded first: 64 KB rows spill
+        cfg = {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_FWD_BLOCK}
+    if cfg["single_pass"] and row_bytes >= 1024:
+        cfg.update(BLOCK_M=1, num_warps=max(1, min(16, row_bytes // 1024)))
+    if not cfg["single_pass"]:
+        cfg["num_warps"] = 16  # 8 spill on sm_80 with 16-byte accesses
+    return cfg
 
 
 def _bwd_warps(tile_elems: int) -> int:
@@ -297,17 +413,37 @@ def _bwd_warps(tile_elems: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def backward_config(n_cols: int) -> dict:
-    """Row tiles of ~BWD_TILE_ELEMS on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path."""
+def backward_config(n_cols: int, elem_size: int = 2) -> dict:
+    """Row tiles on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path. A row of 512 bytes
+    or more is spread over as many warps (up to 16) as give each thread one 16-byte vector
+    of it, so the weight's layout is the tile's column slice (no shuffle through shared
+    memory). With BWD_PROGRAMS_PER_SM programs per SM, each needs ~8 KB of loads in flight:
+    16-bit rows of one vector per thread take two rows per tile (sm_90: 128 registers, 4
+    programs of 4 warps at 1024 wide, 40 KB in flight per SM), except at 8 KB, where two
+    rows would need 16 warps and spill on sm_80: one row of two vectors per thread on 8
+    warps instead (2 programs per SM, 48 KB); fp32 rows one. These prefetch the next tile.
+    Shorter rows: ~BWD_TILE_ELEMS per tile, no prefetch (it costs them a stack slot)."""
     block_n = _launch.row_block(n_cols)
+    row_bytes = block_n * elem_size
+    if block_n <= BWD_MAX_ROW_BLOCK and row_bytes >= 512:
+        warps = min(16, row_bytes // 512)
+        prefetch = True
+        if elem_size == 2 and warps == 16:  # 8 warps, two vectors per thread: no room to prefetch
+            warps, prefetch = 8, False
+        vectors = row_bytes // (warps * 32 * _launch.VEC_BYTES)
+        # Two rows at 8 warps spill on sm_80 (2048-wide bf16): two rows only on 4 warps or fewer,
+        # and then no prefetch (it spilled 16 B on sm_80).
+        block_m = 2 if elem_size == 2 and vectors == 1 and warps <= 4 else 1
+        return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps,
+                "prefetch": prefetch and block_m == 1}
     if block_n > BWD_MAX_ROW_BLOCK:
         block_m, block_n = LONG_BWD_TILE
-        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
                 "num_warps": _bwd_warps(block_m * block_n),
                 "means_block": LONG_BWD_ROW_MEANS_BLOCK,
                 "means_warps": _launch.row_warps(LONG_BWD_ROW_MEANS_BLOCK)}
     block_m = _launch.rows_per_program(block_n, target=BWD_TILE_ELEMS)
-    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
+    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
             "num_warps": _bwd_warps(block_m * block_n)}
 
 
@@ -315,13 +451,16 @@ def backward_config(n_cols: int) -> dict:
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # the interpreter runs one program at a time: few partials, same code paths
+    if device.type == "meta":
+        return 132  # the static SASS checks model an H100
+    return 1  # the interpreter runs one program at a time: few partials, same code paths
 
 
 def n_partials(device: torch.device, n_row_tiles: int, n_col_blocks: int) -> int:
-    """Row groups P of the backward grid: about two programs per SM in all, never more
-    groups than row tiles. Depends only on the device and shape, so results repeat bitwise."""
-    return max(1, min(n_row_tiles, 2 * _sm_count(device) // n_col_blocks))
+    """Row groups P of the backward grid: BWD_PROGRAMS_PER_SM programs per SM in all, never
+    more groups than row tiles. Depends only on the device and shape, so results repeat
+    bitwise."""
+    return max(1, min(n_row_tiles, BWD_PROGRAMS_PER_SM * _sm_count(device) // n_col_blocks))
 
 
 def _unit_stride(p: torch.Tensor) -> torch.Tensor:
@@ -333,6 +472,20 @@ def _stats_like(x: torch.Tensor) -> torch.Tensor:
     n_cols = x.shape[-1]
     return torch.empty(x.numel() // n_cols if n_cols else math.prod(x.shape[:-1]), dtype=torch.float32,
                        device=x.device)
+
+
+def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
+    """Constexprs of the 16-byte split shared by several row tensors, given as (tensor, row
+    stride): SPLIT when every row of every tensor starts the same number of elements past a
+    16-byte boundary (HEAD elements before the next one), else a plain masked row; HAS_PEEL
+    when a head or a tail remains."""
+    phases = {(t.data_ptr() // t.element_size()) % vec for t, _ in layouts}
+    uniform = all(n_rows <= 1 or stride % vec == 0 for _, stride in layouts)
+    uniform = uniform and all(t.data_ptr() % t.element_size() == 0 for t, _ in layouts)
+    if len(phases) != 1 or not uniform:
+        return {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
+    head = min((vec - phases.pop()) % vec, n_cols)
+    return {"VEC": vec, "SPLIT": True, "HEAD": head, "HAS_PEEL": head > 0 or (n_cols - head) % vec != 0}
 
 
 def forward(x, residual, weight, bias, eps):
@@ -348,19 +501,27 @@ def forward(x, residual, weight, bias, eps):
     r_rows, _, _, r_stride = _launch.rows(residual) if residual is not None else (x_rows, 0, 0, x_stride)
     if s_rows is None:
         s_rows = y_rows  # never written: HAS_RES is False
-    args = (y_rows, s_rows, mean, rstd, x_rows, r_rows,
-            _unit_stride(weight) if weight is not None else x_rows,
-            _unit_stride(bias) if bias is not None else x_rows)
-    strides = (n_cols, n_cols, x_stride, r_stride, eps)  # y and s: fresh contiguous rows
+    w_arg = _unit_stride(weight) if weight is not None else x_rows
+    b_arg = _unit_stride(bias) if bias is not None else x_rows
     flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
-    cfg = forward_config(n_cols)
+    cfg = forward_config(n_cols, x.element_size())
     if cfg["single_pass"]:
+        (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
+                                                          (y_rows, s_rows, x_rows, r_rows))
+        layouts = ((y_rows, n_cols), (x_rows, x_stride)) + (((s_rows, n_cols), (r_rows, r_stride))
+                                                            if residual is not None else ())
+        split = row_split(_launch.vec(x), n_rows, n_cols, *layouts)
+        if split["HAS_PEEL"] and cfg["BLOCK_M"] > 1:  # a peel per row of a 2-D tile spills: plain rows
+            split = {"VEC": split["VEC"], "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
         _ln_fwd_kernel[(-(-n_rows // cfg["BLOCK_M"]),)](
-            *args, n_rows, n_cols, *strides, **flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            num_warps=cfg["num_warps"])
+            y_b, s_b, mean, rstd, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
+            x_o, x_stride, r_o, r_stride, eps, **flags, **split,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     else:
-        _ln_fwd_long_kernel[(n_rows,)](*args, n_cols, *strides, **flags, BLOCK_N=cfg["BLOCK_N"],
-                                       num_warps=cfg["num_warps"])
+        # y and s: fresh contiguous rows
+        _ln_fwd_long_kernel[(n_rows,)](y_rows, s_rows, mean, rstd, x_rows, r_rows, w_arg, b_arg, n_cols,
+                                       n_cols, n_cols, x_stride, r_stride, eps,
+                                       **flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return y, s, mean, rstd
 
 
@@ -377,7 +538,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     dy_rows, _, _, dy_stride = _launch.rows(dy)
     ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
-    cfg = backward_config(n_cols)
+    cfg = backward_config(n_cols, x.element_size())
     n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
     parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
     pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
@@ -389,12 +550,17 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
         _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
                                             dy_stride, x_stride, HAS_W=weight is not None,
                                             BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
+    vec = _launch.vec(x)
+    aligned = n_cols % vec == 0 and all(t.data_ptr() % _launch.VEC_BYTES == 0
+                                        and (n_rows <= 1 or stride % vec == 0)
+                                        for t, stride in ((dx_rows, n_cols), (dy_rows, dy_stride),
+                                                          (x_rows, x_stride), (ds_rows, ds_stride)))
     _ln_bwd_kernel[(n_col_blocks, parts)](
         dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
         n_cols, dy_stride, x_stride, ds_stride,
         HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
-        ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
+        ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec,
+        ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
         _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
@@ -407,11 +573,17 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
 # shape of each kernel, per dtype, with every flag on (flags only ever remove work, so this
 # is the most registers that shape needs), plus every flag combination at each kernel's
 # widest shape (the most registers that kernel needs).
-def _sig(names, dtype, ints=(), floats=()):
+def _sig(kernel, dtype):
+    """Runtime-argument types: fp32 statistics and partials, `dtype` rows, i32 ints."""
     fp32_ptrs = ("mean_ptr", "rstd_ptr", "pw_ptr", "pb_ptr", "c1_ptr", "c2_ptr")
-    sig = {name: "*fp32" if name in fp32_ptrs else f"*{dtype}" for name in names}
-    sig.update({n: "i32" for n in ints})
-    sig.update({n: "fp32" for n in floats})
+    sig = {}
+    for name in kernel.arg_names:
+        if name.endswith("_ptr"):
+            sig[name] = "*fp32" if name in fp32_ptrs else f"*{dtype}"
+        elif name in ("eps", "inv_n_cols"):
+            sig[name] = "fp32"
+        elif not name.isupper():
+            sig[name] = "i32"
     return sig
 
 
@@ -427,48 +599,90 @@ def _code_path(meta):
 
 
 def compile_cases():
-    fwd_ptrs = ("y_ptr", "s_ptr", "mean_ptr", "rstd_ptr", "x_ptr", "r_ptr", "w_ptr", "b_ptr")
-    fwd_ints = ("y_row_stride", "s_row_stride", "x_row_stride", "r_row_stride")
-    bwd_ptrs = ("dx_ptr", "pw_ptr", "pb_ptr", "dy_ptr", "x_ptr", "w_ptr", "mean_ptr", "rstd_ptr", "ds_ptr",
-                "c1_ptr", "c2_ptr")
-    bwd_ints = ("n_rows", "n_cols", "dx_row_stride", "dy_row_stride", "x_row_stride", "ds_row_stride")
-    means_ptrs = ("c1_ptr", "c2_ptr", "dy_ptr", "x_ptr", "w_ptr", "mean_ptr", "rstd_ptr")
     fwd_flags = _flag_sets("HAS_RES", "HAS_W", "HAS_B")
     bwd_flags = _flag_sets("HAS_W", "COMPUTE_DW", "COMPUTE_DB", "HAS_DS",
                            valid=lambda f: f["HAS_W"] or not f["COMPUTE_DW"])
     reduce_flags = _flag_sets("COMPUTE_DW", "COMPUTE_DB", valid=lambda f: any(f.values()))
-    # (kernel, flag sets, launch config) for every hidden size 1, 2, 4, ..., MAX_HIDDEN.
-    shapes = {}
-    for n_cols in (2 ** k for k in range(MAX_HIDDEN.bit_length())):
-        cfg = forward_config(n_cols)
-        kernel = _ln_fwd_kernel if cfg["single_pass"] else _ln_fwd_long_kernel
-        meta = {"BLOCK_N": cfg["BLOCK_N"], **({"BLOCK_M": cfg["BLOCK_M"]} if cfg["single_pass"] else {})}
-        shapes.setdefault(kernel, []).append((meta, cfg["num_warps"]))
-        cfg = backward_config(n_cols)
-        meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-        shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
-        if not cfg["single_pass"]:
-            shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
-                                                                    cfg["means_warps"]))
-    block_p, block_n = REDUCE_BLOCK
-    shapes[_ln_bwd_reduce_kernel] = [({"BLOCK_P": block_p, "BLOCK_N": block_n}, 4)]
     flags = {_ln_fwd_kernel: fwd_flags, _ln_fwd_long_kernel: fwd_flags, _ln_bwd_kernel: bwd_flags,
              _ln_bwd_row_means_kernel: _flag_sets("HAS_W"), _ln_bwd_reduce_kernel: reduce_flags}
     cases = []
-    for dtype in ("fp32", "fp16", "bf16"):
-        sigs = {_ln_fwd_kernel: _sig(fwd_ptrs, dtype, ("n_rows", "n_cols") + fwd_ints, ("eps",)),
-                _ln_fwd_long_kernel: _sig(fwd_ptrs, dtype, ("n_cols",) + fwd_ints, ("eps",)),
-                _ln_bwd_kernel: _sig(bwd_ptrs, dtype, bwd_ints, ("inv_n_cols",)),
-                _ln_bwd_row_means_kernel: _sig(means_ptrs, dtype, ("n_cols", "dy_row_stride", "x_row_stride")),
-                _ln_bwd_reduce_kernel: _sig(("dw_ptr", "db_ptr", "pw_ptr", "pb_ptr"), dtype, ("n_parts", "n_cols"))}
+    for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
+        vec = _launch.VEC_BYTES // size
+        # Alignment code paths: the forward's split rows with a peel and the backward's aligned
+        # rows at every shape; the others below.
+        peeled = {"VEC": vec, "SPLIT": True, "HEAD": 1, "HAS_PEEL": True}
+        other_fwd = ({"VEC": vec, "SPLIT": True, "HEAD": 0, "HAS_PEEL": False},
+                     {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False})
+        # (kernel, flag sets, launch config) for every hidden size 1, 2, 4, ..., MAX_HIDDEN.
+        shapes = {}
+        for n_cols in (2 ** k for k in range(MAX_HIDDEN.bit_length())):
+            cfg = forward_config(n_cols, size)
+            if cfg["single_pass"]:  # the launcher peels only single-row tiles
+                shapes.setdefault(_ln_fwd_kernel, []).append(
+                    ({**(peeled if cfg["BLOCK_M"] == 1 else other_fwd[1]), "BLOCK_M": cfg["BLOCK_M"],
+                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
+            else:
+                shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
+            cfg = backward_config(n_cols, size)
+            meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "VEC": vec, "ALIGNED": True,
+                    "PREFETCH": cfg["prefetch"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+            shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
+            if not cfg["single_pass"]:
+                shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
+                                                                        cfg["means_warps"]))
+        # The other alignment paths address memory differently but hold no more values: every
+        # flag, at the widest shape of each path.
+        extra = [(_ln_fwd_kernel, {**shapes[_ln_fwd_kernel][-1][0], **a}, shapes[_ln_fwd_kernel][-1][1])
+                 for a in other_fwd]
+        for rows_given in (False, True):
+            meta, warps = [m for m in shapes[_ln_bwd_kernel] if m[0]["ROW_MEANS_GIVEN"] == rows_given][-1]
+            extra.append((_ln_bwd_kernel, {**meta, "ALIGNED": False}, warps))
+        cases += [(k, _sig(k, dtype), {**flags[k][-1], **meta}, warps) for k, meta, warps in extra]
+        block_p, block_n = REDUCE_BLOCK
+        shapes[_ln_bwd_reduce_kernel] = [({"BLOCK_P": block_p, "BLOCK_N": block_n}, 4)]
         for kernel, kernel_shapes in shapes.items():
+            sig = _sig(kernel, dtype)
             unique = list({repr(s): s for s in kernel_shapes}.values())
             every_flag = flags[kernel][-1]
-            cases += [(kernel, sigs[kernel], {**every_flag, **meta}, warps) for meta, warps in unique]
+            cases += [(kernel, sig, {**every_flag, **meta}, warps) for meta, warps in unique]
             for path in {_code_path(meta) for meta, _ in unique}:
                 widest_meta, widest_warps = max((s for s in unique if _code_path(s[0]) == path),
                                                  key=lambda s: s[0].get("BLOCK_M", 1) * s[0]["BLOCK_N"])
-                cases += [(kernel, sigs[kernel], {**f, **widest_meta}, widest_warps) for f in flags[kernel][:-1]]
+                cases += [(kernel, sig, {**f, **widest_meta}, widest_warps) for f in flags[kernel][:-1]]
+    # Pointers 16-byte aligned, as PyTorch allocates and _launch.aligned_base passes them.
+    return [(*case, 3, [n for n in case[1] if n.endswith("_ptr")]) for case in cases]
+
+
+# The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
+# (label, a call of the real launcher on meta tensors, allowed tagged accesses per kernel:
+# the peel of each row tensor and the per-row scalars: first elements, mean, rstd, c1, c2).
+STATIC_SHAPES = ((16384, 1024), (16384, 4096))
+
+
+def static_cases():
+    cases = []
+    for dtype in (torch.bfloat16, torch.float32):
+        vec = _launch.VEC_BYTES // dtype.itemsize
+        # The partials reduce reads P x N fp32 (P = 4 x 132 rows: ~4% of the backward's
+        # bytes) and writes dw, db: not row data; only its local memory is checked.
+        allowed = {"_ln_fwd_kernel": _launch.peel_allowance(vec, 4, scalars=4), "_ln_bwd_kernel": 4,
+                   "_ln_bwd_reduce_kernel": "exempt: P x N fp32 partials, ~4% of the backward's bytes"}
+        for n_rows, n_cols in STATIC_SHAPES:
+            def t(shape=(n_rows, n_cols), dtype=dtype):
+                return torch.empty(shape, dtype=dtype, device="meta")
+
+            def stats(n_rows=n_rows):
+                return torch.empty(n_rows, dtype=torch.float32, device="meta")
+            name = f"{n_rows}x{n_cols} {str(dtype)[6:]}"
+            w = lambda n_cols=n_cols, t=t: t((n_cols,))  # noqa: E731
+            cases += [
+                (f"layer_norm fwd {name}", lambda t=t, w=w: forward(t(), None, w(), w(), 1e-5), allowed),
+                (f"add_layer_norm fwd {name}", lambda t=t, w=w: forward(t(), t(), w(), w(), 1e-5), allowed),
+                (f"layer_norm bwd {name}", lambda t=t, w=w, stats=stats: backward(
+                    t(), t(), w(), stats(), stats(), None, True, True), allowed),
+                (f"add_layer_norm bwd {name}", lambda t=t, w=w, stats=stats: backward(
+                    t(), t(), w(), stats(), stats(), t(), True, True), allowed),
+            ]
     return cases
 
 

@@ -8,8 +8,12 @@ Roofline (N = numel, s = bytes per element):
   forward   2 N s bytes (read x, write y), ~5 FLOP/element: memory-bound everywhere.
   backward  3 N s bytes (read y and dy, write dx): dx = y * (dy - sum(dy * y)) / t.
 Rows longer than MAX_ROW_BLOCK stream through in chunks with an online (running max,
-running sum) softmax: 3 N s forward (x is read twice; the second read often hits L2),
-4 N s backward.
+running sum) softmax, one exp per element per pass: 3 N s forward, 5 N s backward, the
+re-reads from L2 (the launcher keeps the rows in flight to half of it).
+
+Row data moves in 16-byte vectors for any width and row start: each row splits into a
+peeled head and tail and a 16-byte aligned body (kernels/triton/_launch.py). The static
+SASS checks of this (tests/test_static_triton.py) run at the benchmark shapes STATIC_SHAPES.
 
 Math is fp32 whatever the storage dtype. The max is taken over raw x, and
 (x - max) is scaled afterwards: exp2((x - m) * log2(e) / t). Subtracting first keeps
@@ -33,92 +37,163 @@ from . import _launch
 
 
 @_launch.jit
-def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """BLOCK_M whole rows per program, each row held on chip: one read, one write."""
+def _softmax_fwd_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr,
+                        HAS_PEEL: tl.constexpr):
+    """BLOCK_M whole rows per program, each row held on chip: one read, one write, one exp
+    per element. Each row's body moves in 16-byte vectors, its head and tail in one peel
+    (HAS_PEEL False: the launcher found every row 16-byte aligned and whole vectors long)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    x_start, head, x_body, body_len = _launch.row_split(rows, x_off, x_row_stride, n_cols, VEC)
+    y_start = y_off + rows.to(tl.int64) * y_row_stride
+    y_body = y_start + head
+    if Y_ALIGNED:
+        y_body = tl.multiple_of(y_body, VEC)
+    mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
+    x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
     row_max = tl.max(x, axis=1)
+    if HAS_PEEL:
+        pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+        pmask = pmask & row_ok[:, None]
+        xp = tl.load(x_ptr + x_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=-float("inf")).to(tl.float32)
+        row_max = tl.maximum(row_max, tl.max(xp, axis=1))
     # A row of all -inf gives (-inf) - (-inf) = NaN, as torch does.
     e = tl.exp2((x - row_max[:, None]) * scale_log2)
+    row_sum = tl.sum(e, axis=1)
+    if HAS_PEEL:
+        ep = tl.exp2((xp - row_max[:, None]) * scale_log2)
+        row_sum += tl.sum(ep, axis=1)
     # One reciprocal per row, then multiplies: a per-element fp32 divide is a multi-instruction
     # sequence, which 16-bit inputs (twice the elements per byte) cannot hide behind memory.
-    y = e * (1.0 / tl.sum(e, axis=1))[:, None]
-    tl.store(y_ptr + rows64 * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    inv_sum = 1.0 / row_sum
+    tl.store(y_ptr + y_body[:, None] + cols[None, :], (e * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+    if HAS_PEEL:
+        tl.store(y_ptr + y_start[:, None] + pcols, (ep * inv_sum[:, None]).to(y_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
 
 
 @_launch.jit
-def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_row_stride, y_row_stride, scale_log2,
-                             BLOCK_N: tl.constexpr):
-    """Rows too long for the chip, streamed in BLOCK_N chunks: pass 1 keeps a per-lane
-    running max and sum (online softmax), pass 2 re-reads x and writes y. The grid is
-    persistent (one program per SM, looping over rows) so the rows in flight fit in L2
-    and pass 2's re-read comes from L2 rather than HBM."""
+def _softmax_fwd_long_kernel(y_ptr, x_ptr, n_rows, n_cols, x_off, x_row_stride, y_off, y_row_stride, scale_log2,
+                             BLOCK_N: tl.constexpr, VEC: tl.constexpr, Y_ALIGNED: tl.constexpr):
+    """Rows too long for registers, in BLOCK_N chunks, two passes. Pass 1 takes each chunk's
+    max (a block reduction), rescales the running sum by one scalar exp when the max grows
+    and adds the chunk's exps: one exp per element. Pass 2 re-reads x and writes y: a second
+    exp per element. The grid is persistent (programs loop over rows), sized by the launcher
+    so the rows in flight fit in L2 and pass 2's re-read comes from L2 rather than HBM."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-        x_row = x_ptr + tl.cast(row, tl.int64) * x_row_stride
-        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
-        run_max = tl.full([BLOCK_N], -float("inf"), tl.float32)
-        run_sum = tl.zeros([BLOCK_N], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
-            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
-            new_max = tl.maximum(run_max, x)
-            # Lanes that have seen only -inf keep a zero sum; shifting by 0 avoids inf - inf.
-            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-            run_sum = run_sum * tl.exp2((run_max - shift) * scale_log2) + tl.exp2((x - shift) * scale_log2)
-            run_max = new_max
-        row_max = tl.max(run_max, axis=0)
+        x_start, head, x_body, body_len = _launch.row_split(row, x_off, x_row_stride, n_cols, VEC)
+        y_start = y_off + tl.cast(row, tl.int64) * y_row_stride
+        y_body = y_start + head
+        if Y_ALIGNED:
+            y_body = tl.multiple_of(y_body, VEC)
+        pcols, pmask = _launch.peel(head, body_len, n_cols, VEC)
+        xp = tl.load(x_ptr + x_start + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=-float("inf")).to(tl.float32)
+        run_max = tl.max(xp, axis=0)
+        # exps relative to `shift`: the running max, or 0 while it is -inf (no inf - inf).
         shift = tl.where(run_max == -float("inf"), 0.0, run_max)
-        row_sum = tl.sum(run_sum * tl.exp2((shift - row_max) * scale_log2), axis=0)
+        run_sum = tl.sum(tl.exp2((xp - shift) * scale_log2), axis=0)
+        for start in range(0, body_len, BLOCK_N):
+            x = tl.load(x_ptr + x_body + start + cols, mask=start + cols < body_len,
+                        other=-float("inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, tl.max(x, axis=0))
+            new_shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp2((shift - new_shift) * scale_log2) + \
+                tl.sum(tl.exp2((x - new_shift) * scale_log2), axis=0)
+            run_max, shift = new_max, new_shift
         # NaN anywhere in the row reaches run_sum (exp2(NaN) = NaN) and so every output.
-        inv_sum = 1.0 / row_sum
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            x = tl.load(x_row + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
-            y = tl.exp2((x - row_max) * scale_log2) * inv_sum
-            tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        inv_sum = 1.0 / run_sum
+        yp = tl.exp2((xp - run_max) * scale_log2) * inv_sum
+        tl.store(y_ptr + y_start + pcols, yp.to(y_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+        # Pass 2 walks the chunks backwards: the last ones read are the likeliest still in L2.
+        n_chunks = tl.cdiv(body_len, BLOCK_N)
+        for i in range(0, n_chunks):
+            start = (n_chunks - 1 - i) * BLOCK_N
+            mask = start + cols < body_len
+            x = tl.load(x_ptr + x_body + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
+            y = tl.exp2((x - run_max) * scale_log2) * inv_sum
+            tl.store(y_ptr + y_body + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @_launch.jit
-def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride,
-                        y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program."""
+def _softmax_bwd_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
+                        y_off, y_row_stride, inv_temperature, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        VEC: tl.constexpr, DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr,
+                        HAS_PEEL: tl.constexpr):
+    """dx = y * (dy - sum(dy * y)) / t, BLOCK_M whole rows per program, split like the forward
+    (on y's alignment; dy and dx share it when their rows are congruent)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    rows64 = rows.to(tl.int64)[:, None]
-    y = tl.load(y_ptr + rows64 * y_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + rows64 * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    y_start, head, y_body, body_len = _launch.row_split(rows, y_off, y_row_stride, n_cols, VEC)
+    dy_start = dy_off + rows.to(tl.int64) * dy_row_stride
+    dx_start = dx_off + rows.to(tl.int64) * dx_row_stride
+    dy_body = dy_start + head
+    dx_body = dx_start + head
+    if DY_ALIGNED:
+        dy_body = tl.multiple_of(dy_body, VEC)
+    if DX_ALIGNED:
+        dx_body = tl.multiple_of(dx_body, VEC)
+    mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
+    y = tl.load(y_ptr + y_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + dy_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     dot = tl.sum(dy * y, axis=1)
+    if HAS_PEEL:
+        pcols, pmask = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+        pmask = pmask & row_ok[:, None]
+        yp = tl.load(y_ptr + y_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                     other=0.0).to(tl.float32)
+        dyp = tl.load(dy_ptr + dy_start[:, None] + pcols, mask=pmask, eviction_policy="evict_first",
+                      other=0.0).to(tl.float32)
+        dot += tl.sum(dyp * yp, axis=1)
     dx = y * (dy - dot[:, None]) * inv_temperature
-    tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + dx_body[:, None] + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if HAS_PEEL:
+        dxp = yp * (dyp - dot[:, None]) * inv_temperature
+        tl.store(dx_ptr + dx_start[:, None] + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask,
+                 eviction_policy="evict_first")
 
 
 @_launch.jit
-def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_stride, dy_row_stride, y_row_stride,
-                             inv_temperature, BLOCK_N: tl.constexpr):
-    """Long rows, persistent grid: pass 1 accumulates sum(dy * y) per lane, pass 2 writes dx."""
+def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_off, dx_row_stride, dy_off, dy_row_stride,
+                             y_off, y_row_stride, inv_temperature, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
+                             DX_ALIGNED: tl.constexpr, DY_ALIGNED: tl.constexpr):
+    """Long rows, persistent grid sized like the forward's: pass 1 sums dy * y chunk by chunk,
+    pass 2 re-reads y and dy (from L2) and writes dx."""
     cols = tl.arange(0, BLOCK_N)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-        y_row = y_ptr + tl.cast(row, tl.int64) * y_row_stride
-        dy_row = dy_ptr + tl.cast(row, tl.int64) * dy_row_stride
-        dx_row = dx_ptr + tl.cast(row, tl.int64) * dx_row_stride
-        acc = tl.zeros([BLOCK_N], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += dy * y
-        dot = tl.sum(acc, axis=0)
-        for start in range(0, n_cols, BLOCK_N):
-            mask = start + cols < n_cols
-            y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        y_start, head, y_body, body_len = _launch.row_split(row, y_off, y_row_stride, n_cols, VEC)
+        dy_start = dy_off + tl.cast(row, tl.int64) * dy_row_stride
+        dx_start = dx_off + tl.cast(row, tl.int64) * dx_row_stride
+        dy_body = dy_start + head
+        dx_body = dx_start + head
+        if DY_ALIGNED:
+            dy_body = tl.multiple_of(dy_body, VEC)
+        if DX_ALIGNED:
+            dx_body = tl.multiple_of(dx_body, VEC)
+        pcols, pmask = _launch.peel(head, body_len, n_cols, VEC)
+        yp = tl.load(y_ptr + y_start + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+        dyp = tl.load(dy_ptr + dy_start + pcols, mask=pmask, eviction_policy="evict_first", other=0.0).to(tl.float32)
+        dot = tl.sum(dyp * yp, axis=0)
+        for start in range(0, body_len, BLOCK_N):
+            mask = start + cols < body_len
+            y = tl.load(y_ptr + y_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(dy * y, axis=0)
+        dxp = yp * (dyp - dot) * inv_temperature
+        tl.store(dx_ptr + dx_start + pcols, dxp.to(dx_ptr.dtype.element_ty), mask=pmask, eviction_policy="evict_first")
+        n_chunks = tl.cdiv(body_len, BLOCK_N)
+        for i in range(0, n_chunks):  # backwards, as in the forward
+            start = (n_chunks - 1 - i) * BLOCK_N
+            mask = start + cols < body_len
+            y = tl.load(y_ptr + y_body + start + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_body + start + cols, mask=mask, other=0.0).to(tl.float32)
             dx = y * (dy - dot) * inv_temperature
-            tl.store(dx_row + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            tl.store(dx_ptr + dx_body + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # -----------------------------------------------------------------------------------------
@@ -126,18 +201,41 @@ def _softmax_bwd_long_kernel(dx_ptr, dy_ptr, y_ptr, n_rows, n_cols, dx_row_strid
 # -----------------------------------------------------------------------------------------
 
 _LOG2E = math.log2(math.e)
-LONG_ROW_BLOCK = 4096  # chunk width when a row does not fit on chip
+
+# Rows wider than MAX_ROW_BLOCK stream in chunks of LONG_CHUNK elements, 64 bytes per thread
+# (8 warps for 16-bit dtypes, 16 for fp32: 64-73 registers on sm_90), on a persistent grid of
+# LONG_ROWS_IN_FLIGHT_BYTES / row bytes programs (at least one per SM, at most what fits):
+# 2 per SM for bf16 rows of 50257 (32 KB of loads in flight per SM), 26 MB of rows in
+# flight, half the H100's 50 MB L2, so pass 2 re-reads from L2.
+LONG_CHUNK = 8192
+LONG_ROWS_IN_FLIGHT_BYTES = 26 << 20
 
 
 @functools.lru_cache(maxsize=None)
-def launch_config(n_cols: int) -> dict:
-    """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK."""
-    cfg = _launch.row_config(n_cols, LONG_ROW_BLOCK)
+def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False, congruent: bool = True) -> dict:
+    """Block shape and warps for a row length: whole rows on chip up to MAX_ROW_BLOCK. The
+    long-row backward streams two inputs, so one program per SM fills the L2 budget: it
+    takes 16 warps whatever the dtype (8 warps of 16-bit rows spill on sm_90), and chunks of
+    64 bytes per thread and input (16384 16-bit or 8192 fp32 values)."""
+    cfg = _launch.row_config(n_cols, LONG_CHUNK)
     if not cfg["single_pass"]:
-        # Two running fp32 vectors per lane: 16 warps keep them in registers (8 warps spilled
-        # 8 bytes on sm_80 under triton 3.6).
-        cfg["num_warps"] = 16
+        cfg["num_warps"] = 16 if backward else LONG_CHUNK * elem_size // (64 * 32)
+        if backward:  # 64 bytes per thread and input, as in the forward
+            cfg["BLOCK_N"] = 16 * 32 * 64 // elem_size
+        if not congruent:  # outputs not provably aligned: narrower stores, more registers
+            cfg["BLOCK_N"] //= 4 if backward else 2
+        cfg["max_programs_per_sm"] = 64 // cfg["num_warps"] // 2
     return cfg
+
+
+def long_row_programs(n_rows: int, row_bytes: int, cfg: dict, device: torch.device) -> int:
+    """Persistent grid of the long-row kernels: rows in flight (`row_bytes` each, every input
+    counted) within LONG_ROWS_IN_FLIGHT_BYTES."""
+    sms = _launch.sm_count(device)
+    per_sm = max(1, min(cfg["max_programs_per_sm"], LONG_ROWS_IN_FLIGHT_BYTES // (row_bytes * sms)))
+    if device.type not in ("cuda", "meta"):
+        return max(1, min(n_rows, 3))  # the interpreter: enough programs to exercise the row loop
+    return max(1, min(n_rows, per_sm * sms))
 
 
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
@@ -146,17 +244,23 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     if x.numel() == 0:
         return y
     x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
-    cfg = launch_config(n_cols)
     scale_log2 = _LOG2E / temperature
+    x_base, x_off = _launch.aligned_base(x_rows)
+    y_base, y_off = _launch.aligned_base(y_rows)
+    vec = _launch.vec(x)
+    y_aligned = _launch.congruent(vec, (x_off, x_stride, n_rows), (y_off, n_cols, n_rows))
+    cfg = launch_config(n_cols, x.element_size(), congruent=y_aligned)
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_fwd_kernel[grid](y_rows, x_rows, n_rows, n_cols, x_stride, n_cols,
-                                  scale_log2, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
+                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
+                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (x_off, x_stride, n_rows)),
                                   num_warps=cfg["num_warps"])
     else:
-        _softmax_fwd_long_kernel[(_launch.persistent_programs(n_rows, x.device),)](
-            y_rows, x_rows, n_rows, n_cols, x_stride, n_cols, scale_log2,
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (long_row_programs(n_rows, n_cols * x.element_size(), cfg, x.device),)
+        _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
+                                       BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
+                                       num_warps=cfg["num_warps"])
     return y
 
 
@@ -167,41 +271,90 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
         return dx
     y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
     dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
-    cfg = launch_config(n_cols)
     inv_t = 1.0 / temperature
-    strides = (n_cols, dy_stride, y_stride)
+    (dx_base, dx_off), (dy_base, dy_off), (y_base, y_off) = (
+        _launch.aligned_base(dx_rows), _launch.aligned_base(dy_rows), _launch.aligned_base(y_rows))
+    dx_stride = n_cols  # a fresh contiguous tensor
+    vec = _launch.vec(y)
+    flags = {"VEC": vec, "DX_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dx_off, dx_stride, n_rows)),
+             "DY_ALIGNED": _launch.congruent(vec, (y_off, y_stride, n_rows), (dy_off, dy_stride, n_rows))}
+    cfg = launch_config(n_cols, y.element_size(), backward=True,
+                        congruent=flags["DX_ALIGNED"] and flags["DY_ALIGNED"])
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_bwd_kernel[grid](dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
-                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
+                                  y_off, y_stride, inv_t, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
+                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (y_off, y_stride, n_rows)),
+                                  num_warps=cfg["num_warps"])
     else:
-        _softmax_bwd_long_kernel[(_launch.persistent_programs(n_rows, y.device),)](
-            dx_rows, dy_rows, y_rows, n_rows, n_cols, *strides, inv_t,
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (long_row_programs(n_rows, 2 * n_cols * y.element_size(), cfg, y.device),)
+        _softmax_bwd_long_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off,
+                                       dy_stride, y_off, y_stride, inv_t, BLOCK_N=cfg["BLOCK_N"], **flags,
+                                       num_warps=cfg["num_warps"])
     return dx
+
+
+def _signature(kernel, dtype):
+    """Runtime-argument types of a softmax kernel: pointers of `dtype`, fp32 scales, i32 ints."""
+    sig = {}
+    for name in kernel.arg_names:
+        if name.endswith("_ptr"):
+            sig[name] = f"*{dtype}"
+        elif name in ("scale_log2", "inv_temperature"):
+            sig[name] = "fp32"
+        elif name.isupper():
+            continue
+        else:
+            sig[name] = "i32"
+    return sig
 
 
 # Every configuration the launchers can pick, for the sm_80/sm_90 compile test.
 def compile_cases():
     cases = []
-    for dtype in ("fp32", "fp16", "bf16"):
-        for n_cols in (1, 33, 1000, 4097, _launch.MAX_ROW_BLOCK):
-            cfg = launch_config(n_cols)
-            meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-            cases.append((_softmax_fwd_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_rows": "i32",
-                          "n_cols": "i32", "x_row_stride": "i32", "y_row_stride": "i32", "scale_log2": "fp32"},
-                          meta, cfg["num_warps"]))
-            cases.append((_softmax_bwd_kernel, {"dx_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                          "n_rows": "i32", "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32",
-                          "y_row_stride": "i32", "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
-        cfg = launch_config(_launch.MAX_ROW_BLOCK + 1)
-        meta = {"BLOCK_N": cfg["BLOCK_N"]}
-        cases.append((_softmax_fwd_long_kernel, {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "n_rows": "i32",
-                      "n_cols": "i32",
-                      "x_row_stride": "i32", "y_row_stride": "i32", "scale_log2": "fp32"}, meta, cfg["num_warps"]))
-        cases.append((_softmax_bwd_long_kernel, {"dx_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                      "n_rows": "i32", "n_cols": "i32", "dx_row_stride": "i32", "dy_row_stride": "i32", "y_row_stride": "i32",
-                      "inv_temperature": "fp32"}, meta, cfg["num_warps"]))
+    for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
+        vec = _launch.VEC_BYTES // size
+        for aligned in (True, False):
+            # Peeled, non-congruent rows (the most code) at every width, aligned at the widest.
+            for n_cols in ((_launch.MAX_ROW_BLOCK,) if aligned else (1, 33, 1000, 4097, _launch.MAX_ROW_BLOCK)):
+                cfg = launch_config(n_cols, size)
+                meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
+                cases.append((_softmax_fwd_kernel, _signature(_softmax_fwd_kernel, dtype),
+                              {**meta, "Y_ALIGNED": aligned, "HAS_PEEL": not aligned}, cfg["num_warps"]))
+                cases.append((_softmax_bwd_kernel, _signature(_softmax_bwd_kernel, dtype),
+                              {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned, "HAS_PEEL": not aligned},
+                              cfg["num_warps"]))
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, congruent=aligned)
+            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
+            cases.append((_softmax_fwd_long_kernel, _signature(_softmax_fwd_long_kernel, dtype),
+                          {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
+            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, backward=True, congruent=aligned)
+            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
+            cases.append((_softmax_bwd_long_kernel, _signature(_softmax_bwd_long_kernel, dtype),
+                          {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
+    # Pointers 16-byte aligned, as launched: _launch.aligned_base rounds every row tensor's
+    # base down to 16 bytes (always possible in a PyTorch allocation).
+    return [(*case, 3, [n for n in case[1] if n.endswith("_ptr")]) for case in cases]
+
+
+# The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
+# (label, a call of the real launcher on meta tensors, allowed tagged accesses per kernel).
+STATIC_SHAPES = ((8192, 4096), (8192, 50257))
+
+
+def static_cases():
+    cases = []
+    for dtype in (torch.bfloat16, torch.float32):
+        vec = _launch.VEC_BYTES // dtype.itemsize
+        fwd, bwd = _launch.peel_allowance(vec, 2), _launch.peel_allowance(vec, 3)  # x, y / y, dy, dx
+        allowed = {"_softmax_fwd_kernel": fwd, "_softmax_fwd_long_kernel": fwd,
+                   "_softmax_bwd_kernel": bwd, "_softmax_bwd_long_kernel": bwd}
+        for n_rows, n_cols in STATIC_SHAPES:
+            def x(n_rows=n_rows, n_cols=n_cols, dtype=dtype):
+                return torch.empty(n_rows, n_cols, dtype=dtype, device="meta")
+            name = f"{n_rows}x{n_cols} {str(dtype)[6:]}"
+            cases.append((f"softmax fwd {name}", lambda x=x: softmax_forward(x(), 1.0, -1), allowed))
+            cases.append((f"softmax bwd {name}", lambda x=x: softmax_backward(x(), x(), 1.0, -1), allowed))
     return cases
 
 
