@@ -41,7 +41,9 @@ def fast_op(custom_op, impl, setup_context=None, backward=None, register_autogra
         setup_context(ctx, args, output)
         return output
 
-    function = type(f"{impl.__name__}_eager", (torch.autograd.Function,), {
+    # Named after the op (gptk_<op>_<backend>_eager): autograd graphs read like the traced ones.
+    op_name = getattr(custom_op, "_qualname", None) or custom_op.name()
+    function = type(op_name.replace("::", "_").replace(".", "_") + "_eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward),
         "backward": staticmethod(backward),
     })
