@@ -204,10 +204,10 @@ def test_attention_model_layout_is_strided_not_copied():
     out.backward(g)
     out64.backward(g.double())
     assert_close(qkv.grad, qkv64.grad, torch.float32)
-    # and a last dim that is not unit-stride is copied, not misread
+    # and a last dim that is not unit-stride is refused with the rule (issue 15), never misread
     qs = randn(1, 1, 4, 64)[..., ::2]
-    assert_close(kernels.attention(qs, qs, qs, backend=B), reference.attention_explicit(qs.double(), qs.double(),
-                 qs.double()), torch.float32)
+    with pytest.raises(ValueError, match="unit-stride last dim"):
+        kernels.attention(qs, qs, qs, backend=B)
 
 
 @needs_ext
@@ -313,7 +313,7 @@ def test_bad_input_through_the_api_reads_like_every_backend():
     with pytest.raises(TypeError, match="float64"):
         kernels.gelu_linear(x.double(), randn(3, 8).double(), backend=B)
     with pytest.raises(ValueError, match="head dim"):
-        kernels.attention(randn(1, 1, 2, 48), randn(1, 1, 2, 48), randn(1, 1, 2, 48), backend=B)
+        kernels.attention(randn(1, 1, 2, 44), randn(1, 1, 2, 44), randn(1, 1, 2, 44), backend=B)
     with pytest.raises(ValueError, match="Tq <= Tk"):
         kernels.attention(randn(1, 1, 5, 16), randn(1, 1, 2, 16), randn(1, 1, 2, 16), backend=B)
     with pytest.raises(ValueError, match="residual"):
@@ -336,8 +336,8 @@ def test_bad_input_through_the_api_reads_like_every_backend():
      "residual must have x's shape"),
     (lambda: torch.ops.gptk.layer_norm_cuda_backward(torch.ones(2, 3), torch.ones(2, 3), None, torch.ones(3),
                                                       torch.ones(2)), "mean must hold one value per row"),
-    (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 2, 48), torch.ones(1, 1, 2, 48),
-                                           torch.ones(1, 1, 2, 48), True, 1.0), "head dim D=48 is not supported"),
+    (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 2, 44), torch.ones(1, 1, 2, 44),
+                                           torch.ones(1, 1, 2, 44), True, 1.0), "head dim D=44"),
     (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 2, 16), torch.ones(1, 1, 3, 16),
                                            torch.ones(1, 1, 4, 16), True, 1.0), "k and v must have the same shape"),
     (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 5, 16), torch.ones(1, 1, 3, 16),
@@ -345,7 +345,7 @@ def test_bad_input_through_the_api_reads_like_every_backend():
     (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 2, 16), torch.ones(1, 2, 16),
                                            torch.ones(1, 2, 16), True, 1.0), "q must be 4-D"),
     (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 2, 32)[..., ::2], torch.ones(1, 1, 2, 16),
-                                           torch.ones(1, 1, 2, 16), True, 1.0), "contiguous in the last dim"),
+                                           torch.ones(1, 1, 2, 16), True, 1.0), "unit-stride last dim"),
     (lambda: torch.ops.gptk.attention_cuda(torch.ones(1, 1, 2, 16), torch.ones(1, 1, 2, 16).half(),
                                            torch.ones(1, 1, 2, 16), True, 1.0), "k has dtype"),
     (lambda: torch.ops.gptk.gelu_linear_cuda(torch.ones(2, 3), torch.ones(4, 5), None, "tanh"), "in_features mismatch"),
@@ -355,7 +355,8 @@ def test_bad_input_through_the_api_reads_like_every_backend():
      r"bias must have shape \(4,\)"),
 ])
 def test_cpp_entry_checks_name_the_argument(call, match):
-    with pytest.raises(RuntimeError, match=match):
+    # TORCH_CHECK raises RuntimeError; TORCH_CHECK_VALUE (head dim, strides) ValueError.
+    with pytest.raises((RuntimeError, ValueError), match=match):
         call()
 
 
