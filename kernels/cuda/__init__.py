@@ -63,6 +63,8 @@ def unavailable_reason(device) -> str | None:
 
 
 def _require() -> None:
+    if _STATE["loaded"]:  # every call after the first
+        return
     error = _loaded_or_error()
     if error:
         raise RuntimeError(f"the C++/CUDA extension failed to build: {error}")
