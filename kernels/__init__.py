@@ -181,5 +181,7 @@ def _choose(op, backend, name, t, size_of=None, grads=()):
     key = (op, backend, t.device, t.dtype, size, training)
     chosen = _CHOICE_CACHE.get(key)
     if chosen is None:
+        if len(_CHOICE_CACHE) >= 4096:  # one entry per distinct size: bounded, started over past that
+            _CHOICE_CACHE.clear()
         chosen = _CHOICE_CACHE[key] = choose(op, backend, t.device, t.dtype, size, training)
     return chosen

@@ -297,7 +297,7 @@ def _out_shape(x: torch.Tensor, n: int) -> tuple:
 
 # (shapes, strides, flags, replay_key of the inputs) -> the autotuned launch, replayed with its
 # chosen configuration (_launch.replay): the autotuner's own per-call cost is skipped too.
-_FWD_REPLAYS: dict = {}
+_FWD_REPLAYS = _launch.Replays()
 
 
 def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
@@ -321,11 +321,10 @@ def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
                      INPUT_PRECISION=precision)
         _fwd_tuned[grid](*args, **flags)
         best = getattr(_fwd_tuned, "best_config", None)
-        if best is not None:
-            replay = _launch.replay(_fwd_tuned.fn, grid(best.kwargs), args, {**flags, **best.all_kwargs()},
-                                    {"x2": x2, "w": weight, "b": bias, "y": y, "z": z})
-            if replay is not None:
-                _FWD_REPLAYS[key] = replay
+        if best is not None and _FWD_REPLAYS.wanted(key):
+            _FWD_REPLAYS.put(key, _launch.replay(_fwd_tuned.fn, grid(best.kwargs), args,
+                                                 {**flags, **best.all_kwargs()},
+                                                 {"x2": x2, "w": weight, "b": bias, "y": y, "z": z}))
     return y.view(_out_shape(x, n)), (z.view(_out_shape(x, n)) if save_preact else z)
 
 

@@ -495,7 +495,7 @@ def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
 
 
 # (shape, device, replay_key of the inputs) -> the recorded forward launch (_launch.launch).
-_FWD_REPLAYS: dict = {}
+_FWD_REPLAYS = _launch.Replays()
 
 
 def forward(x, residual, weight, bias, eps, stats: bool = True):
@@ -526,7 +526,7 @@ def forward(x, residual, weight, bias, eps, stats: bool = True):
     mean_arg, rstd_arg = (mean, rstd) if stats else (y_rows, y_rows)  # never written without stats
     cfg = forward_config(n_cols, x.element_size())
     slots = {"y": y, "s": s, "mean": mean, "rstd": rstd, "x": x, "r": residual, "w": weight, "b": bias,
-             "eps": eps}
+             "eps": eps} if _FWD_REPLAYS.wanted(key) else None
     if cfg["single_pass"]:
         (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
                                                           (y_rows, s_rows, x_rows, r_rows))
@@ -548,8 +548,7 @@ def forward(x, residual, weight, bias, eps, stats: bool = True):
             (y_rows, s_rows, mean_arg, rstd_arg, x_rows, r_rows, w_arg, b_arg, n_cols, n_cols, n_cols, x_stride,
              r_stride, eps),
             dict(**flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"]), slots)
-    if replay is not None:
-        _FWD_REPLAYS[key] = replay
+    _FWD_REPLAYS.put(key, replay)
     return y, s, mean, rstd
 
 
@@ -566,7 +565,7 @@ def _bwd_scratch(x, mean, parts: int, cfg: dict, need_dw: bool, need_db: bool):
 
 # (shape, device, needs, replay_key of the inputs) -> (partials, backward config, the
 # recorded launches in order).
-_BWD_REPLAYS: dict = {}
+_BWD_REPLAYS = _launch.Replays()
 
 
 def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
@@ -598,7 +597,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     pw, pb, c1, c2 = _bwd_scratch(x, mean, parts, cfg, need_dw, need_db)
     inv_n = 1.0 / n_cols
     slots = {"dx": dx, "dw": dw, "db": db, "pw": pw, "pb": pb, "c1": c1, "c2": c2, "dy": dy, "x": x,
-             "w": weight, "mean": mean, "rstd": rstd, "ds": ds, "inv_n": inv_n}
+             "w": weight, "mean": mean, "rstd": rstd, "ds": ds, "inv_n": inv_n} if _BWD_REPLAYS.wanted(key) else None
     replays = []
     w_arg = _unit_stride(weight) if weight is not None else x_rows
     if not cfg["single_pass"]:
@@ -626,7 +625,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
             (dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols),
             dict(COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4), slots))
     if all(r is not None for r in replays):
-        _BWD_REPLAYS[key] = (parts, cfg, replays)
+        _BWD_REPLAYS.put(key, (parts, cfg, replays))
     return dx, dw, db
 
 

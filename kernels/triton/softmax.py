@@ -239,8 +239,8 @@ def long_row_programs(n_rows: int, row_bytes: int, cfg: dict, device: torch.devi
 
 
 # (shape, device, dim, replay_key of the inputs) -> the recorded launch (_launch.launch).
-_FWD_REPLAYS: dict = {}
-_BWD_REPLAYS: dict = {}
+_FWD_REPLAYS = _launch.Replays()
+_BWD_REPLAYS = _launch.Replays()
 
 
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
@@ -255,7 +255,7 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     if x.numel() == 0:
         return y
     x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
-    slots = {"y": y, "x": x, "scale_log2": scale_log2}
+    slots = {"y": y, "x": x, "scale_log2": scale_log2} if _FWD_REPLAYS.wanted(key) else None
     x_base, x_off = _launch.aligned_base(x_rows)
     y_base, y_off = _launch.aligned_base(y_rows)
     vec = _launch.vec(x)
@@ -274,8 +274,7 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
             _softmax_fwd_long_kernel, grid,
             (y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2),
             dict(BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned, num_warps=cfg["num_warps"]), slots)
-    if replay is not None:
-        _FWD_REPLAYS[key] = replay
+    _FWD_REPLAYS.put(key, replay)
     return y
 
 
@@ -292,7 +291,7 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
         return dx
     y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
     dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
-    slots = {"dx": dx, "dy": dy, "y": y, "inv_t": inv_t}
+    slots = {"dx": dx, "dy": dy, "y": y, "inv_t": inv_t} if _BWD_REPLAYS.wanted(key) else None
     (dx_base, dx_off), (dy_base, dy_off), (y_base, y_off) = (
         _launch.aligned_base(dx_rows), _launch.aligned_base(dy_rows), _launch.aligned_base(y_rows))
     dx_stride = n_cols  # a fresh contiguous tensor
@@ -315,8 +314,7 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
             _softmax_bwd_long_kernel, grid,
             (dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride, y_off, y_stride, inv_t),
             dict(BLOCK_N=cfg["BLOCK_N"], **flags, num_warps=cfg["num_warps"]), slots)
-    if replay is not None:
-        _BWD_REPLAYS[key] = replay
+    _BWD_REPLAYS.put(key, replay)
     return dx
 
 
