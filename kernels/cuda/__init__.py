@@ -104,10 +104,10 @@ def _last_dim_contiguous(t):
 
 def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     _require()
-    if kv_lengths is not None:
-        raise ValueError("kv_lengths is not supported by backend='cuda' yet; use backend='torch'")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if kv_lengths is not None:
+        return _CALLS["attention"](q, k, v, bool(causal), float(scale), kv_lengths)[0]
     return _CALLS["attention"](q, k, v, bool(causal), float(scale))[0]
 
 
@@ -176,7 +176,7 @@ def _fake_add_layer_norm_backward(dy, dsum, total, weight, mean, rstd):
     return _fake_norm_backward(total, weight)
 
 
-def _fake_attention(q, k, v, causal, scale):
+def _fake_attention(q, k, v, causal, scale, kv_lengths=None):
     b, h, tq, d = q.shape
     return q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32)
 
@@ -242,7 +242,7 @@ def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, ctx.causal, ctx.scale = inputs
+    q, k, v, ctx.causal, ctx.scale = inputs[:5]  # kv_lengths calls never need a gradient (kernels._checks)
     ctx.save_for_backward(q, k, v, output[0], output[1])
 
 
@@ -250,7 +250,7 @@ def _attention_grad(ctx, dout, _dlse):
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = _CALLS["attention_backward"](_last_dim_contiguous(dout), q, k, v, out, lse,
                                                         ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 def _gelu_linear_setup(ctx, inputs, output):
