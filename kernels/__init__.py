@@ -57,8 +57,6 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
     host: that would synchronise). Inference only: no gradient flows through such a call.
     """
     q, k, v = _autocast(None, q, k, v)
-    if kv_lengths is not None and backend == "auto":
-        backend = next(b for b in ("triton", "cuda", "torch") if b in _KV_LENGTHS)
     backend = _choose("attention", backend, q.shape[2] if isinstance(q, torch.Tensor) and q.dim() == 4 else None,
                       (k, v), q=q)
     scale = _checks.attention(q, k, v, causal, scale, backend)
@@ -69,7 +67,7 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
 
 
 # Backends whose attention takes kv_lengths (the static KV cache of a captured decode step).
-_KV_LENGTHS = ("torch",)
+_KV_LENGTHS = ("torch", "triton", "cuda")
 
 
 def supports_kv_lengths(backend: str) -> bool:
