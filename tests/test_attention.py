@@ -197,6 +197,21 @@ def test_kv_lengths_equal_slicing_each_sequence(backend):
         assert_close(out, kernels.attention(q, k[:, :, :33], v[:, :, :33], backend=backend), torch.float32)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_lengths_op_is_forward_only(backend):
+    """kernels.attention refuses kv_lengths with a gradient (test_decode_graph.py); the bare op
+    raises at backward rather than give the gradient of the unmasked attention."""
+    if backend == "triton":
+        from kernels.triton.attention import attention_op as op
+    else:
+        op = torch.ops.gptk.attention_cuda
+    q = randn(2, 1, 3, 16).requires_grad_()
+    lengths = torch.tensor([3, 3], device=DEVICE)
+    out, _ = op(q, q.detach(), q.detach(), True, 0.25, lengths)
+    with pytest.raises(RuntimeError, match="kv_lengths is forward only"):
+        out.sum().backward()
+
+
 # -- triton internals: the split path, pinned tilings -------------------------------------
 
 def _triton_module():

@@ -242,11 +242,14 @@ def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, ctx.causal, ctx.scale = inputs[:5]  # kv_lengths calls never need a gradient (kernels._checks)
+    q, k, v, ctx.causal, ctx.scale = inputs[:5]
+    ctx.kv_lengths = len(inputs) > 5 and inputs[5] is not None
     ctx.save_for_backward(q, k, v, output[0], output[1])
 
 
 def _attention_grad(ctx, dout, _dlse):
+    if ctx.kv_lengths:  # kernels.attention refuses such a call up front; this guards the bare op
+        raise RuntimeError("gptk::attention_cuda with kv_lengths is forward only: no gradient flows through it")
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = _CALLS["attention_backward"](_last_dim_contiguous(dout), q, k, v, out, lse,
                                                         ctx.causal, ctx.scale)

@@ -896,14 +896,17 @@ def _(do, q, k, v, o, lse, causal, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs[:5]  # kv_lengths calls never need a gradient (kernels._checks)
+    q, k, v, causal, scale = inputs[:5]
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.causal, ctx.scale = causal, scale
+    ctx.kv_lengths = len(inputs) > 5 and inputs[5] is not None
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
+    if ctx.kv_lengths:  # kernels.attention refuses such a call up front; this guards the bare op
+        raise RuntimeError("gptk::attention_triton with kv_lengths is forward only: no gradient flows through it")
     q, k, v, o, lse = ctx.saved_tensors
     dq, dk, dv = _attention_backward_call(do, q, k, v, o, lse, ctx.causal, ctx.scale)
     return dq, dk, dv, None, None, None
