@@ -3,6 +3,8 @@
 o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
 Queries are aligned to the END of the keys: query i sits at absolute position
 shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
+With kv_lengths (inference on a static KV cache) sequence b has kv_lengths[b] keys
+instead of Tk, read on the device: the same launches serve every step of a CUDA graph.
 
 What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
 matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
@@ -700,8 +702,8 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.unit_last_dim(name, t)
     qk_scale = scale * math.log2(math.e)
-    if kv_lengths is not None and kv_lengths.stride(0) != 1:
-        kv_lengths = kv_lengths.contiguous()  # an expanded (B,) view: the kernels index it densely
+    if kv_lengths is not None and not kv_lengths.is_contiguous():
+        kv_lengths = kv_lengths.contiguous()  # e.g. an expanded (B,) view: the kernels index it densely
     if split is None and Tq <= DECODE_GEMV_TQ:
         with _device_guard(q):
             return _decode(q, k, v, o, lse, causal, qk_scale, kv_lengths=kv_lengths)
