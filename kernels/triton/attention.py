@@ -290,7 +290,8 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         k = _load_keys(k_base, cols, stride_kn, hi, offs_d, D, True, False, False)  # (BLOCK_N, BLOCK_D)
         v = _load_keys(v_base, cols, stride_vn, hi, offs_d, D, True, False, False)
         qk = tl.sum(q * k.to(tl.float32)[None, :, :], axis=2) * qk_scale          # (TQ, BLOCK_N)
-        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL), qk, -float("inf"))
+        # One row (TQ = 1 means Tq = 1) sits at the last key: causal hides nothing below hi.
+        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL and TQ > 1), qk, -float("inf"))
         m_new = tl.maximum(m_s, qk)
         m_use = tl.where(m_new == -float("inf"), 0.0, m_new)  # a slot that has seen no key yet
         alpha = tl.exp2(m_s - m_use)
