@@ -57,11 +57,11 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
     (position kv_lengths[b] - Tq + i). A static KV cache read whole with its lengths on the
     device keeps every shape fixed from step to step, which is what a CUDA graph of a decode
     step needs. Values must lie in [Tq, Tk] when causal, [1, Tk] otherwise (not checked on the
-    host: that would synchronise). Inference only: no gradient flows through such a call.
+    host: that would synchronise; the kernels clamp them to Tk, never reading past the cache).
+    Every backend takes them, any Tq (a prompt run into a static cache, too). Inference only:
+    no gradient flows through such a call.
     """
     q, k, v = _autocast(None, q, k, v)
-    if kv_lengths is not None and backend == "auto":
-        backend = next(b for b in ("triton", "cuda", "torch") if b in _KV_LENGTHS)
     backend = _choose("attention", backend, "q", q, lambda: q.shape[2] if q.dim() == 4 else None, (k, v))
     scale = _checks.attention(q, k, v, causal, scale, backend)
     if kv_lengths is not None:
@@ -71,7 +71,7 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
 
 
 # Backends whose attention takes kv_lengths (the static KV cache of a captured decode step).
-_KV_LENGTHS = ("torch",)
+_KV_LENGTHS = ("torch", "triton", "cuda")
 
 
 def supports_kv_lengths(backend: str) -> bool:

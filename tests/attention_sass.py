@@ -25,6 +25,8 @@ MAX_THREADS_PER_SM = 2048
 # (B, H, Tk, D) of the decode targets: the issue's B8 H16 Tk4096 D128 and GPT-2's decode;
 # then a batch whose B H fills the 132 SMs twice over (one launch, no key split, no combine).
 DECODE_SHAPES = [(8, 16, 4096, 128), (1, 12, 1024, 64), (24, 12, 500, 64)]
+# GPT-2's decode as a CUDA graph replays it: the static cache read whole with kv_lengths.
+LENGTHS_SHAPES = [(1, 12, 1024, 64)]
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9]*(?:\.[A-Z0-9_]+)*)\s*([^;]*);")
 
@@ -69,16 +71,23 @@ def decode_records() -> list[dict]:
 
     import kernels
     from kernels.triton import attention as attn
+    from kernels.triton.compile_check import record_launches
 
     records = []
-    for B, H, Tk, D in DECODE_SHAPES:
+    for B, H, Tk, D, with_lengths in [(*s, False) for s in DECODE_SHAPES] + [(*s, True) for s in LENGTHS_SHAPES]:
         stub_driver.loaded_cubins.clear()
         q = torch.randn(B, H, 1, D, dtype=torch.bfloat16)
         k = torch.randn(B, H, Tk, D, dtype=torch.bfloat16)
-        kernels.attention(q, k, k, causal=True, backend="triton")
+        lengths = torch.full((B,), Tk, dtype=torch.long) if with_lengths else None
+        # The kernels launched (a cubin already loaded for an earlier shape is not loaded again),
+        # then the launch itself, for the cubins.
+        with record_launches([attn._attn_decode_kernel, attn._attn_combine_kernel]) as calls, torch.no_grad():
+            kernels.attention(q, k, k, causal=True, kv_lengths=lengths, backend="triton")
+        launches = sorted(kernel.__name__ for kernel, *_ in calls)
+        with torch.no_grad():
+            kernels.attention(q, k, k, causal=True, kv_lengths=lengths, backend="triton")
         tq_rows, block_n, warps = attn.decode_tiling(1, torch.bfloat16, D)
         n_splits, _ = attn.decode_gemv_splits(Tk, B * H, block_n, "cpu")
-        launches = sorted(stub_driver.loaded_cubins)  # before the combine kernel may be cached
         cubin = stub_driver.loaded_cubins["_attn_decode_kernel"]
         usage = _cuobjdump(["--dump-resource-usage"], cubin)
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
@@ -94,7 +103,7 @@ def decode_records() -> list[dict]:
         grid = n_splits * B * H
         resident = min(blocks_per_sm(regs, threads, shared), grid / SMS)
         records.append({
-            "shape": f"B{B} H{H} Tq1 Tk{Tk} D{D} bf16", "launches": launches,
+            "shape": f"B{B} H{H} Tq1 Tk{Tk} D{D} bf16" + (" kv_lengths" if with_lengths else ""), "launches": launches,
             "grid": grid, "splits": n_splits, "block_n": block_n, "threads": threads, "registers": regs,
             "local_bytes": local, "local_instructions": sum(op.startswith(("LDL", "STL")) for _, op, _ in instrs),
             "loop_loads": loads, "loads_before_math": last_load is not None and first_math is not None

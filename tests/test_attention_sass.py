@@ -1,9 +1,10 @@
 """The Triton attention kernels as launched, read from their sm_90 SASS without a GPU
 (tests/attention_sass.py, in a child process: the interpreter replaces @triton.jit).
 
-Decode (bf16, Tq=1) at the issue's B8 H16 Tk4096 D128 and GPT-2's B1 H12 Tk1024 D64: K and V
-move in 16-byte loads, nothing touches local memory, and the loads a key tile needs are all
-issued before its math, so the bytes in flight per SM are the resident blocks' tiles: at least
+Decode (bf16, Tq=1) at the issue's B8 H16 Tk4096 D128 and GPT-2's B1 H12 Tk1024 D64 (also with
+kv_lengths, as a CUDA-graph decode step runs it): K and V move in 16-byte loads, nothing touches
+local memory, and the loads a key tile needs are all issued before its math, so the bytes in
+flight per SM are the resident blocks' tiles: at least
 the ~32 KB an H100 needs (Little's law: 3 TB/s x ~1 us / 132 SMs), or all of the K/V there is
 when the cache is smaller than that. Prefill: every 16-bit forward and backward tiling at D = 64
 and 128 runs on Hopper's warpgroup MMA (HGMMA), not the sm_80 mma.sync (HMMA)."""
@@ -31,7 +32,8 @@ def _records():
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["B8H16Tk4096D128", "B1H12Tk1024D64", "B24H12Tk500D64"])
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=["B8H16Tk4096D128", "B1H12Tk1024D64", "B24H12Tk500D64",
+                                                   "B1H12Tk1024D64-kv_lengths"])
 def test_decode_sass_streams_kv_in_16_byte_loads_with_enough_in_flight(index):
     r = _records()["decode"][index]
     assert r["local_bytes"] == 0 and r["local_instructions"] == 0, r

@@ -3,6 +3,8 @@
 o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
 Queries are aligned to the END of the keys: query i sits at absolute position
 shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
+With kv_lengths (inference on a static KV cache) sequence b has kv_lengths[b] keys
+instead of Tk, read on the device: the same launches serve every step of a CUDA graph.
 
 What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
 matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
@@ -60,6 +62,17 @@ def _head(H):
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     return b, h, b * H + h
+
+
+@triton.jit
+def _keys(Tk, lengths_ptr, b, HAS_LENGTHS: tl.constexpr):
+    """Keys sequence b attends to: its kv_lengths entry, read on the device (a captured CUDA
+    graph replays it with new lengths; the grid and key split depend only on Tk), at most Tk
+    so a bad length cannot read past the cache; Tk without lengths."""
+    if HAS_LENGTHS:
+        return tl.minimum(tl.load(lengths_ptr + b).to(tl.int32), Tk)
+    else:
+        return Tk
 
 
 @triton.jit
@@ -162,18 +175,20 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo
 
 
 @_fast.jit(do_not_specialize=["D8"])
-def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                      H, Tq, Tk, qk_scale, D8, TQ_BUCKET, TK_BUCKET,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
     o and lse2. The head dim is D = 8 * D8 (so the compiler knows it is a multiple of 8)
-    padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner."""
+    padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner. HAS_LENGTHS: sequence b
+    has lengths_ptr[b] keys (queries end-aligned to them), else Tk (lengths_ptr is None)."""
     D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
@@ -195,18 +210,20 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
 
 
 @_fast.jit(do_not_specialize=["D8"])
-def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
+def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr, lengths_ptr,
                            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                            stride_vb, stride_vh, stride_vn,
                            H, Tq, Tk, qk_scale, D8, chunk, n_splits, TQ_BUCKET, TK_BUCKET,
                            BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                           HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Flash-decoding: program (split, batch*head) attends all Tq (<= BLOCK_M) queries to
     keys [split * chunk, (split + 1) * chunk) and writes an fp32 partial o and its lse2
-    (-inf, o = 0 for a row that sees none of those keys)."""
+    (-inf, o = 0 for a row that sees none of those keys, or a split wholly past the
+    sequence's kv_lengths entry: the split is cut from the static Tk)."""
     D = D8 * 8
     split = tl.program_id(0)
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
@@ -231,11 +248,12 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
 
 
 @_fast.jit(do_not_specialize=["D8", "n_splits"])
-def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr, lengths_ptr,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                         H, Tq, Tk, qk_scale, D8, chunk, n_splits,
-                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr):
+                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr,
+                        HAS_LENGTHS: tl.constexpr):
     """Decode, GEMV-shaped: program (split, head, batch) holds its Tq <= TQ (<= DECODE_GEMV_TQ)
     query rows in registers, with no 16-row MMA tile to fill, and streams the keys
     [split * chunk, + chunk) in tiles of BLOCK_N keys spread over its warps, K and V of a
@@ -247,10 +265,12 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
     (as flash-decoding's splits do). n_splits > 1: keys cut across programs too (B H cannot
     fill the GPU), each writing a partial (o, lse2) that _attn_combine_kernel merges;
     otherwise this one launch writes o and lse2. The head dim is always masked (D = 8 * D8
-    keeps 16-byte vectors): one binary per (BLOCK_D, TQ)."""
+    keeps 16-byte vectors): one binary per (BLOCK_D, TQ, HAS_LENGTHS). HAS_LENGTHS: as in
+    _attn_fwd_kernel; a split wholly past the sequence's length writes the empty partial."""
     D = D8 * 8
     split = tl.program_id(0)
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     offs_m = tl.arange(0, TQ)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -270,7 +290,8 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         k = _load_keys(k_base, cols, stride_kn, hi, offs_d, D, True, False, False)  # (BLOCK_N, BLOCK_D)
         v = _load_keys(v_base, cols, stride_vn, hi, offs_d, D, True, False, False)
         qk = tl.sum(q * k.to(tl.float32)[None, :, :], axis=2) * qk_scale          # (TQ, BLOCK_N)
-        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL), qk, -float("inf"))
+        # One row (TQ = 1 means Tq = 1) sits at the last key: causal hides nothing below hi.
+        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL and TQ > 1), qk, -float("inf"))
         m_new = tl.maximum(m_s, qk)
         m_use = tl.where(m_new == -float("inf"), 0.0, m_new)  # a slot that has seen no key yet
         alpha = tl.exp2(m_s - m_use)
@@ -292,7 +313,7 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         tl.store(lse_part_ptr + part * Tq + offs_m, tl.where(seen, m_i + tl.log2(l_safe), -float("inf")),
                  mask=row_ok)
     else:
-        # Every row sees at least one key here (Tk >= 1; causal rows see key 0 on).
+        # Every row sees at least one key here (Tk, a valid length, >= 1; causal rows see key 0 on).
         _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / l_i[:, None], D,
                     BLOCK_D, False)
         tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -563,7 +584,8 @@ def _tuned(kind: str, kernel):
         eligible = [config for c, config in table if c in allowed]
         return eligible if autotune_enabled() else eligible[:1]
 
-    return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"],
+    key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
+    return triton.autotune([config for _, config in table], key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -662,10 +684,14 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None):
+def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None,
+                      kv_lengths=None):
     """(o, lse2): o (B, H, Tq, D) in q's dtype and the base-2 logsumexp (B, H, Tq) fp32.
     `split` forces (True) or forbids (False) the flash-decoding path; None chooses.
-    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests)."""
+    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests).
+    kv_lengths: None, or an int32/int64 (B,) tensor of keys per sequence, read by the kernels
+    on the device (copied only when not contiguous); every launch (paths, grids, key splits)
+    is chosen from the shapes alone, so a CUDA graph can capture it."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     o = empty_bthd(q.shape, q.dtype, q.device)
@@ -677,18 +703,21 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.unit_last_dim(name, t)
     qk_scale = scale * math.log2(math.e)
+    if kv_lengths is not None and not kv_lengths.is_contiguous():
+        kv_lengths = kv_lengths.contiguous()  # e.g. an expanded (B,) view: the kernels index it densely
     if split is None and Tq <= DECODE_GEMV_TQ:
         with _device_guard(q):
-            return _decode(q, k, v, o, lse, causal, qk_scale)
+            return _decode(q, k, v, o, lse, causal, qk_scale, kv_lengths=kv_lengths)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
     if n_splits and Tq > DECODE_MAX_TQ:
         raise ValueError(f"the flash-decoding path holds at most {DECODE_MAX_TQ} query rows, got Tq={Tq}")
     common = _head_dim_args(D, causal, configs)
+    common["HAS_LENGTHS"] = kv_lengths is not None
     with _device_guard(q):
         if not n_splits:
-            args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
+            args = (q, k, v, o, lse, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
                     _bucket(Tq), _bucket(Tk))
             _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
             return o, lse
@@ -696,17 +725,17 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         n_splits = _cdiv(Tk, chunk)
         o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
-        args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8, chunk,
-                n_splits, _bucket(Tq), _bucket(Tk))
+        args = (q, k, v, o_part, lse_part, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8,
+                chunk, n_splits, _bucket(Tq), _bucket(Tk))
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
     return o, lse
 
 
-def _decode(q, k, v, o, lse, causal, qk_scale, splits=None):
+def _decode(q, k, v, o, lse, causal, qk_scale, splits=None, kv_lengths=None):
     """The GEMV decode path (Tq <= DECODE_GEMV_TQ): one launch, or key splits and a combine.
-    `splits` forces a split count (tests)."""
+    `splits` forces a split count (tests); kv_lengths: contiguous (B,) or None."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     tq_rows, block_n, warps = decode_tiling(Tq, q.dtype, D)
@@ -720,9 +749,9 @@ def _decode(q, k, v, o, lse, causal, qk_scale, splits=None):
     else:
         o_part, lse_part = o, lse  # unused
     _attn_decode_kernel[(n_splits, H, B)](
-        q, k, v, o, lse, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
-        chunk, n_splits, BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n, num_warps=warps,
-        num_stages=1)
+        q, k, v, o, lse, o_part, lse_part, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale,
+        D // 8, chunk, n_splits, BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n,
+        HAS_LENGTHS=kv_lengths is not None, num_warps=warps, num_stages=1)
     if n_splits > 1:
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
@@ -761,16 +790,17 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
 
 # Every configuration the launchers and autotuners can pick, for the sm_80/sm_90 compile test.
 def _signature(names: str, dtype: str) -> dict:
-    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32."""
-    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32"}
+    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32,
+    l = int64 tensor (kv_lengths as gpt.KVCache makes them)."""
+    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32", "l": "*i64"}
     return {name: kinds[kind] for name, kind in (item.split(":") for item in names.split())}
 
 
 _ARGS = {
-    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f " + " ".join(
+    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f lengths_ptr:l " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
         + " H:i Tq:i Tk:i qk_scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
-    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f " + " ".join(
+    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn")) for d in dims)
         + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
     "dkdv": (_attn_bwd_dkdv_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dk_ptr:t dv_ptr:t "
@@ -783,9 +813,20 @@ _ARGS = {
 }
 
 
-_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f " + " ".join(
+_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
     f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
     + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i")
+
+
+def _lengths_case(signature: dict, meta: dict, has_lengths) -> tuple[dict, dict]:
+    """(signature, constexprs) of a kernel that takes kv_lengths (has_lengths True: an int64
+    pointer; False: None, which Triton compiles as a constexpr, as at launch) or not (None)."""
+    if has_lengths is None:
+        return signature, meta
+    if not has_lengths:
+        signature = {n: t for n, t in signature.items() if n != "lengths_ptr"}
+        meta = {**meta, "lengths_ptr": None}
+    return signature, {**meta, "HAS_LENGTHS": has_lengths}
 
 
 def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
@@ -802,11 +843,14 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                         # in the masked tiles); compiling both would double a long test for no signal.
                         meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
                                 "BLOCK_N": block_n}
-                        cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+                        for has in (False, True) if kind in ("fwd", "split") else (None,):
+                            cases.append((kernel, *_lengths_case(_signature(names, dtype), meta, has), warps, stages))
             for tq_rows in (1, DECODE_GEMV_TQ):
                 _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
-                cases.append((_attn_decode_kernel, _signature(_DECODE_ARGS, dtype),
-                              {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}, warps, 1))
+                meta = {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}
+                for has in (False, True):
+                    cases.append((_attn_decode_kernel, *_lengths_case(_signature(_DECODE_ARGS, dtype), meta, has),
+                                  warps, 1))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
                 "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": _pre_block_m(bd)}, 4))
@@ -822,17 +866,17 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
 # -----------------------------------------------------------------------------------------
 
 
-def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                    kv_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.finite("scale", scale)  # re-checked with the real value under torch.compile
-    return attention_forward(q, k, v, causal, scale)
+    return attention_forward(q, k, v, causal, scale, kv_lengths=kv_lengths)
 
 
 attention_op = torch.library.custom_op("gptk::attention_triton", _attention_impl, mutates_args=())
 
 
 @attention_op.register_fake
-def _(q, k, v, causal, scale):
+def _(q, k, v, causal, scale, kv_lengths=None):
     B, H, Tq, _ = q.shape
     return empty_bthd(q.shape, q.dtype, q.device), q.new_empty((B, H, Tq), dtype=torch.float32)
 
@@ -855,17 +899,20 @@ def _(do, q, k, v, o, lse, causal, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs
+    q, k, v, causal, scale = inputs[:5]
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.causal, ctx.scale = causal, scale
+    ctx.kv_lengths = len(inputs) > 5 and inputs[5] is not None
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
+    if ctx.kv_lengths:  # kernels.attention refuses such a call up front; this guards the bare op
+        raise RuntimeError("gptk::attention_triton with kv_lengths is forward only: no gradient flows through it")
     q, k, v, o, lse = ctx.saved_tensors
     dq, dk, dv = _attention_backward_call(do, q, k, v, o, lse, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 _attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _backward)
@@ -873,11 +920,11 @@ _attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _
 
 def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     """The triton backend's attention (arguments already validated by kernels.attention)."""
-    if kv_lengths is not None:
-        raise ValueError("kv_lengths is not supported by backend='triton' yet; use backend='torch'")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
         raise ValueError(f"the triton attention kernels take batch size and head count up to {MAX_GRID_YZ} "
                          f"(CUDA grid y/z limit), got B={q.shape[0]}, H={q.shape[1]}")
+    if kv_lengths is not None:
+        return _attention_call(q, k, v, bool(causal), float(scale), kv_lengths)[0]
     return _attention_call(q, k, v, bool(causal), float(scale))[0]
