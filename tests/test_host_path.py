@@ -190,6 +190,18 @@ for dtype in (torch.bfloat16, torch.float32):
                 results[f"gelu_linear {dtype} {m}x{n}x{k} bias={bias is not None} save={save}"] = \
                     same_as_ordinary_path(lambda: gl.gelu_linear_forward(x, w, bias, "tanh", save), [x, w, bias],
                                           [gl._FWD_REPLAYS])
+from kernels.triton import attention as at
+for dtype in (torch.bfloat16, torch.float32):
+    for B, H, Tq, Tk, D in ((1, 2, 1, 64, 64), (2, 3, 3, 700, 40), (1, 2, 1, 4096, 128)):
+        q = torch.randn(B, Tq, H, D, generator=g).to(dtype).transpose(1, 2)   # the model's layout
+        k, v = (torch.randn(B, H, Tk, D, generator=g).to(dtype) for _ in range(2))
+        lengths = torch.full((B,), Tk - 1, dtype=torch.int32)
+        for causal in (True, False):
+            for kv in (None, lengths):
+                results[f"attention decode {dtype} B{B} H{H} Tq{Tq} Tk{Tk} D{D} causal={causal} "
+                        f"lengths={kv is not None}"] = same_as_ordinary_path(
+                    lambda: at.attention_forward(q, k, v, causal, D ** -0.5, kv_lengths=kv), [q, k, v, kv],
+                    [at._DECODE_REPLAYS])
 print(json.dumps(results))
 """
 
