@@ -128,8 +128,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     _require()
     from .._backend import philox_seed  # the generator is no op argument: draw the seed here
     seed = philox_seed(generator, logits.device)
-    return torch.ops.gptk.sample_cuda(logits, seed, float(temperature), int(top_k or 0),
-                                      float(1.0 if top_p is None else top_p))
+    return _CALLS["sample"](logits, seed, float(temperature), int(top_k or 0), float(1.0 if top_p is None else top_p))
 
 
 # -----------------------------------------------------------------------------------------
@@ -335,4 +334,6 @@ def _register() -> None:
         _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
         _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
     torch.library.register_fake("gptk::sample_cuda")(_fake_sample)  # not differentiable: no autograd
+    sample_op = torch.ops.gptk.sample_cuda.default
+    _CALLS["sample"] = fast_op(sample_op, _direct(sample_op))
 
