@@ -365,8 +365,10 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
         if MASKED:
             pt = tl.where(key_pos[:, None] <= (offs_m + shift)[None, :], pt, 0.0)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision="ieee")
-        # dP^T - delta, with -delta as the accumulator's start: delta is not live during the MMA.
-        dst = pt * tl.dot(v, tl.trans(do), tl.zeros_like(pt) - delta[None, :], input_precision="ieee")
+        if q.dtype == tl.float32:  # IEEE dots on the FMA units: the plain form keeps fewer registers
+            dst = pt * (tl.dot(v, tl.trans(do), input_precision="ieee") - delta[None, :])
+        else:  # dP^T - delta with -delta as the accumulator's start: delta is not live during the MMA
+            dst = pt * tl.dot(v, tl.trans(do), tl.zeros_like(pt) - delta[None, :], input_precision="ieee")
         dk = tl.dot(dst.to(q.dtype), q, dk, input_precision="ieee")
     return dk, dv
 
