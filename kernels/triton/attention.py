@@ -28,6 +28,10 @@ queries, dq from one program per query block looping over keys; no atomics.
 
 Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with masks.
 
+Tiles: on sm_90, 16-bit launches whose addresses and strides are multiples of 16 take tiles
+with 64 rows per warpgroup (_HOPPER_SPACE), so the dots run on warpgroup MMA (HGMMA) fed from
+cp.async rings in shared memory; every other launch takes the sm_80-sized tiles (_SPACE).
+
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
 projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
 non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid out (B, Tq, H, D) in memory (returned as the
