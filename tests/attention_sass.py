@@ -115,8 +115,10 @@ def decode_records() -> list[dict]:
 
 
 def prefill_records() -> list[dict]:
-    """Every 16-bit forward and backward tiling the autotuner may pick at D = 64 and 128,
-    pinned and launched for sm_90: whether its SASS has Hopper's warpgroup MMA (HGMMA)."""
+    """Every 16-bit forward and backward tiling the autotuner may pick on sm_90 (the Hopper
+    space: contiguous tensors, every stride a multiple of 16) at D = 64, 128 and 256, pinned
+    and launched for sm_90: its HGMMA and HMMA counts, registers and local memory; then one
+    unpinned launch per D, which must go through the Hopper space's autotuner."""
     os.environ.pop("TRITON_INTERPRET", None)
     from benchmarks import stub_driver
     stub_driver.install()
@@ -126,22 +128,33 @@ def prefill_records() -> list[dict]:
 
     os.environ["GPTK_AUTOTUNE"] = "0"  # the kernel not pinned in a backward launch: its first config
     records = []
-    for D in (64, 128):
+    for D in (64, 128, 256):
         q, k, v, do = (torch.randn(1, 2, 300, D, dtype=torch.bfloat16) for _ in range(4))
         lse = torch.zeros(1, 2, 300)
         for kind in ("fwd", "dkdv", "dq"):
-            for config in attn.configs_for(kind, torch.bfloat16, D):
+            for config in attn.configs_for(kind, torch.bfloat16, D, hopper=True):
                 stub_driver.loaded_cubins.clear()
                 if kind == "fwd":
                     attn.attention_forward(q, k, v, True, D ** -0.5, split=False, configs={kind: config})
                 else:
                     attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5, configs={kind: config})
                 name = attn._KERNELS[kind].__name__
-                sass = _cuobjdump(["-sass"], stub_driver.loaded_cubins[name])
-                ops = [op for _, op, _ in instructions(sass, name)]
+                cubin = stub_driver.loaded_cubins[name]
+                usage = _cuobjdump(["--dump-resource-usage"], cubin)
+                ops = [op for _, op, _ in instructions(_cuobjdump(["-sass"], cubin), name)]
                 records.append({"kind": kind, "D": D, "config": config, "kernel": name,
                                 "hgmma": sum(op.startswith("HGMMA") for op in ops),
-                                "hmma": sum(op.startswith("HMMA") for op in ops)})
+                                "hmma": sum(op.startswith("HMMA") for op in ops),
+                                "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+                                "local_bytes": sum(int(m) for m in re.findall(r"(?:LOCAL|STACK):(\d+)", usage)),
+                                "local_instructions": sum(op.startswith(("LDL", "STL")) for op in ops)})
+        attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5)
+        for kind in ("dkdv", "dq"):
+            best = attn._TUNED[kind, True].best_config  # None unless this autotuner ran
+            records.append({"kind": kind, "D": D, "unpinned": True,
+                            "config": best and [best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], best.num_warps,
+                                                best.num_stages],
+                            "expected": list(attn.configs_for(kind, torch.bfloat16, D, hopper=True)[0])})
     return records
 
 

@@ -298,7 +298,9 @@ def test_training_shapes_do_not_split():
 # tile bounds with BLOCK_M < BLOCK_N, ==, and > (the default interpreter tiling is fixed).
 PINNED = [{"fwd": (16, 64, 4, 1), "dkdv": (64, 16, 4, 1), "dq": (16, 64, 4, 1)},
           {"fwd": (32, 32, 4, 1), "dkdv": (32, 32, 4, 1), "dq": (32, 32, 4, 1)},
-          {"fwd": (64, 16, 4, 1), "dkdv": (16, 64, 4, 1), "dq": (64, 16, 4, 1), "split": (16, 64, 4, 1)}]
+          {"fwd": (64, 16, 4, 1), "dkdv": (16, 64, 4, 1), "dq": (64, 16, 4, 1), "split": (16, 64, 4, 1)},
+          # the largest tiles of the sm_90 space (kernels.triton.attention._HOPPER_SPACE)
+          {"fwd": (128, 128, 8, 1), "dkdv": (64, 128, 8, 1), "dq": (128, 64, 8, 1)}]
 
 
 @pytest.mark.parametrize("configs", PINNED, ids=lambda c: "fwd%dx%d" % c["fwd"][:2])
@@ -316,6 +318,20 @@ def test_pinned_tilings(configs, shape):
     same = _grads(lambda q, k, v: reference.attention_explicit(q, k, v, True), q, k, v, do)
     for name, g, s, r, factor in zip(("out", "dq", "dk", "dv"), (o, *grads), same, ref, (2, 3, 3, 3)):
         assert_within_torch_error(g, s, r, factor, what=name)
+
+
+def test_sm90_tiles_only_for_aligned_launches_on_sm90(monkeypatch):
+    # The Hopper tile space was compiled (and checked spill-free) for pointers and strides that
+    # are multiples of 16; any other launch, or any other GPU, keeps the general space.
+    attn = _triton_module()
+    q = torch.empty(2, 3, 40, 64)
+    monkeypatch.setattr(attn, "_arch", lambda device: 90)
+    assert attn._hopper(q.device, (q,), q.stride()[:3])
+    assert not attn._hopper(q.device, (q[..., 1:],), q.stride()[:3])          # address 4 bytes past alignment
+    odd = torch.empty(2, 3, 40, 72)
+    assert not attn._hopper(odd.device, (odd,), odd.stride()[:3])             # D = 72: head stride 72
+    monkeypatch.setattr(attn, "_arch", lambda device: 80)
+    assert not attn._hopper(q.device, (q,), q.stride()[:3])
 
 
 # -- layouts ---------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ queries, dq from one program per query block looping over keys; no atomics.
 
 Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with masks.
 
+Tiles: on sm_90, 16-bit launches whose addresses and strides are multiples of 16 take tiles
+with 64 rows per warpgroup (_HOPPER_SPACE), so the dots run on warpgroup MMA (HGMMA) fed from
+cp.async rings in shared memory; every other launch takes the sm_80-sized tiles (_SPACE).
+
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
 projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
 non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid out (B, Tq, H, D) in memory (returned as the
@@ -38,6 +42,7 @@ non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -385,8 +390,10 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
         if MASKED:
             pt = tl.where(key_pos[:, None] <= (offs_m + shift)[None, :], pt, 0.0)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision="ieee")
-        dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
-        dst = pt * (dpt - delta[None, :])
+        if q.dtype == tl.float32:  # IEEE dots on the FMA units: the plain form keeps fewer registers
+            dst = pt * (tl.dot(v, tl.trans(do), input_precision="ieee") - delta[None, :])
+        else:  # dP^T - delta with -delta as the accumulator's start: delta is not live during the MMA
+            dst = pt * tl.dot(v, tl.trans(do), tl.zeros_like(pt) - delta[None, :], input_precision="ieee")
         dk = tl.dot(dst.to(q.dtype), q, dk, input_precision="ieee")
     return dk, dv
 
@@ -533,6 +540,25 @@ _SPACE = {
               ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
+# sm_90 (Hopper), 16-bit inputs, every pointer and stride a multiple of 16 (what `_hopper`
+# checks: contiguous tensors and fused-qkv views when D is a multiple of 16). Every tile gives each warpgroup (4 warps) a 64-row slice of its MMAs' M dimension
+# (queries in fwd/dq, keys in dK/dV), so tl.dot lowers to warpgroup MMA (HGMMA) with both
+# operands or B read from shared memory, and the K/V (fwd, dQ) or Q/dO (dK/dV) tiles stream
+# in through a cp.async ring of num_stages buffers. Only that specialisation is compiled for
+# these tiles: with a stride not a multiple of 16, Triton loads tiles element by element
+# through registers and the D = 128 dK/dV tiles spill. The D = 256 dK/dV keeps the sm_80
+# tiles (two 64 x 256 fp32 accumulators per warpgroup would take all 255 registers).
+_HOPPER_SPACE = {
+    "fwd": {"small": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 4)],
+            "large": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+            "huge": [(128, 64, 8, 2), (64, 32, 4, 3)]},
+    "dkdv": {"small": [(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)],
+             # 64 x 128 is spill-free with Triton 3.8 (255 registers) but spills 40 B with 3.6
+             "large": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 8, 3)]},
+    "dq": {"small": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+           "large": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
+           "huge": [(128, 32, 8, 2)]},
+}
 # Under the interpreter (no driver, no autotuning): one fixed, deliberately unequal tiling,
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
 _INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
@@ -560,11 +586,39 @@ def _space_key(dtype, head_dim: int) -> tuple[str, str]:
     return ("32" if name == "fp32" else "16", "small" if padded <= 64 else "large" if padded <= 128 else "huge")
 
 
-def configs_for(kind: str, dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D."""
+def configs_for(kind: str, dtype, head_dim: int, hopper: bool = False) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D,
+    in order of preference (the first is the one used with autotuning off); `hopper`: on sm_90
+    with every pointer and stride a multiple of 16 (`_hopper`)."""
     if INTERPRETING:
         return [_INTERPRETER[kind]]
-    return _SPACE[kind][_space_key(dtype, head_dim)]
+    width, size = _space_key(dtype, head_dim)
+    if hopper and width == "16" and size in _HOPPER_SPACE.get(kind, {}):
+        return _HOPPER_SPACE[kind][size]
+    return _SPACE[kind][width, size]
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return 10 * major + minor
+
+
+def _arch(device: torch.device) -> int:
+    """The compute capability (90 = sm_90) kernels for `device` are compiled for; 0 off GPU."""
+    if device.type == "cuda":
+        return _capability(device.index if device.index is not None else torch.cuda.current_device())
+    if _backend.STUB_DRIVER:  # compiling for a stand-in GPU (benchmarks.stub_driver)
+        return triton.runtime.driver.active.get_current_target().arch
+    return 0
+
+
+def _hopper(device: torch.device, tensors, strides) -> bool:
+    """Whether a launch takes the Hopper tiles: sm_90, every tensor's address 16-byte aligned
+    and every stride a multiple of 16 elements, the specialisation Triton compiles those tiles
+    in (compile_cases: `divisible`)."""
+    return (_arch(device) == 90 and all(t.data_ptr() % 16 == 0 for t in tensors)
+            and all(s % 16 == 0 for s in strides))
 
 
 def _bucket(n: int) -> int:
@@ -572,20 +626,22 @@ def _bucket(n: int) -> int:
     return _fast.next_power_of_2(n)
 
 
-def _tuned(kind: str, kernel):
-    """`kernel` autotuned over its (dtype, head dim) space, keyed on the bucketed sizes and
-    (implicitly, by the autotuner) the tensors' dtypes; the raw kernel under the interpreter."""
+def _tuned(kind: str, kernel, hopper: bool):
+    """`kernel` autotuned over its (dtype, head dim) space (the Hopper one if `hopper`), keyed
+    on the bucketed sizes and (implicitly, by the autotuner) the tensors' dtypes; the raw kernel
+    under the interpreter. One autotuner per space: its cache key cannot tell them apart."""
     if INTERPRETING:
         return None
-    table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
+    every = {c for space in _SPACE[kind].values() for c in space}
+    every |= {c for space in _HOPPER_SPACE.get(kind, {}).values() for c in space}
+    table = {c: _as_config(c) for c in sorted(every)}
 
     def prune(configs, named_args, **kwargs):
-        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"]))
-        eligible = [config for c, config in table if c in allowed]
+        eligible = [table[c] for c in configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"], hopper)]
         return eligible if autotune_enabled() else eligible[:1]
 
     key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
-    return triton.autotune([config for _, config in table], key=key,
+    return triton.autotune(list(table.values()), key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -595,15 +651,18 @@ def _as_config(c):
 
 _KERNELS = {"fwd": _attn_fwd_kernel, "split": _attn_fwd_split_kernel, "dkdv": _attn_bwd_dkdv_kernel,
             "dq": _attn_bwd_dq_kernel}
-_TUNED = {kind: _tuned(kind, kernel) for kind, kernel in _KERNELS.items()}
+_TUNED = {(kind, hopper): _tuned(kind, kernel, hopper) for kind, kernel in _KERNELS.items()
+          for hopper in (False, True)}
 
 
-def _launch(kind, grid_of, args, configs=None, **constexprs):
+def _launch(kind, grid_of, args, configs=None, hopper=False, **constexprs):
     """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
-    through its autotuner on a GPU, else with the interpreter's one fixed config."""
+    through its autotuner (over the Hopper space if `hopper`) on a GPU, else with the
+    interpreter's one fixed config."""
     config = (configs or {}).get(kind)
-    if config is None and _TUNED[kind] is not None:
-        _TUNED[kind][lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
+    tuned = _TUNED[kind, hopper]
+    if config is None and tuned is not None:
+        tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
         return
     block_m, block_n, warps, stages = config or _INTERPRETER[kind]
     _KERNELS[kind][grid_of(block_m, block_n)](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -717,9 +776,10 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     common["HAS_LENGTHS"] = kv_lengths is not None
     with _device_guard(q):
         if not n_splits:
-            args = (q, k, v, o, lse, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
-                    _bucket(Tq), _bucket(Tk))
-            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
+            strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o))
+            args = (q, k, v, o, lse, kv_lengths, *strides, H, Tq, Tk, qk_scale, D // 8, _bucket(Tq), _bucket(Tk))
+            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:5], strides),
+                    **common)
             return o, lse
         chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = _cdiv(Tk, chunk)
@@ -805,12 +865,15 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         pre_m = _pre_block_m(block_d(D))
         _attn_bwd_preprocess_kernel[(_cdiv(Tq, pre_m), H, B)](
             o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4)
-        args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
-                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, **common)
-        args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
-                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
+        strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv))
+        args = (q, k, v, do, lse, delta, dk, dv, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq),
+                _bucket(Tk))
+        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, hopper=_hopper(q.device, args[:8], strides),
+                **common)
+        strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq))
+        args = (q, k, v, do, lse, delta, dq, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
+        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:7], strides),
+                **common)
     return dq, dk, dv
 
 
@@ -857,7 +920,10 @@ def _lengths_case(signature: dict, meta: dict, has_lengths) -> tuple[dict, dict]
 
 def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
     """Every (kernel, dtype, BLOCK_D, EVEN_D, tile) a launch can compile: D is a runtime
-    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D."""
+    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D.
+    The prefill tiles compile for sm_80 and sm_90 without divisibility (the binary whatever
+    the strides); the Hopper space, launched only on sm_90 with every pointer and stride a
+    multiple of 16, compiles for sm_90 with exactly that."""
     cases = []
     for dtype in dtypes:
         for bd in block_ds:
@@ -871,6 +937,19 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                                 "BLOCK_N": block_n}
                         for has in (False, True) if kind in ("fwd", "split") else (None,):
                             cases.append((kernel, *_lengths_case(_signature(names, dtype), meta, has), warps, stages))
+                    if dtype == "fp32" or kind == "split":
+                        continue
+                    # What an aligned launch on sm_90 picks (`_hopper`), compiled as Triton
+                    # specialises it there: pointers and strides divisible by 16, for sm_90 only
+                    # (kv_lengths, a scalar per sequence, is not part of that condition).
+                    for block_m, block_n, warps, stages in configs_for(kind, dtype, bd, hopper=True):
+                        meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
+                                "BLOCK_N": block_n}
+                        for has in (False, True) if kind == "fwd" else (None,):
+                            signature, case_meta = _lengths_case(_signature(names, dtype), meta, has)
+                            divisible = [name for name in signature if name != "lengths_ptr"
+                                         and (name.endswith("_ptr") or name.startswith("stride_"))]
+                            cases.append((kernel, signature, case_meta, warps, stages, divisible, (90,)))
             for tq_rows in (1, DECODE_GEMV_TQ):
                 _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
                 meta = {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}
