@@ -221,7 +221,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
 // ---------------------------------------------------------------------------------------
 constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
 
-template <typename T, int D>
+// LENGTHS: whether a.kv_lengths is set. A build per case keeps the plain decode's registers
+// as they were: a key count loaded from memory cannot be recomputed from the kernel's
+// parameters, and held across the key loop it tipped D = 192/256 fp16 into a spill on sm_80
+// (see any_key below).
+template <typename T, int D, bool LENGTHS>
 __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) {
   constexpr int VEC = kVec16<T>;                         // elements per 16-byte pack
   constexpr int LPK = pow2_at_least(D / VEC);            // lanes per key row (<= 32 for 16-bit)
@@ -241,7 +245,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) 
 #pragma unroll
   for (int e = 0; e < VEC; ++e) q[e] = 0.0f;
   if (cols) load_pack<T, VEC>(at<T>(a.q, a.q_strides, r.b, r.h, r.i) + x, q);
-  const int64_t n_keys = visible_keys(r.i, a.tq, keys_of(a, r.b), a.causal);
+  const int64_t n_keys = visible_keys(r.i, a.tq, LENGTHS ? keys_of(a, r.b) : a.tk, a.causal);
   const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + STEP - 1) / STEP * STEP;
   const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
 
@@ -327,11 +331,14 @@ __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) 
     }
     return;
   }
-  const float inv = n_keys > 0 ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
+  // Whether the row has a key: with one chunk j_begin = 0 and j_end = n_keys. With lengths,
+  // j_end (held anyway) rather than n_keys, which would be one more value held across the loop.
+  const bool any_key = LENGTHS ? j_end > 0 : n_keys > 0;
+  const float inv = any_key ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
 #pragma unroll
   for (int e = 0; e < VEC; ++e) acc[e] *= inv;
   if (cols) store_pack<T, VEC>(static_cast<T*>(a.out) + row * d + x, acc);
-  if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
+  if (lane == 0) a.lse[row] = any_key ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1007,7 +1014,12 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
     const int64_t rows = a.batch * a.heads * a.tq;
     if constexpr (!std::is_same_v<T, float>) {  // fp16/bf16 decode (fp32 keeps the row kernel's
       // score order, which its backward recomputes bit for bit)
-      attn_fwd_decode<T, D><<<static_cast<unsigned int>(rows * a.splits), kWarps * 32, 0, st>>>(a);
+      const auto blocks = static_cast<unsigned int>(rows * a.splits);
+      if (a.kv_lengths != nullptr) {
+        attn_fwd_decode<T, D, true><<<blocks, kWarps * 32, 0, st>>>(a);
+      } else {
+        attn_fwd_decode<T, D, false><<<blocks, kWarps * 32, 0, st>>>(a);
+      }
     } else {
       attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
     }
