@@ -769,6 +769,8 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     if split is None and Tq <= DECODE_GEMV_TQ:
         with _device_guard(q):
             return _decode(q, k, v, o, lse, causal, qk_scale, kv_lengths=kv_lengths)
+    if kv_lengths is not None:
+        return _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
@@ -792,6 +794,20 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+    return o, lse
+
+
+def _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths):
+    """kv_lengths with more than DECODE_GEMV_TQ query rows (a prompt run into a static cache,
+    once per generate call): written out in fp32 with PyTorch's ops. The prefill and split
+    kernels' kv_lengths builds spill at some tiles on sm_80 (the compile check), so no
+    launcher picks them until their tiles are fixed; the decode step (Tq <= DECODE_GEMV_TQ)
+    runs the GEMV kernel with the lengths read on the device."""
+    from ..reference import length_mask
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    scores = scores.masked_fill(~length_mask(kv_lengths, q.shape[2], k.shape[2], causal), float("-inf"))
+    lse.copy_(torch.logsumexp(scores, dim=-1) * math.log2(math.e))
+    o.copy_(torch.softmax(scores, dim=-1) @ v.float())
     return o, lse
 
 
@@ -934,12 +950,11 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                     kernel, names = _ARGS[kind]
                     for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, bd)]:
                         # The causal build is the superset (the same loops plus the causal compare
-                        # in the masked tiles), and so is the kv_lengths build of the forwards (the
-                        # same plus one length load and compare): compiling every combination would
-                        # double a long test twice for no signal.
+                        # in the masked tiles): compiling both would double a long test for no
+                        # signal. The forwards launch without kv_lengths (_masked_by_lengths).
                         meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
                                 "BLOCK_N": block_n}
-                        has = True if kind in ("fwd", "split") else None
+                        has = False if kind in ("fwd", "split") else None  # see _masked_by_lengths
                         cases.append((kernel, *_lengths_case(_signature(names, dtype), meta, has), warps, stages))
                     if dtype == "fp32" or kind == "split":
                         continue
@@ -950,7 +965,7 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                         meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
                                 "BLOCK_N": block_n}
                         signature, case_meta = _lengths_case(_signature(names, dtype), meta,
-                                                             True if kind == "fwd" else None)
+                                                             False if kind == "fwd" else None)
                         divisible = [name for name in signature if name != "lengths_ptr"
                                      and (name.endswith("_ptr") or name.startswith("stride_"))]
                         cases.append((kernel, signature, case_meta, warps, stages, divisible, (90,)))
