@@ -4,7 +4,9 @@ o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, 
 Queries are aligned to the END of the keys: query i sits at absolute position
 shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
 With kv_lengths (inference on a static KV cache) sequence b has kv_lengths[b] keys
-instead of Tk, read on the device: the same launches serve every step of a CUDA graph.
+instead of Tk, read on the device by the GEMV decode kernel (Tq <= 4): the same launches
+serve every step of a CUDA graph. More query rows with kv_lengths (a prompt into a static
+cache) are written out with PyTorch's ops for now (_masked_by_lengths).
 
 What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
 matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
