@@ -409,6 +409,13 @@ def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     return cfg
 
 
+def plain_warps(cfg: dict) -> int:
+    """Warps for the plain (unsplit) forward path: every element carries its own mask bit,
+    and at 8 per thread sm_80/sm_90 spill a predicate register (fp16 64x32 tile, compile
+    test), so a 2-D tile gets twice the warps: at most 4 masked values per thread."""
+    return min(16, 2 * cfg["num_warps"]) if cfg["BLOCK_M"] > 1 else cfg["num_warps"]
+
+
 def _bwd_warps(tile_elems: int) -> int:
     # ~8 values per thread keeps the backward near 80 registers (compile test), so
     # several programs share an SM; 16 warps is the most a program may have.
@@ -535,11 +542,12 @@ def forward(x, residual, weight, bias, eps, stats: bool = True):
         split = row_split(_launch.vec(x), n_rows, n_cols, *layouts)
         if split["HAS_PEEL"] and cfg["BLOCK_M"] > 1:  # a peel per row of a 2-D tile spills: plain rows
             split = {"VEC": split["VEC"], "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
+        num_warps = cfg["num_warps"] if split["SPLIT"] else plain_warps(cfg)
         replay = _launch.launch(
             _ln_fwd_kernel, (-(-n_rows // cfg["BLOCK_M"]),),
             (y_b, s_b, mean_arg, rstd_arg, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
              x_o, x_stride, r_o, r_stride, eps),
-            dict(**flags, **split, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"]),
+            dict(**flags, **split, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=num_warps),
             slots)
     else:
         # y and s: fresh contiguous rows
@@ -680,7 +688,7 @@ def compile_cases():
             if cfg["single_pass"]:  # the launcher peels only single-row tiles
                 shapes.setdefault(_ln_fwd_kernel, []).append(
                     ({**(peeled if cfg["BLOCK_M"] == 1 else other_fwd[1]), "BLOCK_M": cfg["BLOCK_M"],
-                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
+                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"] if cfg["BLOCK_M"] == 1 else plain_warps(cfg)))
             else:
                 shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
             cfg = backward_config(n_cols, size)
