@@ -200,28 +200,41 @@ def static_report(module_name: str) -> list[dict]:
     return results
 
 
+_CASES: list = []  # (module, case, arch) tasks, set before the pool forks
+
+
+def _compile_task(i: int) -> dict:
+    module, case, arch = _CASES[i]
+    kernel, signature, constexprs, num_warps, *rest = case
+    num_stages = rest[0] if rest else 3
+    divisible = tuple(rest[1]) if len(rest) > 1 else ()
+    # Compile options a launcher passes with a kernel (e.g. enable_fp_fusion), by kernel name.
+    options = getattr(module, "LAUNCH_OPTIONS", {}).get(kernel.__name__)
+    try:
+        return compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible, options)
+    except Exception as e:  # reported, and failed on, by the test
+        return {"kernel": getattr(kernel, "__name__", str(kernel)), "arch": arch,
+                "num_warps": num_warps, "constexprs": {k: str(v) for k, v in constexprs.items()},
+                "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+
+
+def jobs() -> int:
+    """Compiles at once: GPTK_COMPILE_JOBS, else one per core (each is one CPU-bound process)."""
+    return max(1, int(os.environ.get("GPTK_COMPILE_JOBS", 0)) or len(os.sched_getaffinity(0)))
+
+
 def check_module(module_name: str) -> list[dict]:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("compile_check needs real @triton.jit kernels: unset TRITON_INTERPRET")
+    import multiprocessing
     module = importlib.import_module(module_name)
-    # Compile options a launcher passes with a kernel (e.g. enable_fp_fusion), by kernel name.
-    launch_options = getattr(module, "LAUNCH_OPTIONS", {})
-    results = []
-    for case in module.compile_cases():
-        kernel, signature, constexprs, num_warps, *rest = case
-        num_stages = rest[0] if rest else 3
-        divisible = tuple(rest[1]) if len(rest) > 1 else ()
-        archs = tuple(rest[2]) if len(rest) > 2 else TARGETS
-        options = launch_options.get(kernel.__name__)
-        for arch in archs:
-            try:
-                results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible,
-                                            options))
-            except Exception as e:  # reported, and failed on, by the test
-                results.append({"kernel": getattr(kernel, "__name__", str(kernel)), "arch": arch,
-                                "num_warps": num_warps, "constexprs": {k: str(v) for k, v in constexprs.items()},
-                                "error": f"{type(e).__name__}: {str(e)[:2000]}"})
-    return results
+    _CASES[:] = [(module, case, arch) for case in module.compile_cases()
+                 for arch in (tuple(case[6]) if len(case) > 6 else TARGETS)]
+    if jobs() == 1 or len(_CASES) == 1:
+        return [_compile_task(i) for i in range(len(_CASES))]
+    # Forked workers inherit the cases (kernels do not pickle); results come back in order.
+    with multiprocessing.get_context("fork").Pool(jobs()) as pool:
+        return pool.map(_compile_task, range(len(_CASES)), chunksize=4)
 
 
 def problems(results: list[dict]) -> list[str]:
