@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from .. import _checks
+from .. import _backend, _checks
 from .._checks import NORM_MAX_HIDDEN
 
 MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
@@ -390,6 +390,10 @@ LONG_BWD_TILE = (1, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-r
 BWD_TILE_ELEMS = 2048            # row tile of the backward for rows under 512 bytes
 BWD_PROGRAMS_PER_SM = 4          # backward programs (and rows of dw/db partials) per SM
 REDUCE_BLOCK = (32, 16)          # (BLOCK_P, BLOCK_N) of the partials reduce: N / 16 programs
+# The Triton interpreter pays ~20 ms per program of this kernel (it re-patches
+# triton.language on every tl.sum): 65536 columns took 3 minutes as N / 16 programs. The
+# same code over wider column blocks; the compiled kernel keeps REDUCE_BLOCK.
+INTERPRETER_REDUCE_BLOCK = (32, 1024)
 
 
 @functools.lru_cache(maxsize=None)
@@ -627,7 +631,7 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
              ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
              **LAUNCH_OPTIONS["_ln_bwd_kernel"]), slots))
     if need_dw or need_db:
-        block_p, block_n = REDUCE_BLOCK
+        block_p, block_n = INTERPRETER_REDUCE_BLOCK if _backend.triton_interpreting() else REDUCE_BLOCK
         replays.append(_launch.launch(
             _ln_bwd_reduce_kernel, (-(-n_cols // block_n),),
             (dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols),
