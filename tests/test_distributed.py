@@ -14,6 +14,7 @@ import kernels
 
 CPU_FULL_BACKENDS = [b for b in kernels.available_backends("cpu") if not kernels.missing_ops(b, gpt.MODEL_OPS)]
 WORLD = 2
+STEPS = 12  # at lr 1e-2 the mean loss of the last 4 steps is ~0.57x the first 4's on one rank
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -51,9 +52,9 @@ def _ddp_worker(rank, port, backend, mode, result_path):
             for block in model.transformer.h:
                 fully_shard(block)
             wrapped = fully_shard(model)
-        opt = torch.optim.AdamW(wrapped.parameters(), lr=3e-3)
+        opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-2)
         losses = []
-        for x, y in _batches(rank, 40):
+        for x, y in _batches(rank, STEPS):
             _, loss = wrapped(x, y)
             opt.zero_grad()
             loss.backward()
@@ -95,7 +96,7 @@ def test_ddp_gloo_two_processes(backend, tmp_path):
     p0, p1 = out["params"]
     assert torch.equal(p0, p1), "parameters diverged across ranks"
     losses = out["losses"]
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses[::8]
+    assert sum(losses[-4:]) < 0.75 * sum(losses[:4]), losses
 
 
 def test_fsdp2_fully_shard_smoke(tmp_path):
