@@ -1,8 +1,12 @@
-// The fiber scheduler behind emulator.h: one block at a time, its threads as ucontext
-// fibers switched at barriers.
+// The fiber scheduler behind emulator.h: one block at a time, its threads as fibers
+// switched at barriers. A fiber starts on its own stack by makecontext/setcontext; after
+// that, switches are _setjmp/_longjmp, which (unlike swapcontext) make no system call to
+// save the signal mask: most of the emulator's time went there.
+#undef _FORTIFY_SOURCE  // its longjmp check rejects jumps between stacks
 #include "emulator.h"
 
 #include <dlfcn.h>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -25,11 +29,11 @@ struct PendingCopy {
 };
 
 struct Fiber {
-  ucontext_t context;
-  std::unique_ptr<char[]> stack;
+  ucontext_t context;  // the first entry
+  jmp_buf resume;      // where it waits
   ThreadContext thread;
   Wait wait = Wait::kNone;
-  bool done = false;
+  bool started = false, done = false;
   std::vector<PendingCopy> open_group;             // cp.async issued since the last commit
   std::vector<std::vector<PendingCopy>> committed;  // oldest first
 };
@@ -39,12 +43,13 @@ constexpr size_t kStackBytes = 256 * 1024;
 struct Block {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> scratch;  // per warp: 32 lanes x kScratchPerLane
-  ucontext_t scheduler;
+  jmp_buf scheduler;
   const std::function<void()>* body = nullptr;
   int current = -1;
 };
 
 Block* g_block = nullptr;
+std::vector<std::unique_ptr<char[]>> g_stacks;  // reused block after block: no page faults
 ThreadContext g_host_context{};
 cudaError_t g_last_error = cudaSuccess;
 Schedule g_schedule = Schedule::kForward;
@@ -60,7 +65,7 @@ void fiber_main() {
   Block* b = g_block;
   (*b->body)();
   b->fibers[b->current].done = true;
-  // uc_link returns to the scheduler.
+  _longjmp(b->scheduler, 1);
 }
 
 void wait_for(Wait w) {
@@ -68,7 +73,7 @@ void wait_for(Wait w) {
   if (b == nullptr) fail("barrier outside a kernel");
   Fiber& f = b->fibers[b->current];
   f.wait = w;
-  swapcontext(&f.context, &b->scheduler);
+  if (_setjmp(f.resume) == 0) _longjmp(b->scheduler, 1);
 }
 
 // Release barriers whose every live participant is waiting; true if any was released.
@@ -102,7 +107,9 @@ bool release_barriers(Block& b) {
 }
 
 void run_block(dim3 grid, dim3 block_dim, dim3 block_idx, const std::function<void()>& body) {
+  if (g_block != nullptr) fail("a launch inside a kernel");
   const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
+  while (static_cast<int>(g_stacks.size()) < n) g_stacks.emplace_back(new char[kStackBytes]);
   Block b;
   b.body = &body;
   b.fibers.resize(n);
@@ -115,14 +122,12 @@ void run_block(dim3 grid, dim3 block_dim, dim3 block_idx, const std::function<vo
     f.thread.grid_dim = grid;
     f.thread.lane = i % 32;
     f.thread.warp = i / 32;
-    f.stack.reset(new char[kStackBytes]);
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_sp = g_stacks[i].get();
     f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = &b.scheduler;
+    f.context.uc_link = nullptr;  // fiber_main never returns
     makecontext(&f.context, fiber_main, 0);
   }
-  Block* outer = g_block;
   g_block = &b;
   std::vector<int> order(n);
   std::iota(order.begin(), order.end(), 0);
@@ -150,13 +155,17 @@ void run_block(dim3 grid, dim3 block_dim, dim3 block_idx, const std::function<vo
       live = true;
       if (f.wait != Wait::kNone || (only_warp >= 0 && i / 32 != only_warp)) continue;
       b.current = i;
-      swapcontext(&b.scheduler, &f.context);
+      if (_setjmp(b.scheduler) == 0) {  // back here when the fiber waits or ends
+        if (f.started) _longjmp(f.resume, 1);
+        f.started = true;
+        setcontext(&f.context);
+      }
       ran = true;
     }
     if (!live) break;
     if (!release_barriers(b) && !ran) fail("deadlock: threads wait at barriers that can never release");
   }
-  g_block = outer;
+  g_block = nullptr;
 }
 
 }  // namespace
