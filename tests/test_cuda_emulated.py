@@ -5,7 +5,10 @@ streamed row kernels, the deterministic column reductions), with the FlashAttent
 for attention and the row-op tolerances of helpers.TOL elsewhere.
 
 This is how a machine without a GPU checks the kernels' indexing, fragment layouts,
-masking and synchronisation; tests/test_cuda_gpu.py checks them on real hardware."""
+masking, synchronisation, alignment and reads of memory never written (emulator.h);
+tests/test_cuda_gpu.py checks them on real hardware."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -448,6 +451,9 @@ def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
         xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
         assert_close(dwx, (g.double() * xhat).sum(0), torch.bfloat16, msg="dw")
         assert_close(dbx, g.double().sum(0), torch.bfloat16, msg="db")
+
+
+# ---------------------------------------------------------------------------------------
 # sample: the kernel draws what the C++ CPU implementation draws (same Philox uniform per
 # row, same rule; tests/test_sample.py checks that one against the exact distribution)
 # ---------------------------------------------------------------------------------------
@@ -468,3 +474,97 @@ def test_sample_kernel_matches_the_cpu_implementation(n, dtype):
         want = torch.ops.gptk.sample_cuda(logits, seed, t, k, p)
         assert torch.equal(got, want), (t, k, p, (got != want).nonzero().flatten().tolist())
         assert got[0].item() == -1
+
+
+# ---------------------------------------------------------------------------------------
+# what hardware leaves undefined, made to show (emulator.h), each check shown to fail on a
+# deliberately broken copy of the kernels (only the edited unit recompiles: seconds)
+# ---------------------------------------------------------------------------------------
+def _offset_rows(rows, n, dtype, scale=1.0, shift=0.0):
+    """Rows of a view at storage offset 1: the first starts one element past a 16-byte
+    boundary, and for odd n each of the others at another phase."""
+    return (_randn(rows * n + 1, dtype=dtype, scale=scale) + shift)[1:].view(rows, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1001, 50257])
+def test_row_kernels_peel_misaligned_row_starts(n, dtype):
+    """softmax, layer_norm and add_layer_norm, forward and backward, on misaligned rows:
+    they move rows in 16-byte packs, and the emulator faults on any access not aligned to
+    its width (test_misaligned_vector_access_faults); the kernels peel a scalar head up to
+    the first 16-byte boundary, so none is, and the results are right."""
+    x, g = _offset_rows(2, n, dtype, scale=2.0, shift=1.0), _offset_rows(2, n, dtype)
+    r, w, b = _offset_rows(2, n, dtype), _offset_rows(1, n, dtype)[0], _offset_rows(1, n, dtype)[0]
+    assert x.data_ptr() % 16 != 0 and w.data_ptr() % 16 != 0
+    y = cuda_emu.softmax(x, 0.7)
+    x64 = x.double().requires_grad_()
+    y64 = torch.softmax(x64 / 0.7, dim=-1)
+    y64.backward(g.double())
+    assert_close(y, y64, dtype, msg="softmax y")
+    assert_close(cuda_emu.softmax_backward(g, y, 0.7), x64.grad, dtype, msg="softmax dx")
+    for residual in (None, r):
+        y, mean, rstd, s = cuda_emu.layer_norm(x, w, b, 1e-5, residual=residual)
+        normed = x if residual is None else s
+        x64, w64, b64 = (t.double().requires_grad_() for t in (normed, w, b))
+        y64 = F.layer_norm(x64, (n,), w64, b64, 1e-5)
+        y64.backward(g.double())
+        assert_close(y, y64, dtype, msg="layer_norm y")
+        dsum = None if residual is None else g
+        # the column kernels of dweight/dbias read whole rows at 16-byte alignment or not at
+        # all (test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned)
+        dx, dw, db = cuda_emu.layer_norm_backward(g, normed, w, mean, rstd, dsum=dsum, params=n < 50000)
+        assert_close(dx, x64.grad + (0 if dsum is None else dsum.double()), dtype, msg="layer_norm dx")
+        if dw is not None:
+            assert_close(dw, w64.grad, dtype, msg="layer_norm dw")
+            assert_close(db, b64.grad, dtype, msg="layer_norm db")
+
+
+def test_misaligned_vector_access_faults(tmp_path):
+    """softmax's register kernel with its head peel disabled issues 16-byte loads from
+    rows that start 4 bytes past a boundary: the launch fails naming the kernel, the
+    access, its address and width, and the source line."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/softmax.cu", "  const RowSpan<T> sp(xr, n);\n  const int t",
+                                            "  RowSpan<T> sp(xr, n);\n  sp.head = 0, sp.packs = n / VEC, "
+                                            "sp.tail0 = sp.packs * VEC, sp.tail = n - sp.tail0;\n  const int t")])
+    x = _randn(3, 1001, dtype=torch.float32)  # row 1 starts 1001 * 4 bytes in
+    with cuda_emu.variant(csrc), pytest.raises(RuntimeError) as fault:
+        cuda_emu.softmax(x, 1.0)
+    assert re.search(r"softmax_forward: cudaError 716 in kernel void gptk::cuda::\(anonymous namespace\)::"
+                     r"softmax_fwd_regs<float, 64>\(.*\): misaligned address: .* 'const struct Pack' at "
+                     r"0x[0-9a-f]*[4c] is not 16-byte aligned at csrc/cuda/common.cuh:\d+", str(fault.value)), \
+        str(fault.value)
+    cuda_emu.softmax(x, 1.0)  # the real kernels, after the fault: nothing left over
+
+
+def test_shared_memory_starts_as_nan(tmp_path):
+    """column_sum adding all 32 lanes when only the lanes that had a chunk stored theirs:
+    right if shared memory started zeroed, wrong on hardware. Every block's shared memory
+    starts as NaN here, so the sum is NaN."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/gelu_linear.cu", "  lanes[threadIdx.y][threadIdx.x] = s;",
+                                            "  if (threadIdx.y < chunks) lanes[threadIdx.y][threadIdx.x] = s;")])
+    g, pre = _randn(40, 70, dtype=torch.float32), _randn(40, 70, dtype=torch.float32)  # 40 rows: 2 chunks
+    with cuda_emu.variant(csrc):
+        _, db = cuda_emu.gelu_backward(g, pre, True)
+    assert db.isnan().all()
+    assert torch.isfinite(cuda_emu.gelu_backward(g, pre, True)[1]).all()
+
+
+def test_outputs_start_as_nan(tmp_path):
+    """softmax's register kernel forgetting the peeled head's outputs: the glue allocates
+    outputs as entry.cpp does (at::empty) and fills them with NaN, so the unwritten
+    elements show whatever the allocator would have left there."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/softmax.cu", "  if (has_head) yr[t] = from_float<T>(he * inv);\n",
+                                            "")])
+    x = _randn(3, 1001, dtype=torch.float32)  # row 1 starts 1 element past a boundary: a head of 3
+    with cuda_emu.variant(csrc):
+        y = cuda_emu.softmax(x, 1.0)
+    assert y[1, :3].isnan().all() and not y[0].isnan().any() and not y[1, 3:].isnan().any()
+
+
+def test_build_fuses_multiply_add_as_nvcc_does():
+    """nvcc fuses a * b + c into one rounding by default; the emulator's build does too
+    (emulator.h states what still differs), so a kernel that needs a product rounded on
+    its own (attention's scaled_score, by __fmul_rn) must say so here as on the GPU."""
+    if not cuda_emu.cpu_has_fma():
+        pytest.skip("this CPU has no FMA instructions: the emulator rounds a * b + c twice (emulator.h)")
+    assert cuda_emu.contracts()
