@@ -7,6 +7,8 @@ for attention and the row-op tolerances of helpers.TOL elsewhere.
 This is how a machine without a GPU checks the kernels' indexing, fragment layouts,
 masking, synchronisation, alignment and reads of memory never written (emulator.h);
 tests/test_cuda_gpu.py checks them on real hardware."""
+import ast
+import os
 import re
 
 import pytest
@@ -568,3 +570,139 @@ def test_build_fuses_multiply_add_as_nvcc_does():
     if not cuda_emu.cpu_has_fma():
         pytest.skip("this CPU has no FMA instructions: the emulator rounds a * b + c twice (emulator.h)")
     assert cuda_emu.contracts()
+
+
+# ---------------------------------------------------------------------------------------
+# host glue: tests/cuda_emu.py's wrappers do what csrc/cuda/entry.cpp (and common/lce.h)
+# do around the launchers, so the emulated kernels run on what the GPU's run on
+# ---------------------------------------------------------------------------------------
+_CPP_KEYWORDS = {"if", "for", "while", "switch", "return", "catch", "sizeof", "decltype", "static_assert"}
+
+
+def _cpp_functions(text):
+    """{name: body} of the function definitions in C++ source `text` (comments and string
+    literals blanked first; bodies are skipped, so nested lambdas are not listed)."""
+    text = re.sub(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\])*"', lambda m: " " * len(m.group(0)), text, flags=re.S)
+    out, pos = {}, 0
+    head = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+    while (m := head.search(text, pos)) is not None:
+        pos = m.end()
+        if m.group(1) in _CPP_KEYWORDS:
+            continue
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        after = re.match(r"\s*(?:const\s*)?(?:noexcept\s*)?\{", text[i:])
+        if after is None:
+            continue
+        start = i + after.end()
+        depth, j = 1, start
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        out[m.group(1)] = text[start:j - 1]
+        pos = j
+    return out
+
+
+def _cpp_glue(body):
+    """What a C++ entry function decides around its launchers."""
+    allocs = {m.group(1): m.group(2) for m in re.finditer(r"(\w+)\s*=\s*(?:[^;=]*\?\s*)?at::(empty|zeros)\(", body)}
+    allocs.update({m.group(1): "empty" for m in re.finditer(r"\[\s*(\w+)\s*,[^\]]*\]\s*=\s*empty_rows_like\(", body)})
+    return {"allocations": allocs,
+            "zeroed": set(re.findall(r"(\w+)\.zero_\(\)", body)),
+            "aligned": set(re.findall(r"(\w+)\s*=\s*aligned\(", body)),
+            "launchers": re.findall(r"(?<![:\w])cuda::(\w+)\(", body)}
+
+
+def _py_glue(name, functions, launchers):
+    """The same facts of the wrapper `name`, walking into the module's helpers it calls;
+    `launchers` are launch.h's (the harness calls them emu_<name>)."""
+    facts = {"allocations": {}, "zeroed": set(), "aligned": set(), "launchers": []}
+    kinds = {"_empty": "empty", "_zeros": "zeros"}
+
+    def visit(node):
+        if isinstance(node, ast.Assign):
+            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # x = _empty(..) if a else None
+            kind = kinds.get(getattr(value.func, "id", None)) if isinstance(value, ast.Call) else None
+            for target in node.targets:
+                if isinstance(target, ast.Name) and kind:
+                    facts["allocations"][target.id.rstrip("_")] = kind
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
+            for target, value in zip(node.targets[0].elts, node.value.elts):
+                if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "_aligned":
+                    facts["aligned"].add(target.id)
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr == "zero_" and isinstance(f.value, ast.Name):
+                facts["zeroed"].add(f.value.id.rstrip("_"))
+            elif isinstance(f, ast.Attribute) and f.attr.startswith("emu_") and f.attr[len("emu_"):] in launchers:
+                facts["launchers"].append(f.attr[len("emu_"):])
+            elif isinstance(f, ast.Name) and f.id in functions:
+                for stmt in functions[f.id].body:
+                    visit(stmt)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for stmt in functions[name].body:
+        visit(stmt)
+    return facts
+
+
+def _glue_drift(cpp_sources, py_source):
+    """Each difference between the wrappers of cuda_emu.MIRRORS and the C++ they mirror,
+    and each C++ function that calls a launcher but has no mirror."""
+    cpp = {}
+    for text in cpp_sources:
+        cpp.update(_cpp_functions(text))
+    with open(os.path.join(cuda_emu.ROOT, "csrc", "cuda", "launch.h")) as f:
+        launchers = set(re.findall(r"^(?:cudaError_t|int64_t|int)\s+(\w+)\(", f.read(), re.M))
+    py = {n.name: n for n in ast.parse(py_source).body if isinstance(n, ast.FunctionDef)}
+    problems = []
+    mirrored = set()
+    for wrapper, (functions, left_out) in cuda_emu.MIRRORS.items():
+        want = {"allocations": {}, "zeroed": set(), "aligned": set(), "launchers": []}
+        for fn in functions:
+            mirrored.add(fn)
+            facts = _cpp_glue(cpp[fn])
+            want["allocations"].update({k: v for k, v in facts["allocations"].items() if k not in left_out})
+            want["zeroed"] |= facts["zeroed"] - set(left_out)
+            want["aligned"] |= facts["aligned"]
+            want["launchers"] += facts["launchers"]
+        got = _py_glue(wrapper, py, launchers)
+        for key in want:
+            if got[key] != want[key]:
+                problems.append(f"cuda_emu.{wrapper} vs {'+'.join(functions)}: {key} {got[key]} != {want[key]}")
+    for fn, body in cpp.items():
+        if _cpp_glue(body)["launchers"] and fn not in mirrored:
+            problems.append(f"{fn} calls launchers {_cpp_glue(body)['launchers']} but no cuda_emu wrapper mirrors it")
+    return problems
+
+
+def _glue_sources():
+    read = lambda *p: open(os.path.join(cuda_emu.ROOT, *p)).read()  # noqa: E731
+    return [read("csrc", "cuda", "entry.cpp"), read("csrc", "common", "lce.h")], read("tests", "cuda_emu.py")
+
+
+def test_host_glue_mirrors_entry_cpp():
+    """Allocation kind (empty/zeros) of every tensor the launchers write, later zero_()
+    calls, aligned copies of inputs and the launcher sequence agree between each wrapper
+    and the C++ it mirrors; an entry point with launchers and no wrapper fails too. (Grid,
+    block, shared memory and kernel choices are the launchers' own, compiled as they are.)"""
+    cpp_sources, py_source = _glue_sources()
+    assert _glue_drift(cpp_sources, py_source) == []
+    # the drift this test exists for: dK/dV zero-filled on one side only
+    entry, lce = cpp_sources
+    zeros = entry.replace("at::Tensor dk = at::empty(", "at::Tensor dk = at::zeros(")
+    assert any("attention_backward" in p and "'dk': 'zeros'" in p for p in _glue_drift([zeros, lce], py_source))
+    py_zeros = py_source.replace("dv = _empty(b, h, tk, d", "dv = _zeros(b, h, tk, d")
+    assert any("'dv': 'zeros'" in p for p in _glue_drift(cpp_sources, py_zeros))
+    # a launcher added to an entry point, an aligned() copy dropped, a new entry point
+    extra = entry.replace("C10_CUDA_CHECK(cuda::column_sum(dt, pb,", "C10_CUDA_CHECK(cuda::column_sum(dt, pb + 0,")
+    extra = extra.replace("cuda::layer_norm_backward_dx(", "cuda::column_chunks(rows); cuda::layer_norm_backward_dx(")
+    assert any("norm_backward" in p and "launchers" in p for p in _glue_drift([extra, lce], py_source))
+    unaligned = entry.replace("dout = aligned(dout_in);", "dout = dout_in;")
+    assert any("aligned" in p for p in _glue_drift([unaligned, lce], py_source))
+    new_op = entry + "\nvoid new_op_cuda(at::Tensor& x) { C10_CUDA_CHECK(cuda::gelu_forward(x)); }\n"
+    assert any("new_op_cuda" in p for p in _glue_drift([new_op, lce], py_source))
