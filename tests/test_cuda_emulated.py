@@ -234,53 +234,91 @@ def schedules():
     cuda_emu.set_schedule("forward")
 
 
-def _every_kernel_once():
-    torch.manual_seed(0)
-    outs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        # D = 128: 32-key forward and dQ tiles, 16-query dK/dV tiles, so every kernel
-        # streams several tiles through its shared buffers.
-        q, k, v = (_randn(1, 2, t, 128, dtype=dtype) for t in (70, 100, 100))
-        out, lse = cuda_emu.attention(q, k, v, True)
-        outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
-        q1 = _randn(1, 2, 1, 128, dtype=dtype)
-        outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
-    # D = 256: Q/K/V fragments re-read per tile, dQ and dK/dV in column slices (grid z).
-    q, k, v = (_randn(1, 1, 17, 256, dtype=torch.bfloat16) for _ in range(3))
-    out, lse = cuda_emu.attention(q, k, v, True)
-    outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
-    for n in (33, 1000, 16385):  # warp and block rows in registers, a row in shared memory
-        x = _randn(4, n, dtype=torch.float32)
-        y = cuda_emu.softmax(x, 0.7)
-        outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
-        y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
-        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
-    for n in (7, 1001):  # operands at different phases: staged rows, in place updates of the staged sum
-        xb = _randn(3, n + 1, dtype=torch.bfloat16)[:, 1:]
-        y = cuda_emu.softmax(xb, 0.7)
-        outs += [y, cuda_emu.softmax_backward(xb, y, 0.7)]
-        w = _randn(n, dtype=torch.bfloat16)
-        y, mean, rstd, s = cuda_emu.layer_norm(xb, w, w, residual=xb)
-        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(xb, s, w, mean, rstd, dsum=xb)]
-    outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
-    # linear_cross_entropy's row step reads the target logit before the row is overwritten
-    outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=torch.float32), torch.tensor([5, 1000, 0]),
-                                   torch.ones(1), 1.0, -100, True))
-    for n in (30, 3000):  # the 128- and 512-thread samplers
-        outs.append(cuda_emu.sample(_randn(3, n, dtype=torch.float32, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
+def _attention_once(dtype, d, tq, tk, sm_count=132):
+    q, k, v = (_randn(1, 2, t, d, dtype=dtype) for t in (tq, tk, tk))
+    out, lse = cuda_emu.attention(q, k, v, True, sm_count=sm_count)
+    return [out, lse, *cuda_emu.attention_backward(_randn(1, 2, tq, d, dtype=dtype), q, k, v, out, lse, True)]
+
+
+def _attention_tiles(d):
+    """Every attention kernel the launchers pick at padded head dim d, each streaming at
+    least two tiles through its shared buffers: fp16 on tensor cores (key tiles of 64, 32
+    or 16 by d, dK/dV's query tiles of 64 or 16), fp16 decode with and without the key
+    split (its merge layout depends on d), fp32 on CUDA cores, split too."""
+    assert cuda_emu.attention_key_splits(*(torch.empty(1, 2, t, d, dtype=torch.float16) for t in (1, 140)), True,
+                                         132) == 2
+    tq, tk = (70, 100) if d <= 64 else (20, 40) if d <= 128 else (17, 20)
+    outs = _attention_once(torch.float16, d, tq, tk)
+    outs += _attention_once(torch.float16, d, 3, 40)  # decode, one chunk
+    outs += _attention_once(torch.float16, d, 1, 140)  # decode, 2 key chunks and their merge
+    outs += _attention_once(torch.float32, d, 5, 40)
+    outs += _attention_once(torch.float32, d, 1, 140)
     return outs
 
 
-def test_kernels_do_not_depend_on_thread_order(schedules):
+def _rows_once(dtype):
+    outs = []
+    sizes = (33, 1000, 16385) if dtype == torch.float32 else (1000,)
+    for n in sizes:  # warp and block rows in registers, a row in shared memory
+        x = _randn(4, n, dtype=dtype)
+        y = cuda_emu.softmax(x, 0.7)
+        outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
+        y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
+        grads = cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd, params=n < 16385)
+        outs += [y, mean, rstd, s, *(g for g in grads if g is not None)]
+    if dtype == torch.float32:
+        return outs
+    for n in (7, 1001):  # operands at different phases: staged rows, in place updates of the staged sum
+        xb = _randn(3, n + 1, dtype=dtype)[:, 1:]
+        y = cuda_emu.softmax(xb, 0.7)
+        outs += [y, cuda_emu.softmax_backward(xb, y, 0.7)]
+        w = _randn(n, dtype=dtype)
+        y, mean, rstd, s = cuda_emu.layer_norm(xb, w, w, residual=xb)
+        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(xb, s, w, mean, rstd, dsum=xb)]
+    return outs
+
+
+def _others_once(dtype):
+    outs = list(cuda_emu.gelu_backward(torch.ones(40, 70, dtype=dtype), _randn(40, 70, dtype=dtype), True))
+    # linear_cross_entropy's row step reads the target logit before the row is overwritten
+    outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=dtype), torch.tensor([5, 1000, 0]), torch.ones(1), 1.0,
+                                   -100, True))
+    for n in (30, 3000):  # the 128- and 512-thread samplers
+        outs.append(cuda_emu.sample(_randn(3, n, dtype=dtype, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
+    return outs
+
+
+# Each case runs under every schedule. bf16 takes fp16's code (the same templates) but
+# its own instantiations: the two largest tilings run in bf16 too.
+SCHEDULE_CASES = {
+    **{f"attention-D{d}": (lambda d=d: _attention_tiles(d)) for d in (16, 32, 64, 96, 128, 192, 256)},
+    "attention-bf16": lambda: _attention_once(torch.bfloat16, 128, 70, 100) + _attention_once(torch.bfloat16, 256,
+                                                                                               17, 17),
+    "rows-fp32": lambda: _rows_once(torch.float32),
+    "rows-fp16": lambda: _rows_once(torch.float16),
+    "rows-bf16": lambda: _rows_once(torch.bfloat16),
+    "gelu-lce-sample-fp32": lambda: _others_once(torch.float32),
+    "gelu-lce-sample-fp16": lambda: _others_once(torch.float16),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEDULE_CASES))
+def test_kernels_do_not_depend_on_thread_order(case, schedules):
     """Thread orders and cp.async landing times are all legal on hardware: a kernel's
-    results must be the same under each (a missing barrier or cp.async wait shows here)."""
+    results must be the same under each (a missing barrier or cp.async wait shows here).
+    Only the attention kernels use cp.async: the others skip its eager variants."""
+    if not case.startswith("attention"):
+        schedules = [sch for sch in schedules if not sch[2]]
     results = []
     for name, seed, eager in schedules:
         cuda_emu.set_schedule(name, seed, eager)
-        results.append(_every_kernel_once())
+        torch.manual_seed(0)
+        results.append(SCHEDULE_CASES[case]())
+    for i, a in enumerate(results[0]):
+        assert not (a.is_floating_point() and a.isnan().any()), f"{case}: output {i} has NaN"
     for (name, seed, eager), outs in zip(schedules[1:], results[1:]):
         for i, (a, b) in enumerate(zip(results[0], outs)):
-            assert torch.equal(a, b), (f"output {i} differs between the forward schedule and {name}({seed}) "
+            assert torch.equal(a, b), (f"{case}: output {i} differs between the forward schedule and {name}({seed}) "
                                        f"with {'eager' if eager else 'lazy'} cp.async")
 
 
