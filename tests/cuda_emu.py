@@ -33,6 +33,7 @@ from kernels.cuda import _build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU_DIR = os.path.join(ROOT, "tests", "cuda_emulator")
+CSRC = _build.CSRC  # the C++/CUDA sources, wherever the package keeps them
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 _LAUNCH = re.compile(r"\b([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\)\s*;", re.S)
@@ -156,7 +157,7 @@ def build(csrc: str | None = None) -> str:
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
-    csrc = os.path.abspath(csrc or _build.CSRC)
+    csrc = os.path.abspath(csrc or CSRC)
     root = os.path.join(_build.build_root(), "emulator")
     os.makedirs(os.path.join(root, "objects"), exist_ok=True)
     flags = _flags(csrc)
@@ -246,7 +247,7 @@ def broken_csrc(tmp_path, edits) -> str:
     """A copy of csrc/ under tmp_path with `edits` [(file relative to csrc, old, new)]
     applied, each `old` found exactly once: a deliberately broken variant for variant()."""
     csrc = os.path.join(str(tmp_path), "csrc")
-    shutil.copytree(_build.CSRC, csrc)
+    shutil.copytree(CSRC, csrc)
     for rel, old, new in edits:
         path = os.path.join(csrc, rel)
         with open(path) as f:

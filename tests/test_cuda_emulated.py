@@ -662,13 +662,14 @@ def _py_glue(name, functions, launchers):
 
     def visit(node):
         if isinstance(node, ast.Assign):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # x = _empty(..) if a else None
+            # x = _empty(..), or x = _empty(..) if a else None
+            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value
             kind = kinds.get(getattr(value.func, "id", None)) if isinstance(value, ast.Call) else None
             for target in node.targets:
                 if isinstance(target, ast.Name) and kind:
                     facts["allocations"][target.id.rstrip("_")] = kind
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
-            for target, value in zip(node.targets[0].elts, node.value.elts):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):  # q, k = _aligned(q_in), ...
+            for target, value in zip(getattr(node.targets[0], "elts", ()), node.value.elts):
                 if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "_aligned":
                     facts["aligned"].add(target.id)
         if isinstance(node, ast.Call):
@@ -694,7 +695,7 @@ def _glue_drift(cpp_sources, py_source):
     cpp = {}
     for text in cpp_sources:
         cpp.update(_cpp_functions(text))
-    with open(os.path.join(cuda_emu.ROOT, "csrc", "cuda", "launch.h")) as f:
+    with open(os.path.join(cuda_emu.CSRC, "cuda", "launch.h")) as f:
         launchers = set(re.findall(r"^(?:cudaError_t|int64_t|int)\s+(\w+)\(", f.read(), re.M))
     py = {n.name: n for n in ast.parse(py_source).body if isinstance(n, ast.FunctionDef)}
     problems = []
@@ -719,8 +720,11 @@ def _glue_drift(cpp_sources, py_source):
 
 
 def _glue_sources():
-    read = lambda *p: open(os.path.join(cuda_emu.ROOT, *p)).read()  # noqa: E731
-    return [read("csrc", "cuda", "entry.cpp"), read("csrc", "common", "lce.h")], read("tests", "cuda_emu.py")
+    def read(path):
+        with open(path) as f:
+            return f.read()
+    cpp = [read(os.path.join(cuda_emu.CSRC, "cuda", "entry.cpp")), read(os.path.join(cuda_emu.CSRC, "common", "lce.h"))]
+    return cpp, read(cuda_emu.__file__)
 
 
 def test_host_glue_mirrors_entry_cpp():
