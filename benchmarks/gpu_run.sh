@@ -14,7 +14,7 @@
 # Wall time: every step is time-boxed against --budget (default 480 s); the benchmark suite
 # gets what is left (--time-budget) and runs the quick sizes of every op first.
 # Output (one folder): run.log (everything printed, versions, nvidia-smi), model.json/.md (the
-# whole-model rows, run first), host.json (host path per call),
+# whole-model rows, run first), host.json (host path per call), bad_input_{serial,xdist}.log,
 # tests.xml (junit), bench.json, summary.md, plots.tar.gz (PNGs, and traces with --profile),
 # pytest_benchmark.json, sanitizer-{memcheck,racecheck}.log. Commit them under benchmarks/results/<date>-<card>/
 # (the folder name is printed at the end and in run.log).
@@ -115,6 +115,19 @@ echo "model benchmark exit status: $?"
 
 step "2c. host path per op call (launch replaced by a no-op; CPU figures)"
 env -u TRITON_INTERPRET boxed 120 "$PY" -m benchmarks.overhead --host --calls 1000 --json "$OUT/host.json"
+
+step "2d. the C++ bad-input tests that crashed a pytest-xdist worker in run 3: serial, then under xdist"
+# Issue 18: which of them crash, and whether only under xdist (a worker's stderr ends up in the log).
+if [ "$DRY" = 1 ]; then
+  echo "dry run: skipped"
+else
+  GPTK_AUTOTUNE=0 boxed 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_bad_input.py -k cuda \
+    > "$OUT/bad_input_serial.log" 2>&1; echo "serial exit status: $?"; tail -5 "$OUT/bad_input_serial.log"
+  if "$PY" -c "import xdist" 2>/dev/null; then
+    GPTK_AUTOTUNE=0 boxed 90 "$PY" -m pytest -q -p no:cacheprovider -n 2 tests/test_bad_input.py -k cuda \
+      > "$OUT/bad_input_xdist.log" 2>&1; echo "xdist exit status: $?"; tail -5 "$OUT/bad_input_xdist.log"
+  fi
+fi
 
 step "3. test suite"
 if [ "$DRY" = 1 ]; then

@@ -27,8 +27,10 @@ TORCH_LIBRARY_FRAGMENT(gptk, m) {
         " Tensor rstd) -> (Tensor, Tensor, Tensor)");
 
   // -> (out, lse); lse is float32 (B, H, Tq): log2 of each query row's softmax denominator
-  // with scores in the log2 domain (csrc/common/math.h).
-  m.def("attention_cuda(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  // with scores in the log2 domain (csrc/common/math.h). kv_lengths: int32/int64 (B,) keys per
+  // sequence (queries end-aligned to them), read on the device; forward only (no autograd).
+  m.def("attention_cuda(Tensor q, Tensor k, Tensor v, bool causal, float scale, Tensor? kv_lengths=None)"
+        " -> (Tensor, Tensor)");
   m.def("attention_cuda_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
         " bool causal, float scale) -> (Tensor, Tensor, Tensor)");
 

@@ -87,7 +87,7 @@ class KVCache:
         if not self.static:
             return torch.arange(self.length, self.length + T, dtype=torch.long, device=device)
         self._write = self.position + torch.arange(T, device=device)  # (T,)
-        self._lengths = (self.position + T).expand(self.k.shape[1])   # (B,) keys after this step
+        self._lengths = self.position.expand(self.k.shape[1]) + T    # (B,) keys after this step, contiguous
         return self._write
 
     def append(self, layer, k, v):

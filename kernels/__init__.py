@@ -21,26 +21,29 @@ __all__ = [
 def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
     """softmax(x / temperature) along `dim`; temperature must be finite and > 0."""
     (x,) = _autocast(torch.float32, x)
-    backend = _choose("softmax", backend, x.shape[dim] if isinstance(x, torch.Tensor) and x.dim() and
-                      isinstance(dim, int) and -x.dim() <= dim < x.dim() else None, x=x)
+    if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
+        backend = _choose("softmax", backend, "x", x, lambda: x.shape[dim] if x.dim() and isinstance(dim, int)
+                          and -x.dim() <= dim < x.dim() else None)
     temperature, dim = _checks.softmax(x, temperature, dim, backend)
-    return _run("softmax", backend, x.device, x, temperature, dim)
+    return _run("softmax", backend, x, temperature, dim)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """Layer norm over the last dim; weight and bias may each be None."""
     x, weight, bias = _autocast(torch.float32, x, weight, bias)
-    backend = _choose("layer_norm", backend, _last(x), (weight, bias), x=x)
+    if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
+        backend = _choose("layer_norm", backend, "x", x, lambda: _last(x), (weight, bias))
     eps = _checks.layer_norm(x, weight, bias, eps, backend)
-    return _run("layer_norm", backend, x.device, x, weight, bias, eps)
+    return _run("layer_norm", backend, x, weight, bias, eps)
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """(layer_norm(x + residual), x + residual): a pre-LN block's residual add fused into its norm."""
     x, residual, weight, bias = _autocast(torch.float32, x, residual, weight, bias)
-    backend = _choose("add_layer_norm", backend, _last(x), (residual, weight, bias), x=x)
+    if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
+        backend = _choose("add_layer_norm", backend, "x", x, lambda: _last(x), (residual, weight, bias))
     eps = _checks.add_layer_norm(x, residual, weight, bias, eps, backend)
-    return _run("add_layer_norm", backend, x.device, x, residual, weight, bias, eps)
+    return _run("add_layer_norm", backend, x, residual, weight, bias, eps)
 
 
 def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="auto"):
@@ -54,22 +57,21 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
     (position kv_lengths[b] - Tq + i). A static KV cache read whole with its lengths on the
     device keeps every shape fixed from step to step, which is what a CUDA graph of a decode
     step needs. Values must lie in [Tq, Tk] when causal, [1, Tk] otherwise (not checked on the
-    host: that would synchronise). Inference only: no gradient flows through such a call.
+    host: that would synchronise; the kernels clamp them to Tk, never reading past the cache).
+    Every backend takes them, any Tq (a prompt run into a static cache, too). Inference only:
+    no gradient flows through such a call.
     """
     q, k, v = _autocast(None, q, k, v)
-    if kv_lengths is not None and backend == "auto":
-        backend = next(b for b in ("triton", "cuda", "torch") if b in _KV_LENGTHS)
-    backend = _choose("attention", backend, q.shape[2] if isinstance(q, torch.Tensor) and q.dim() == 4 else None,
-                      (k, v), q=q)
+    backend = _choose("attention", backend, "q", q, lambda: q.shape[2] if q.dim() == 4 else None, (k, v))
     scale = _checks.attention(q, k, v, causal, scale, backend)
     if kv_lengths is not None:
         _checks.kv_lengths(kv_lengths, q, k, v)
-        return _run("attention", backend, q.device, q, k, v, bool(causal), scale, kv_lengths)
-    return _run("attention", backend, q.device, q, k, v, bool(causal), scale)
+        return _run("attention", backend, q, k, v, bool(causal), scale, kv_lengths)
+    return _run("attention", backend, q, k, v, bool(causal), scale)
 
 
 # Backends whose attention takes kv_lengths (the static KV cache of a captured decode step).
-_KV_LENGTHS = ("torch",)
+_KV_LENGTHS = ("torch", "triton", "cuda")
 
 
 def supports_kv_lengths(backend: str) -> bool:
@@ -80,9 +82,10 @@ def supports_kv_lengths(backend: str) -> bool:
 def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
     """gelu(x @ weight.T + bias), weight shaped (out_features, in_features) like nn.Linear."""
     x, weight, bias = _autocast(None, x, weight, bias)
-    backend = _choose("gelu_linear", backend, None, (weight, bias), x=x)
+    if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
+        backend = _choose("gelu_linear", backend, "x", x, None, (weight, bias))
     _checks.gelu_linear(x, weight, bias, approximate, backend)
-    return _run("gelu_linear", backend, x.device, x, weight, bias, approximate)
+    return _run("gelu_linear", backend, x, weight, bias, approximate)
 
 
 def linear_cross_entropy(x, weight, target, bias=None, *, temperature=1.0, ignore_index=-100, reduction="mean",
@@ -92,12 +95,12 @@ def linear_cross_entropy(x, weight, target, bias=None, *, temperature=1.0, ignor
     (integer class indices). The loss is float32 (float64 for float64 inputs); "mean" averages
     over the non-ignored tokens (NaN when all are ignored), "none" is shaped like target."""
     x, weight, bias = _autocast(None, x, weight, bias)
-    backend = _choose("linear_cross_entropy", backend, None, (weight, bias), x=x)
+    backend = _choose("linear_cross_entropy", backend, "x", x, None, (weight, bias))
     temperature = _checks.linear_cross_entropy(x, weight, target, bias, temperature, ignore_index, reduction,
                                                backend)
     if target.dtype != torch.int64:
         target = target.long()
-    return _run("linear_cross_entropy", backend, x.device, x, weight, target, bias, temperature, ignore_index,
+    return _run("linear_cross_entropy", backend, x, weight, target, bias, temperature, ignore_index,
                 reduction)
 
 
@@ -112,13 +115,13 @@ def sample(logits, temperature=1.0, *, top_k=None, top_p=None, generator=None, b
     device and backend). A row with a NaN logit gives -1; with temperature > 0 so does a
     row whose max is +inf or -inf (softmax is undefined there). No host sync.
     """
-    backend = _choose("sample", backend, None, (), logits=logits)
+    backend = _choose("sample", backend, "logits", logits)
     temperature, top_k, top_p = _checks.sample(logits, temperature, top_k, top_p, generator, backend)
-    return _run("sample", backend, logits.device, logits, temperature, top_k, top_p, generator)
+    return _run("sample", backend, logits, temperature, top_k, top_p, generator)
 
 
 def _last(x):
-    return x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else None
+    return x.shape[-1] if x.dim() else None
 
 
 def _autocast(dtype, *tensors):
@@ -126,6 +129,8 @@ def _autocast(dtype, *tensors):
     float32 (as F.softmax / F.layer_norm do), attention and the MLP matmul in the autocast
     dtype (as SDPA / F.linear do). `dtype=None` means the autocast dtype. Outside autocast,
     or for non-float inputs (left to the checks), tensors pass through untouched."""
+    if not torch._C._is_any_autocast_enabled():  # one cheap call in the common case
+        return tensors
     first = tensors[0]
     if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(
             "cuda" if first.is_cuda else first.device.type):
@@ -135,13 +140,14 @@ def _autocast(dtype, *tensors):
                  else t for t in tensors)
 
 
-def _run(op, backend, device, *args):
+def _run(op, backend, *args):
+    device = args[0].device
     impl = _IMPL_CACHE.get((op, backend, device))
     if impl is None:
         impl = implementation(op, backend, device)  # raises when the backend cannot run here
         if not torch.compiler.is_compiling():
             _IMPL_CACHE[(op, backend, device)] = impl
-    if torch.is_autocast_enabled(device.type):
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(device.type):
         # Inputs are already in the policy's dtype: autocast must not re-cast the ops'
         # internals (the C++ ops' fp32 matmuls, the reference's F.linear).
         with torch.autocast(device.type, enabled=False):
@@ -154,24 +160,28 @@ def _run(op, backend, device, *args):
 # per op here). Only successes are cached; eager calls only.
 _IMPL_CACHE: dict = {}
 _CHOICE_CACHE: dict = {}
+_CONCRETE = frozenset(BACKENDS)
 
 
-def _choose(op, backend, size=None, grads=(), **first):
-    """The concrete backend; for "auto" on a GPU it depends on the op's size class and on
-    whether any of `grads` (the differentiable inputs) needs a gradient (kernels/_auto.py)."""
-    (name, t), = first.items()
+def _choose(op, backend, name, t, size_of=None, grads=()):
+    """The concrete backend for the call whose first tensor is `t` (argument `name`); for
+    "auto" on a GPU it depends on the op's size class (`size_of()`) and on whether any of
+    `grads` (the differentiable inputs) needs a gradient (kernels/_auto.py)."""
+    if backend in _CONCRETE and type(t) is torch.Tensor:  # nothing to resolve
+        return backend
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    training = False
+    training, size = False, None
     if backend == "auto" and t.is_cuda:
         training = torch.is_grad_enabled() and any(isinstance(g, torch.Tensor) and g.requires_grad
                                                    for g in (t, *grads))
-    else:
-        size = None
+        size = size_of() if size_of is not None else None
     if torch.compiler.is_compiling():
         return choose(op, backend, t.device, t.dtype, size, training)
     key = (op, backend, t.device, t.dtype, size, training)
     chosen = _CHOICE_CACHE.get(key)
     if chosen is None:
+        if len(_CHOICE_CACHE) >= 4096:  # one entry per distinct size: bounded, started over past that
+            _CHOICE_CACHE.clear()
         chosen = _CHOICE_CACHE[key] = choose(op, backend, t.device, t.dtype, size, training)
     return chosen

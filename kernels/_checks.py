@@ -97,18 +97,35 @@ def softmax(x, temperature, dim, backend):
     return temperature, dim_index(dim, x.dim())
 
 
-def _plain_param(p, x) -> bool:
-    """weight/bias is None, or a tensor of x's dtype, shape (x.shape[-1],) and device."""
-    return p is None or (isinstance(p, torch.Tensor) and p.dtype is x.dtype and p.dim() == 1
-                         and p.shape[0] == x.shape[-1] and p.get_device() == x.get_device()
-                         and p.is_meta == x.is_meta)  # get_device() is -1 for CPU and meta alike
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_params(x, weight, bias) -> bool:
+    """x is a plain tensor of a kernel dtype with a last dim within every backend's limit,
+    and weight/bias are each None or a tensor of x's dtype, shape (x.shape[-1],) and device."""
+    if type(x) is not torch.Tensor or x.dim() == 0:
+        return False
+    dtype, shape = x.dtype, x.shape[-1:]
+    if dtype not in _KERNEL_DTYPE_SET or shape[0] > _NORM_MAX_ANY:
+        return False
+    device = None
+    for p in (weight, bias):
+        if p is not None:
+            if type(p) not in _PLAIN_TENSORS or p.dtype is not dtype or p.shape != shape:
+                return False
+            if device is None:
+                device = x.device
+            if p.device != device:
+                return False
+    return True
+
+
+_NORM_MAX_ANY = min(NORM_MAX_HIDDEN.values())
 
 
 def norm_params(x, weight, bias, eps, backend):
     # The common case, cheaply; anything unusual takes the full checks below (same messages).
-    if (type(x) is torch.Tensor and x.dtype in _KERNEL_DTYPE_SET and x.dim() > 0 and type(eps) is float
-            and eps > 0.0 and eps - eps == 0.0 and _plain_param(weight, x) and _plain_param(bias, x)
-            and x.shape[-1] <= NORM_MAX_HIDDEN.get(backend, x.shape[-1])):
+    if type(eps) is float and eps > 0.0 and eps - eps == 0.0 and _plain_params(x, weight, bias):
         return eps
     tensor("x", x, backend)
     if x.dim() == 0:
@@ -128,8 +145,7 @@ def norm_params(x, weight, bias, eps, backend):
     return positive_finite("eps", eps)
 
 
-def layer_norm(x, weight, bias, eps, backend):
-    return norm_params(x, weight, bias, eps, backend)
+layer_norm = norm_params
 
 
 def add_layer_norm(x, residual, weight, bias, eps, backend):

@@ -16,20 +16,27 @@ import torch
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+_is_compiling = torch.compiler.is_compiling
+
+
 def eager(t) -> bool:
     """True when `t` is a plain tensor in plain eager mode: a kernel may run directly."""
-    return (type(t) in _PLAIN and not torch._C._len_torch_dispatch_stack()
-            and torch._C._functorch.peek_interpreter_stack() is None)
+    return type(t) in _PLAIN and not _dispatch_modes() and _functorch_level() is None
 
 
-def fast_op(custom_op, impl, setup_context=None, backward=None, register_autograd=True):
+def fast_op(custom_op, impl, setup_context=None, backward=None, register_autograd=True, inference=None):
     """The callable a backend exposes for `custom_op` (whose body is `impl`): the op under
     tracing, `impl` itself in eager mode, or an autograd.Function over `impl` with the op's
     own `setup_context`/`backward` when an input requires grad. With `register_autograd` the
-    same pair is registered on the custom op (for the traced path)."""
+    same pair is registered on the custom op (for the traced path). `inference`, if given,
+    replaces `impl` in eager calls that record no gradient: it may skip what only the
+    backward needs (returning None in those outputs' places)."""
     if backward is None:
         def call(*args):
-            if torch.compiler.is_compiling() or not eager(args[0]):
+            if (_is_compiling() or type(args[0]) not in _PLAIN or _dispatch_modes()
+                    or _functorch_level() is not None):
                 return custom_op(*args)
             return impl(*args)
         return call
@@ -49,14 +56,17 @@ def fast_op(custom_op, impl, setup_context=None, backward=None, register_autogra
     })
     apply = function.apply
 
-    def call(*args):
-        if torch.compiler.is_compiling() or not eager(args[0]):
+    def call(*args):  # eager(args[0]) inline: this is every eager op call's path
+        if (_is_compiling() or type(args[0]) not in _PLAIN or _dispatch_modes()
+                or _functorch_level() is not None):
             return custom_op(*args)
         if torch.is_grad_enabled():
             for a in args:
                 if type(a) in _PLAIN and a.requires_grad:
                     return apply(*args)
-        return impl(*args)
+        return no_grad_impl(*args)
+
+    no_grad_impl = inference or impl
 
     if register_autograd:
         custom_op.register_autograd(backward, setup_context=setup_context)

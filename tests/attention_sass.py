@@ -25,6 +25,8 @@ MAX_THREADS_PER_SM = 2048
 # (B, H, Tk, D) of the decode targets: the issue's B8 H16 Tk4096 D128 and GPT-2's decode;
 # then a batch whose B H fills the 132 SMs twice over (one launch, no key split, no combine).
 DECODE_SHAPES = [(8, 16, 4096, 128), (1, 12, 1024, 64), (24, 12, 500, 64)]
+# GPT-2's decode as a CUDA graph replays it: the static cache read whole with kv_lengths.
+LENGTHS_SHAPES = [(1, 12, 1024, 64)]
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9]*(?:\.[A-Z0-9_]+)*)\s*([^;]*);")
 
@@ -69,16 +71,23 @@ def decode_records() -> list[dict]:
 
     import kernels
     from kernels.triton import attention as attn
+    from kernels.triton.compile_check import record_launches
 
     records = []
-    for B, H, Tk, D in DECODE_SHAPES:
+    for B, H, Tk, D, with_lengths in [(*s, False) for s in DECODE_SHAPES] + [(*s, True) for s in LENGTHS_SHAPES]:
         stub_driver.loaded_cubins.clear()
         q = torch.randn(B, H, 1, D, dtype=torch.bfloat16)
         k = torch.randn(B, H, Tk, D, dtype=torch.bfloat16)
-        kernels.attention(q, k, k, causal=True, backend="triton")
+        lengths = torch.full((B,), Tk, dtype=torch.long) if with_lengths else None
+        # The kernels launched (a cubin already loaded for an earlier shape is not loaded again),
+        # then the launch itself, for the cubins.
+        with record_launches([attn._attn_decode_kernel, attn._attn_combine_kernel]) as calls, torch.no_grad():
+            kernels.attention(q, k, k, causal=True, kv_lengths=lengths, backend="triton")
+        launches = sorted(kernel.__name__ for kernel, *_ in calls)
+        with torch.no_grad():
+            kernels.attention(q, k, k, causal=True, kv_lengths=lengths, backend="triton")
         tq_rows, block_n, warps = attn.decode_tiling(1, torch.bfloat16, D)
         n_splits, _ = attn.decode_gemv_splits(Tk, B * H, block_n, "cpu")
-        launches = sorted(stub_driver.loaded_cubins)  # before the combine kernel may be cached
         cubin = stub_driver.loaded_cubins["_attn_decode_kernel"]
         usage = _cuobjdump(["--dump-resource-usage"], cubin)
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
@@ -94,7 +103,7 @@ def decode_records() -> list[dict]:
         grid = n_splits * B * H
         resident = min(blocks_per_sm(regs, threads, shared), grid / SMS)
         records.append({
-            "shape": f"B{B} H{H} Tq1 Tk{Tk} D{D} bf16", "launches": launches,
+            "shape": f"B{B} H{H} Tq1 Tk{Tk} D{D} bf16" + (" kv_lengths" if with_lengths else ""), "launches": launches,
             "grid": grid, "splits": n_splits, "block_n": block_n, "threads": threads, "registers": regs,
             "local_bytes": local, "local_instructions": sum(op.startswith(("LDL", "STL")) for _, op, _ in instrs),
             "loop_loads": loads, "loads_before_math": last_load is not None and first_math is not None
@@ -106,8 +115,10 @@ def decode_records() -> list[dict]:
 
 
 def prefill_records() -> list[dict]:
-    """Every 16-bit forward and backward tiling the autotuner may pick at D = 64 and 128,
-    pinned and launched for sm_90: whether its SASS has Hopper's warpgroup MMA (HGMMA)."""
+    """Every 16-bit forward and backward tiling the autotuner may pick on sm_90 (the Hopper
+    space: contiguous tensors, every stride a multiple of 16) at D = 64, 128 and 256, pinned
+    and launched for sm_90: its HGMMA and HMMA counts, registers and local memory; then one
+    unpinned launch per D, which must go through the Hopper space's autotuner."""
     os.environ.pop("TRITON_INTERPRET", None)
     from benchmarks import stub_driver
     stub_driver.install()
@@ -117,22 +128,33 @@ def prefill_records() -> list[dict]:
 
     os.environ["GPTK_AUTOTUNE"] = "0"  # the kernel not pinned in a backward launch: its first config
     records = []
-    for D in (64, 128):
+    for D in (64, 128, 256):
         q, k, v, do = (torch.randn(1, 2, 300, D, dtype=torch.bfloat16) for _ in range(4))
         lse = torch.zeros(1, 2, 300)
         for kind in ("fwd", "dkdv", "dq"):
-            for config in attn.configs_for(kind, torch.bfloat16, D):
+            for config in attn.configs_for(kind, torch.bfloat16, D, hopper=True):
                 stub_driver.loaded_cubins.clear()
                 if kind == "fwd":
                     attn.attention_forward(q, k, v, True, D ** -0.5, split=False, configs={kind: config})
                 else:
                     attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5, configs={kind: config})
                 name = attn._KERNELS[kind].__name__
-                sass = _cuobjdump(["-sass"], stub_driver.loaded_cubins[name])
-                ops = [op for _, op, _ in instructions(sass, name)]
+                cubin = stub_driver.loaded_cubins[name]
+                usage = _cuobjdump(["--dump-resource-usage"], cubin)
+                ops = [op for _, op, _ in instructions(_cuobjdump(["-sass"], cubin), name)]
                 records.append({"kind": kind, "D": D, "config": config, "kernel": name,
                                 "hgmma": sum(op.startswith("HGMMA") for op in ops),
-                                "hmma": sum(op.startswith("HMMA") for op in ops)})
+                                "hmma": sum(op.startswith("HMMA") for op in ops),
+                                "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+                                "local_bytes": sum(int(m) for m in re.findall(r"(?:LOCAL|STACK):(\d+)", usage)),
+                                "local_instructions": sum(op.startswith(("LDL", "STL")) for op in ops)})
+        attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5)
+        for kind in ("dkdv", "dq"):
+            best = attn._TUNED[kind, True].best_config  # None unless this autotuner ran
+            records.append({"kind": kind, "D": D, "unpinned": True,
+                            "config": best and [best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], best.num_warps,
+                                                best.num_stages],
+                            "expected": list(attn.configs_for(kind, torch.bfloat16, D, hopper=True)[0])})
     return records
 
 

@@ -530,6 +530,17 @@ def attention(q_in, k_in, v_in, causal, scale=None, sm_count=132):
     return out, lse
 
 
+def attention_with_lengths(q, k, v, kv_lengths, causal, scale=None, sm_count=132):
+    """attention() over the first kv_lengths[b] keys of sequence b, passed to the same
+    launches as int64 (as entry.cpp does)."""
+    lengths = kv_lengths.to(torch.int64).contiguous()
+    lib().emu_set_kv_lengths(_p(lengths))
+    try:
+        return attention(q, k, v, causal, scale, sm_count)
+    finally:
+        lib().emu_set_kv_lengths(_p(None))
+
+
 def attention_backward(dout_in, q_in, k_in, v_in, out, lse, causal, scale=None):
     b, h, tq, d = q_in.shape
     tk = k_in.shape[2]

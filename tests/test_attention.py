@@ -148,6 +148,70 @@ def test_scale_and_large_logits(backend):
                                   what=f"scale={scale}")
 
 
+# -- kv_lengths: a static KV cache read whole (CUDA-graph decode) ----------------------------
+
+def _lengths_case(B, H, Tq, Tk, D, dtype):
+    """q, k, v and per-sequence lengths: Tq (the fewest a causal call allows), Tk (all),
+    Tq + 5 (every key split but the first past it) and one in between; int32."""
+    q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
+    lengths = torch.tensor([Tq, Tk, Tq + 5, (Tq + Tk) // 2][:B], dtype=torch.int32, device=DEVICE)
+    return q, k, v, lengths
+
+
+def _check_lengths(out, q, k, v, lengths, causal, what=""):
+    ref64 = reference.attention_explicit(q.double(), k.double(), v.double(), causal, kv_lengths=lengths)
+    same = reference.attention_explicit(q, k, v, causal, kv_lengths=lengths)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert_within_torch_error(out, same, ref64, 2, what=what)
+
+
+# Tq 1 and 3: the triton GEMV decode kernel (its keys split, later splits past the short
+# lengths), 16: flash-decoding on the MMA tile, 40: the regular forward (a prefill against a
+# static cache); the cuda backend's C++ CPU code here, its kernels in test_cuda_emulated.py.
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("Tq", [1, 3, 16, 40])
+def test_kv_lengths_parity(backend, Tq, causal, dtype):
+    if dtype == torch.bfloat16 and _interpreted(backend):
+        pytest.skip(BF16_REASON)
+    q, k, v, lengths = _lengths_case(4, 1, Tq, 200, 32, dtype)
+    with torch.no_grad():
+        out = kernels.attention(q, k, v, causal=causal, kv_lengths=lengths, backend=backend)
+    _check_lengths(out, q, k, v, lengths, causal, what=f"{dtype} Tq={Tq}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_lengths_equal_slicing_each_sequence(backend):
+    """int64 lengths as gpt.KVCache makes them (and an expanded view of one length, which
+    the triton launcher copies to index densely): sequence b sees exactly its first
+    lengths[b] keys, the same as a call on the sliced cache."""
+    q, k, v, lengths = _lengths_case(4, 2, 1, 70, 16, torch.float32)
+    with torch.no_grad():
+        out = kernels.attention(q, k, v, kv_lengths=lengths.long(), backend=backend)
+        for b, n in enumerate(lengths.tolist()):
+            alone = kernels.attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], backend=backend)
+            assert_close(out[b:b + 1], alone, torch.float32)
+        same = torch.full((1,), 33, dtype=torch.long, device=DEVICE).expand(4)
+        out = kernels.attention(q, k, v, kv_lengths=same, backend=backend)
+        assert_close(out, kernels.attention(q, k[:, :, :33], v[:, :, :33], backend=backend), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_lengths_op_is_forward_only(backend):
+    """kernels.attention refuses kv_lengths with a gradient (test_decode_graph.py); the bare op
+    raises at backward rather than give the gradient of the unmasked attention."""
+    if backend == "triton":
+        from kernels.triton.attention import attention_op as op
+    else:
+        op = torch.ops.gptk.attention_cuda
+    q = randn(2, 1, 3, 16).requires_grad_()
+    lengths = torch.tensor([3, 3], device=DEVICE)
+    out, _ = op(q, q.detach(), q.detach(), True, 0.25, lengths)
+    with pytest.raises(RuntimeError, match="kv_lengths is forward only"):
+        out.sum().backward()
+
+
 # -- triton internals: the split path, pinned tilings -------------------------------------
 
 def _triton_module():
@@ -198,6 +262,32 @@ def test_decode_paths_match_the_regular_kernel(Tq, causal, dtype):
         assert_close(lse, lse_full, torch.float32)
 
 
+@pytest.mark.parametrize("Tq", [1, 3, 16])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_kv_lengths_on_every_decode_path(Tq, causal):
+    """Each path a decode with kv_lengths can take, the key splits cut from the static Tk:
+    the GEMV kernel unsplit and with 2 and 4 splits (the later ones wholly past the short
+    lengths: empty partials the combine must weigh 0), flash-decoding, the regular forward.
+    Output and lse agree across them and with the reference."""
+    attn = _triton_module()
+    B, H, Tk, D = 4, 1, 150, 40
+    q, k, v, lengths = _lengths_case(B, H, Tq, Tk, D, torch.float32)
+    scale = D ** -0.5
+    with torch.no_grad():
+        o_full, lse_full = attn.attention_forward(q, k, v, causal, scale, split=False, kv_lengths=lengths)
+        runs = {"split": attn.attention_forward(q, k, v, causal, scale, split=True, kv_lengths=lengths),
+                "chosen": attn.attention_forward(q, k, v, causal, scale, kv_lengths=lengths)}
+        if Tq <= attn.DECODE_GEMV_TQ:
+            for splits in (1, 2, 4):
+                o, lse = attn.empty_bthd(q.shape, q.dtype, q.device), torch.empty(B, H, Tq, device=q.device)
+                runs[f"gemv/{splits}"] = attn._decode(q, k, v, o, lse, causal, scale * math.log2(math.e),
+                                                      splits=splits, kv_lengths=lengths)
+    _check_lengths(o_full, q, k, v, lengths, causal, what="regular forward")
+    for name, (out, lse) in runs.items():
+        _check_lengths(out, q, k, v, lengths, causal, what=name)
+        assert_close(lse, lse_full, torch.float32, msg=name)
+
+
 def test_training_shapes_do_not_split():
     attn = _triton_module()
     assert attn.decode_splits(77, 77, 6, DEVICE) == 0
@@ -208,7 +298,9 @@ def test_training_shapes_do_not_split():
 # tile bounds with BLOCK_M < BLOCK_N, ==, and > (the default interpreter tiling is fixed).
 PINNED = [{"fwd": (16, 64, 4, 1), "dkdv": (64, 16, 4, 1), "dq": (16, 64, 4, 1)},
           {"fwd": (32, 32, 4, 1), "dkdv": (32, 32, 4, 1), "dq": (32, 32, 4, 1)},
-          {"fwd": (64, 16, 4, 1), "dkdv": (16, 64, 4, 1), "dq": (64, 16, 4, 1), "split": (16, 64, 4, 1)}]
+          {"fwd": (64, 16, 4, 1), "dkdv": (16, 64, 4, 1), "dq": (64, 16, 4, 1), "split": (16, 64, 4, 1)},
+          # the largest tiles of the sm_90 space (kernels.triton.attention._HOPPER_SPACE)
+          {"fwd": (128, 128, 8, 1), "dkdv": (64, 128, 8, 1), "dq": (128, 64, 8, 1)}]
 
 
 @pytest.mark.parametrize("configs", PINNED, ids=lambda c: "fwd%dx%d" % c["fwd"][:2])
@@ -226,6 +318,20 @@ def test_pinned_tilings(configs, shape):
     same = _grads(lambda q, k, v: reference.attention_explicit(q, k, v, True), q, k, v, do)
     for name, g, s, r, factor in zip(("out", "dq", "dk", "dv"), (o, *grads), same, ref, (2, 3, 3, 3)):
         assert_within_torch_error(g, s, r, factor, what=name)
+
+
+def test_sm90_tiles_only_for_aligned_launches_on_sm90(monkeypatch):
+    # The Hopper tile space was compiled (and checked spill-free) for pointers and strides that
+    # are multiples of 16; any other launch, or any other GPU, keeps the general space.
+    attn = _triton_module()
+    q = torch.empty(2, 3, 40, 64)
+    monkeypatch.setattr(attn, "_arch", lambda device: 90)
+    assert attn._hopper(q.device, (q,), q.stride()[:3])
+    assert not attn._hopper(q.device, (q[..., 1:],), q.stride()[:3])          # address 4 bytes past alignment
+    odd = torch.empty(2, 3, 40, 72)
+    assert not attn._hopper(odd.device, (odd,), odd.stride()[:3])             # D = 72: head stride 72
+    monkeypatch.setattr(attn, "_arch", lambda device: 80)
+    assert not attn._hopper(q.device, (q,), q.stride()[:3])
 
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -414,6 +520,8 @@ def test_triton_opcheck():
         o, lse = attn.attention_op(q.detach(), k.detach(), v.detach(), causal, 0.3)
         torch.library.opcheck(attn.attention_backward_op, (randn(B, H, Tq, D), q.detach(), k.detach(), v.detach(),
                                                            o, lse, causal, 0.3))
+        lengths = torch.full((B,), Tq, dtype=torch.int32, device=DEVICE)
+        torch.library.opcheck(attn.attention_op, (q.detach(), k.detach(), v.detach(), causal, 0.3, lengths))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

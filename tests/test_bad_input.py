@@ -60,6 +60,15 @@ CASES = [
      TypeError, "q must be a floating"),
     ("attn-scale", lambda b: kernels.attention(r(1, 1, 2, 16), r(1, 1, 2, 16), r(1, 1, 2, 16),
                                                scale=float("nan"), backend=b), ValueError, "scale"),
+    ("attn-lengths-dtype", lambda b: kernels.attention(r(2, 1, 1, 16), r(2, 1, 3, 16), r(2, 1, 3, 16),
+                                                       kv_lengths=r(2), backend=b), TypeError,
+     "kv_lengths must be an int32 or int64"),
+    ("attn-lengths-shape", lambda b: kernels.attention(r(2, 1, 1, 16), r(2, 1, 3, 16), r(2, 1, 3, 16),
+                                                       kv_lengths=i(3), backend=b), ValueError,
+     r"kv_lengths must have shape \(B,\) = \(2,\)"),
+    ("attn-lengths-grad", lambda b: kernels.attention(r(2, 1, 1, 16).requires_grad_(), r(2, 1, 3, 16),
+                                                      r(2, 1, 3, 16), kv_lengths=i(2), backend=b), ValueError,
+     "no_grad"),
     ("gl-inf", lambda b: kernels.gelu_linear(r(3, 8), r(5, 7), backend=b), ValueError, "in_features"),
     ("gl-bias", lambda b: kernels.gelu_linear(r(3, 8), r(5, 8), r(4), backend=b), ValueError, "bias must have"),
     ("gl-approx", lambda b: kernels.gelu_linear(r(3, 8), r(5, 8), approximate="sigmoid", backend=b), ValueError,
@@ -82,7 +91,7 @@ def test_bad_input(backend, call, exc, match):
 
 # Under torch.compile the same calls raise the same errors (not the C++ ops' RuntimeError):
 # the value checks, which used to run in eager calls only, and one shape and dtype case.
-COMPILED = ("softmax-t0", "ln-eps-neg", "addln-eps", "attn-scale", "gl-dtype")
+COMPILED = ("softmax-t0", "ln-eps-neg", "addln-eps", "attn-scale", "attn-lengths-shape", "gl-dtype")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

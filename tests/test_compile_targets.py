@@ -23,7 +23,7 @@ MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.trito
 def _run(module):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kernels.triton.compile_check", module, "--json"],
-                          capture_output=True, text=True, env=env, timeout=1800)
+                          capture_output=True, text=True, env=env, timeout=2700)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 

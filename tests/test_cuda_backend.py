@@ -361,6 +361,19 @@ def test_cpp_entry_checks_name_the_argument(call, match):
 
 
 @needs_ext
+def test_cpp_kv_lengths_checks():
+    q = torch.ones(2, 1, 1, 16, device=DEVICE)
+    ok = torch.tensor([1, 2], device=DEVICE)
+    with pytest.raises(TypeError, match="kv_lengths must be an int32 or int64 tensor"):
+        torch.ops.gptk.attention_cuda(q, q, q, True, 1.0, ok.float())
+    with pytest.raises(ValueError, match=r"kv_lengths must have shape \(B,\) = \(2,\)"):
+        torch.ops.gptk.attention_cuda(q, q, q, True, 1.0, ok[:1])
+    if DEVICE == "cuda":
+        with pytest.raises(ValueError, match="kv_lengths is on cpu"):
+            torch.ops.gptk.attention_cuda(q, q, q, True, 1.0, ok.cpu())
+
+
+@needs_ext
 def test_opcheck_every_op():
     x = randn(3, 5, 19, scale=2.0)
     w, b = randn(19), randn(19)
@@ -377,6 +390,8 @@ def test_opcheck_every_op():
     out, lse = ops.attention_cuda(q.detach(), k.detach(), v.detach(), True, 0.25)
     torch.library.opcheck(ops.attention_cuda_backward.default, (randn(2, 2, 7, 16), q.detach(), k.detach(), v.detach(),
                                                                 out, lse, True, 0.25))
+    lengths = torch.tensor([7, 4], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(ops.attention_cuda.default, (q.detach(), k.detach(), v.detach(), False, 0.25, lengths))
     xl, wl, bl = randn(4, 9).requires_grad_(), randn(6, 9).requires_grad_(), randn(6).requires_grad_()
     torch.library.opcheck(ops.gelu_linear_cuda.default, (xl, wl, bl, "tanh"))
     torch.library.opcheck(ops.gelu_linear_cuda.default, (xl, wl, None, "none"))

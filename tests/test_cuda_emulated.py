@@ -115,6 +115,26 @@ def test_attention_split_chunks_may_be_empty():
         assert torch.isfinite(lse).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("tq", [1, 3, 16, 40])
+def test_attention_kv_lengths(tq, causal, dtype):
+    """Per-sequence key counts read on the device (a static KV cache read whole: CUDA-graph
+    decode): lengths tq, all 300 keys, tq + 5 and one between. fp32 (the row kernel) and
+    fp16/bf16 decode (tq <= 16) cut the static keys into 3 splits, the later ones wholly past
+    the short lengths (empty partials the combine weighs 0); fp16/bf16 tq 40 runs the
+    tensor-core forward."""
+    b, tk, d = 4, 300, 32
+    q, k, v = (_randn(b, 1, t, d, dtype=dtype) for t in (tq, tk, tk))
+    lengths = torch.tensor([tq, tk, tq + 5, 177], dtype=torch.int32)
+    assert cuda_emu.attention_key_splits(q, k, causal, sm_count=132) == (1 if tq > 16 and dtype != F32 else 3)
+    out, lse = cuda_emu.attention_with_lengths(q, k, v, lengths, causal)
+    ref64 = reference.attention_explicit(q.double(), k.double(), v.double(), causal, kv_lengths=lengths)
+    same = reference.attention_explicit(q, k, v, causal, kv_lengths=lengths)
+    assert_within_torch_error(out, same, ref64, 2, what=f"out {dtype}")
+    assert torch.isfinite(lse).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_attention_backward_is_deterministic(dtype):
     q, k, v = (_randn(1, 2, 80, 64, dtype=dtype) for _ in range(3))

@@ -17,7 +17,9 @@ def _model(backend):
 
 
 def _static_backends():
-    return ["torch"]
+    """The backends these CPU models run on: torch, cuda (its C++ CPU code), triton under
+    TRITON_INTERPRET=1."""
+    return ["torch"] + [b for b in kernels.available_backends("cpu") if b != "torch"]
 
 
 def test_cuda_graph_needs_cuda():
@@ -30,8 +32,10 @@ def test_cuda_graph_needs_cuda():
     assert model.generate(idx, 3, temperature=0, cuda_graph=False).shape == (2, 8)
 
 
-@pytest.mark.parametrize("backend", _static_backends())
-@pytest.mark.parametrize("prompt,new", [(5, 6), (20, 12)])  # the second overflows block_size 24
+# (20, 12) overflows block_size 24. The Triton interpreter runs every program in Python:
+# triton takes the first case only (the overflow's recompute path has no kv_lengths).
+@pytest.mark.parametrize("backend,prompt,new", [(b, 5, 6) for b in _static_backends()]
+                         + [(b, 20, 12) for b in _static_backends() if b != "triton"])
 def test_static_decode_gives_the_same_tokens(monkeypatch, backend, prompt, new):
     model = _model(backend)
     idx = torch.randint(0, 97, (3, prompt), generator=torch.Generator().manual_seed(1))
@@ -39,6 +43,16 @@ def test_static_decode_gives_the_same_tokens(monkeypatch, backend, prompt, new):
     monkeypatch.setattr(gpt.GPT, "_use_cuda_graph", lambda self, cuda_graph, idx: True)
     static = model.generate(idx, new, temperature=0)
     assert torch.equal(plain, static)
+    (dec,) = [d for _, d in decode._GRAPHS[model].values()]
+    assert dec.length == min(prompt + new - 1, CFG["block_size"])  # the static steps ran
+
+
+@pytest.mark.parametrize("prompt,new", [(5, 6), (20, 12)])
+def test_decoder_is_reused_and_rewritten(monkeypatch, prompt, new):
+    model = _model("torch")
+    idx = torch.randint(0, 97, (3, prompt), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(gpt.GPT, "_use_cuda_graph", lambda self, cuda_graph, idx: True)
+    model.generate(idx, new, temperature=0)
     # The decoder (its cache) is reused by the next call and rewritten from position 0.
     again = model.generate(idx[:, :prompt - 1], new, temperature=0)
     assert torch.equal(again, model.generate(idx[:, :prompt - 1], new, temperature=0, cuda_graph=False))
@@ -96,8 +110,7 @@ def test_kv_lengths_bad_input():
 def test_graph_decode_gives_the_same_greedy_tokens_on_gpu(backend, dtype):
     if backend != "auto" and kernels.unavailable_reason(backend, "cuda") is not None:
         pytest.skip(kernels.unavailable_reason(backend, "cuda"))
-    if not kernels.supports_kv_lengths(backend):
-        pytest.skip(f"backend={backend!r} has no kv_lengths attention yet: generate runs without a graph")
+    assert kernels.supports_kv_lengths(backend)
     model = _model(backend).cuda().to(dtype)
     idx = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(2)).cuda()
     plain = model.generate(idx, 30, temperature=0, cuda_graph=False)  # 6 + 30 > 24: overflow too

@@ -113,3 +113,108 @@ def test_traced_calls_use_the_custom_op(backend):
     from torch.fx.experimental.proxy_tensor import make_fx
     graph = make_fx(lambda t: kernels.softmax(t, 0.7, backend=backend))(torch.randn(3, 40))
     assert any("gptk" in str(node.target) for node in graph.graph.nodes), graph.graph
+
+
+_REPLAY_CHECK = r"""
+import json, torch
+from benchmarks import stub_driver
+stub_driver.install()
+import kernels
+from kernels.triton import softmax as sm, layer_norm as ln
+
+def recorded(fn, inputs):
+    # The launches of one call, tensors named by role: an input by position, anything else by
+    # its first appearance (so aliasing between arguments is compared too).
+    stub_driver.launches = []
+    fn()
+    calls, stub_driver.launches = stub_driver.launches, None
+    names, out = {t.data_ptr(): f"in{i}" for i, t in enumerate(inputs)}, []
+    for grid, launcher, args in calls:
+        row = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                name = names.setdefault(a.data_ptr(), f"new{len(names)}")
+                row.append((name, str(a.dtype), a.numel()))
+            else:
+                row.append(a)
+        out.append((grid, id(launcher), row))
+    return out
+
+def same_as_ordinary_path(fn, inputs, caches):
+    inputs = [t for t in inputs if t is not None]
+    for c in caches:
+        c.clear()
+    fn()
+    fn()                                     # the ordinary path's second call forms a replay
+    before = sum(len(c) for c in caches)
+    replayed = recorded(fn, inputs)          # the replay (if the layout allows one)
+    for c in caches:
+        c.clear()
+    ordinary = recorded(fn, inputs)          # the ordinary path again
+    return {"equal": replayed == ordinary, "replays": before, "launches": len(ordinary)}
+
+g = torch.Generator().manual_seed(0)
+results = {}
+for dtype in (torch.bfloat16, torch.float32):
+    for n in (64, 1001, 20000):
+        base = torch.randn(3 * n + 8, generator=g).to(dtype)
+        x = base[:3 * n].view(3, n)
+        x_odd = base[1:3 * n + 1].view(3, n)      # starts 2 or 4 bytes past a 16-byte boundary
+        r, dy = torch.randn(3, n, generator=g).to(dtype), torch.randn(3, n, generator=g).to(dtype)
+        w, b = torch.randn(n, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
+        y = sm.softmax_forward(x, 0.7, -1)
+        tag = f"{dtype} n={n}"
+        for label, xx in (("aligned", x), ("misaligned", x_odd), ("strided", x.t().contiguous().t())):
+            results[f"softmax fwd {label} {tag}"] = same_as_ordinary_path(
+                lambda: sm.softmax_forward(xx, 0.7, -1), [xx], [sm._FWD_REPLAYS])
+        results[f"softmax bwd {tag}"] = same_as_ordinary_path(
+            lambda: sm.softmax_backward(dy, y, 0.7, -1), [dy, y], [sm._BWD_REPLAYS])
+        for stats in (True, False):
+            for ww, bb in ((w, b), (None, b), (None, None)):
+                results[f"layer_norm stats={stats} w={ww is not None} b={bb is not None} {tag}"] = \
+                    same_as_ordinary_path(lambda: ln.forward(x, None, ww, bb, 1e-5, stats), [x, ww, bb],
+                                          [ln._FWD_REPLAYS])
+        results[f"add_layer_norm {tag}"] = same_as_ordinary_path(
+            lambda: ln.forward(x, r, w, b, 1e-5), [x, r, w, b], [ln._FWD_REPLAYS])
+        _, s, mean, rstd = ln.forward(x, r, w, b, 1e-5)
+        for need in ((True, True), (True, False), (False, False)):
+            results[f"layer_norm bwd need={need} {tag}"] = same_as_ordinary_path(
+                lambda: ln.backward(dy, s, w, mean, rstd, dy, *need), [dy, s, w, mean, rstd],
+                [ln._BWD_REPLAYS])
+from kernels.triton import gelu_linear as gl
+for dtype in (torch.bfloat16, torch.float32):
+    for m, n, k in ((4, 96, 64), (7, 33, 40)):
+        x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((m, k), (n, k), (n,)))
+        for bias in (b, None):
+            for save in (True, False):
+                results[f"gelu_linear {dtype} {m}x{n}x{k} bias={bias is not None} save={save}"] = \
+                    same_as_ordinary_path(lambda: gl.gelu_linear_forward(x, w, bias, "tanh", save), [x, w, bias],
+                                          [gl._FWD_REPLAYS])
+from kernels.triton import attention as at
+for dtype in (torch.bfloat16, torch.float32):
+    for B, H, Tq, Tk, D in ((1, 2, 1, 64, 64), (2, 3, 3, 700, 40), (1, 2, 1, 4096, 128)):
+        q = torch.randn(B, Tq, H, D, generator=g).to(dtype).transpose(1, 2)   # the model's layout
+        k, v = (torch.randn(B, H, Tk, D, generator=g).to(dtype) for _ in range(2))
+        lengths = torch.full((B,), Tk - 1, dtype=torch.int32)
+        for causal in (True, False):
+            for kv in (None, lengths):
+                results[f"attention decode {dtype} B{B} H{H} Tq{Tq} Tk{Tk} D{D} causal={causal} "
+                        f"lengths={kv is not None}"] = same_as_ordinary_path(
+                    lambda: at.attention_forward(q, k, v, causal, D ** -0.5, kv_lengths=kv), [q, k, v, kv],
+                    [at._DECODE_REPLAYS])
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_replayed_launches_match_the_ordinary_path():
+    # A replay (kernels/triton/_launch.launch) must launch exactly what the ordinary path
+    # would: the same compiled kernel, grid and arguments, for every layout it is keyed on.
+    # Misaligned and strided layouts never form one (they take the ordinary path).
+    results = _run_without_interpreter(_REPLAY_CHECK)
+    wrong = [k for k, v in results.items() if not v["equal"]]
+    assert not wrong, wrong
+    assert all(v["launches"] >= 1 for v in results.values())
+    aligned = [k for k in results if "misaligned" not in k and "strided" not in k]
+    assert all(results[k]["replays"] >= 1 for k in aligned), [k for k in aligned if not results[k]["replays"]]
+    assert not any(results[k]["replays"] for k in results if "misaligned" in k or "strided" in k)

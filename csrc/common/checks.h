@@ -100,6 +100,19 @@ inline void check_attention(const at::Tensor& q, const at::Tensor& k, const at::
   }
 }
 
+// attention's kv_lengths: an int32/int64 (B,) tensor on q's device. Its values are not read
+// here (on a GPU that would synchronise): the kernels clamp each to Tk. Returns what the
+// kernels read, int64 and contiguous (the argument itself when it already is).
+inline at::Tensor kv_lengths_for_kernels(const at::Tensor& lengths, const at::Tensor& q, const char* op) {
+  TORCH_CHECK_TYPE(lengths.scalar_type() == at::kInt || lengths.scalar_type() == at::kLong, op,
+                   ": kv_lengths must be an int32 or int64 tensor, got ", lengths.scalar_type());
+  TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == q.size(0), op, ": kv_lengths must have shape (B,) = (",
+                    q.size(0), ",), got ", lengths.sizes());
+  TORCH_CHECK_VALUE(lengths.device() == q.device(), op, ": kv_lengths is on ", lengths.device(), " but q is on ",
+                    q.device(), "; move them to one device");
+  return lengths.to(at::kLong).contiguous();
+}
+
 inline bool gelu_tanh_form(c10::string_view approximate, const char* op) {
   TORCH_CHECK(approximate == "tanh" || approximate == "none", op,
               ": approximate must be 'tanh' or 'none', got '", std::string(approximate), "'");

@@ -4,7 +4,8 @@
 // the backward recomputes p = exp2(s - lse) instead of storing the (Tq, Tk) matrix.
 //
 // Causal masks are end-aligned: query i sits at absolute position Tk - Tq + i and sees
-// keys 0..Tk-Tq+i (KV-cache decode is Tq = 1). q, k, v take any batch/head/token strides
+// keys 0..Tk-Tq+i (KV-cache decode is Tq = 1). With kv_lengths (forward only) sequence b has
+// kv_lengths[b] keys instead of Tk (a static KV cache read whole). q, k, v take any batch/head/token strides
 // with a unit-stride head dim; out, lse and the gradients are freshly allocated, contiguous.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -40,10 +41,11 @@ float dot(const float* a, const T* b, int64_t d) {
   return s;
 }
 
+// lengths: keys per sequence (B,), each clamped to tk as the GPU kernels do, or nullptr (tk).
 template <typename T>
 void attention_forward(const T* q, Strides qs, const T* k, Strides ks, const T* v, Strides vs, T* out, float* lse,
                        int64_t batch, int64_t heads, int64_t tq, int64_t tk, int64_t d, bool causal,
-                       float scale_log2) {
+                       float scale_log2, const int64_t* lengths) {
   const int64_t rows = batch * heads * tq;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(tk * d / 64, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -53,7 +55,7 @@ void attention_forward(const T* q, Strides qs, const T* k, Strides ks, const T* 
       const T* qi = q + b * qs.b + h * qs.h + i * qs.t;
       const T* kb = k + b * ks.b + h * ks.h;
       const T* vb = v + b * vs.b + h * vs.h;
-      const int64_t n_keys = visible_keys(i, tq, tk, causal);
+      const int64_t n_keys = visible_keys(i, tq, lengths ? std::min(lengths[b], tk) : tk, causal);
       MaxSum state = softmax_empty();
       for (int64_t x = 0; x < d; ++x) {
         q_f[x] = static_cast<float>(qi[x]);
@@ -148,10 +150,13 @@ void attention_backward(const T* dout, Strides dos, const T* q, Strides qs, cons
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 bool causal, double scale) {
+                                                 bool causal, double scale,
+                                                 const c10::optional<at::Tensor>& kv_lengths) {
   constexpr const char* op = "gptk::attention_cuda";
   check_attention(q, k, v, causal, op);
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  const bool has_lengths = kv_lengths.has_value() && kv_lengths->defined();
+  const at::Tensor lengths = has_lengths ? kv_lengths_for_kernels(*kv_lengths, q, op) : at::Tensor();
   const int64_t batch = q.size(0), heads = q.size(1), tq = q.size(2), tk = k.size(2), d = q.size(3);
   at::Tensor out = at::empty({batch, heads, tq, d}, q.options());
   at::Tensor lse = at::empty({batch, heads, tq}, q.options().dtype(at::kFloat));
@@ -161,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
     attention_forward<scalar_t>(q.const_data_ptr<scalar_t>(), strides_of(q), k.const_data_ptr<scalar_t>(),
                                 strides_of(k), v.const_data_ptr<scalar_t>(), strides_of(v),
                                 out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), batch, heads, tq,
-                                tk, d, causal, scale_log2);
+                                tk, d, causal, scale_log2,
+                                has_lengths ? lengths.const_data_ptr<int64_t>() : nullptr);
   });
   return {out, lse};
 }

@@ -34,6 +34,10 @@
 //    a warp per key for dK and dV.
 // Every kernel takes q/k/v with any batch/head/token strides and 16-byte aligned rows
 // (entry.cpp copies otherwise); out, lse and the gradients are contiguous.
+// The forward kernels take optional per-sequence key counts (kv_lengths: a static KV cache
+// read whole by a captured decode step): sequence b then has keys_of(b) <= Tk keys, read on
+// the device; the grid and key split stay those of Tk, and a chunk wholly past keys_of(b)
+// writes the empty partial (max -inf, sum 0) that the combine weighs 0.
 #include <algorithm>
 #include <type_traits>
 
@@ -65,6 +69,14 @@ __device__ __forceinline__ const T* at(const void* base, const int64_t (&s)[3], 
 // Keys query i may attend: [0, visible).
 __device__ __forceinline__ int64_t visible_keys(int64_t i, int64_t tq, int64_t tk, bool causal) {
   return causal ? (tk - tq + i + 1 < tk ? tk - tq + i + 1 : tk) : tk;
+}
+
+// Keys sequence b has: its kv_lengths entry (at most tk, so a bad length reads nothing past
+// the cache), or tk. Queries align to the end of these keys.
+__device__ __forceinline__ int64_t keys_of(const AttentionArgs& a, int64_t b) {
+  if (a.kv_lengths == nullptr) return a.tk;
+  const int64_t n = a.kv_lengths[b];
+  return n < a.tk ? n : a.tk;
 }
 
 // A score in the log2 domain. The backward recomputes p = exp2(score - lse) and must get
@@ -109,7 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_rows(AttentionArgs a)
   const T* q = at<T>(a.q, a.q_strides, r.b, r.h, r.i);
   for (int x = lane; x < d; x += 32) q_s[warp][x] = to_float(q[x]);
   __syncwarp();
-  const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
+  const int64_t n_keys = visible_keys(r.i, a.tq, keys_of(a, r.b), a.causal);
   // This warp's keys: a chunk of whole 32-key steps.
   const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + 31) / 32 * 32;
   const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
@@ -185,7 +197,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
     }
   }
   const Row r = split_row(row, a.heads, a.tq);
-  const bool any_key = visible_keys(r.i, a.tq, a.tk, a.causal) > 0;
+  const bool any_key = visible_keys(r.i, a.tq, keys_of(a, r.b), a.causal) > 0;
   const float inv = any_key ? 1.0f / sum : 0.0f;
   T* out = static_cast<T*>(a.out) + row * d;
 #pragma unroll
@@ -209,7 +221,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_combine(AttentionArgs
 // ---------------------------------------------------------------------------------------
 constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
 
-template <typename T, int D>
+// LENGTHS: whether a.kv_lengths is set. A build per case keeps the plain decode's registers
+// as they were: a key count loaded from memory cannot be recomputed from the kernel's
+// parameters, and held across the key loop it tipped D = 192/256 fp16 into a spill on sm_80
+// (see any_key below).
+template <typename T, int D, bool LENGTHS>
 __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) {
   constexpr int VEC = kVec16<T>;                         // elements per 16-byte pack
   constexpr int LPK = pow2_at_least(D / VEC);            // lanes per key row (<= 32 for 16-bit)
@@ -229,7 +245,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) 
 #pragma unroll
   for (int e = 0; e < VEC; ++e) q[e] = 0.0f;
   if (cols) load_pack<T, VEC>(at<T>(a.q, a.q_strides, r.b, r.h, r.i) + x, q);
-  const int64_t n_keys = visible_keys(r.i, a.tq, a.tk, a.causal);
+  const int64_t n_keys = visible_keys(r.i, a.tq, LENGTHS ? keys_of(a, r.b) : a.tk, a.causal);
   const int64_t chunk = ((n_keys + a.splits - 1) / a.splits + STEP - 1) / STEP * STEP;
   const int64_t j_begin = split * chunk, j_end = j_begin + chunk < n_keys ? j_begin + chunk : n_keys;
 
@@ -315,11 +331,14 @@ __global__ void __launch_bounds__(kWarps * 32) attn_fwd_decode(AttentionArgs a) 
     }
     return;
   }
-  const float inv = n_keys > 0 ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
+  // Whether the row has a key: with one chunk j_begin = 0 and j_end = n_keys. With lengths,
+  // j_end (held anyway) rather than n_keys, which would be one more value held across the loop.
+  const bool any_key = LENGTHS ? j_end > 0 : n_keys > 0;
+  const float inv = any_key ? 1.0f / sum : 0.0f;  // no visible key (Tk = 0): zeros, as torch gives
 #pragma unroll
   for (int e = 0; e < VEC; ++e) acc[e] *= inv;
   if (cols) store_pack<T, VEC>(static_cast<T*>(a.out) + row * d + x, acc);
-  if (lane == 0) a.lse[row] = n_keys > 0 ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
+  if (lane == 0) a.lse[row] = any_key ? softmax_lse(MaxSum{top, sum}, 1.0f) : kNegInf;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -468,7 +487,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   const int64_t b = bh / a.heads, h = bh % a.heads;
   const int64_t m_block = static_cast<int64_t>(blockIdx.y) * kBlockM;
   const int64_t r_lo = m_block + warp * 16 + g, r_hi = r_lo + 8;
-  const int64_t offset = a.tk - a.tq;  // causal: query i sees keys <= i + offset
+  const int64_t tk = keys_of(a, b);
+  const int64_t offset = tk - a.tq;  // causal: query i sees keys <= i + offset
   const int d = a.head_dim;
 
   const ARows<T, D, (D < 256)> qa(a.q, a.q_strides, b, h, r_lo, a.tq, d);  // D = 256: O alone takes 128 registers
@@ -479,20 +499,20 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
   float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;  // l: this thread's partial row sums
 
   const int64_t last_query = (m_block + kBlockM < a.tq ? m_block + kBlockM : a.tq) - 1;
-  const int64_t n_end = a.causal ? (last_query + offset + 1 < a.tk ? last_query + offset + 1 : a.tk) : a.tk;
+  const int64_t n_end = a.causal ? (last_query + offset + 1 < tk ? last_query + offset + 1 : tk) : tk;
   const int64_t tiles = (n_end + BN - 1) / BN;
 
   if (tiles > 0) {
-    stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, 0, a.tk, d, k_s[0]);
-    stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, 0, a.tk, d, v_s[0]);
+    stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, 0, tk, d, k_s[0]);
+    stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, 0, tk, d, v_s[0]);
   }
   cp_async_commit();
   for (int64_t it = 0; it < tiles; ++it) {
     const int buf = static_cast<int>(it & 1);
     const int64_t n0 = it * BN;
     if (it + 1 < tiles) {  // into the buffer the previous iteration finished with
-      stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, n0 + BN, a.tk, d, k_s[buf ^ 1]);
-      stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, n0 + BN, a.tk, d, v_s[buf ^ 1]);
+      stage_rows_async<T, D, BN>(a.k, a.k_strides, b, h, n0 + BN, tk, d, k_s[buf ^ 1]);
+      stage_rows_async<T, D, BN>(a.v, a.v_strides, b, h, n0 + BN, tk, d, v_s[buf ^ 1]);
     }
     cp_async_commit();
     cp_async_wait<1>();  // this thread's copies of tile `it` have landed...
@@ -524,7 +544,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
       for (int c = 0; c < 4; ++c) {
         const int64_t col = n0 + nt * 8 + tig * 2 + (c & 1);
         const int64_t qrow = c < 2 ? r_lo : r_hi;
-        const bool masked = col >= a.tk || (a.causal && col > qrow + offset);
+        const bool masked = col >= tk || (a.causal && col > qrow + offset);
         s[nt][c] = masked ? kNegInf : scaled_score(s[nt][c], a.scale_log2);
       }
       tile_max_lo = softmax_max(tile_max_lo, softmax_max(s[nt][0], s[nt][1]));
@@ -994,7 +1014,12 @@ void forward_typed(const AttentionArgs& a, cudaStream_t st, bool tensor_cores) {
     const int64_t rows = a.batch * a.heads * a.tq;
     if constexpr (!std::is_same_v<T, float>) {  // fp16/bf16 decode (fp32 keeps the row kernel's
       // score order, which its backward recomputes bit for bit)
-      attn_fwd_decode<T, D><<<static_cast<unsigned int>(rows * a.splits), kWarps * 32, 0, st>>>(a);
+      const auto blocks = static_cast<unsigned int>(rows * a.splits);
+      if (a.kv_lengths != nullptr) {
+        attn_fwd_decode<T, D, true><<<blocks, kWarps * 32, 0, st>>>(a);
+      } else {
+        attn_fwd_decode<T, D, false><<<blocks, kWarps * 32, 0, st>>>(a);
+      }
     } else {
       attn_fwd_rows<T, D><<<warp_blocks(rows * a.splits), kWarps * 32, 0, st>>>(a);
     }

@@ -211,10 +211,13 @@ cuda::AttentionArgs attention_args(const at::Tensor& q, const at::Tensor& k, con
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
-                                                  const at::Tensor& v_in, bool causal, double scale) {
+                                                  const at::Tensor& v_in, bool causal, double scale,
+                                                  const c10::optional<at::Tensor>& kv_lengths) {
   constexpr const char* op = "gptk::attention_cuda";
   check_attention(q_in, k_in, v_in, causal, op);
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  const bool has_lengths = kv_lengths.has_value() && kv_lengths->defined();
+  const at::Tensor lengths = has_lengths ? kv_lengths_for_kernels(*kv_lengths, q_in, op) : at::Tensor();
   const c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t batch = q_in.size(0), heads = q_in.size(1), tq = q_in.size(2), d = q_in.size(3);
   at::Tensor out = at::empty({batch, heads, tq, d}, q_in.options());
@@ -222,6 +225,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   if (out.numel() == 0) return {out, lse};
   const at::Tensor q = aligned(q_in), k = aligned(k_in), v = aligned(v_in);
   cuda::AttentionArgs args = attention_args(q, k, v, out, lse, causal, scale);
+  if (has_lengths) args.kv_lengths = lengths.const_data_ptr<int64_t>();
   const int splits =
       cuda::attention_key_splits(dtype_of(q), args, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   at::Tensor partial;

@@ -75,6 +75,9 @@ struct AttentionArgs {
   // attention_key_splits asks for more.
   int splits;
   float* partial;
+  // Keys per sequence (B,), read on the device and clamped to tk (a captured CUDA graph
+  // replays with new lengths: nothing launched depends on them), or nullptr: tk each.
+  const int64_t* kv_lengths;
 };
 // How many key chunks attention_forward should split each query row into: > 1 only for the
 // CUDA-core path (fp32, or decode with Tq <= 16) when its rows alone cannot fill the GPU.

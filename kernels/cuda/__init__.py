@@ -63,6 +63,8 @@ def unavailable_reason(device) -> str | None:
 
 
 def _require() -> None:
+    if _STATE["loaded"]:  # every call after the first
+        return
     error = _loaded_or_error()
     if error:
         raise RuntimeError(f"the C++/CUDA extension failed to build: {error}")
@@ -104,10 +106,10 @@ def _last_dim_contiguous(t):
 
 def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     _require()
-    if kv_lengths is not None:
-        raise ValueError("kv_lengths is not supported by backend='cuda' yet; use backend='torch'")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if kv_lengths is not None:
+        return _CALLS["attention"](q, k, v, bool(causal), float(scale), kv_lengths)[0]
     return _CALLS["attention"](q, k, v, bool(causal), float(scale))[0]
 
 
@@ -126,8 +128,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     _require()
     from .._backend import philox_seed  # the generator is no op argument: draw the seed here
     seed = philox_seed(generator, logits.device)
-    return torch.ops.gptk.sample_cuda(logits, seed, float(temperature), int(top_k or 0),
-                                      float(1.0 if top_p is None else top_p))
+    return _CALLS["sample"](logits, seed, float(temperature), int(top_k or 0), float(1.0 if top_p is None else top_p))
 
 
 # -----------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def _fake_add_layer_norm_backward(dy, dsum, total, weight, mean, rstd):
     return _fake_norm_backward(total, weight)
 
 
-def _fake_attention(q, k, v, causal, scale):
+def _fake_attention(q, k, v, causal, scale, kv_lengths=None):
     b, h, tq, d = q.shape
     return q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32)
 
@@ -242,15 +243,18 @@ def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, ctx.causal, ctx.scale = inputs
+    q, k, v, ctx.causal, ctx.scale = inputs[:5]
+    ctx.kv_lengths = len(inputs) > 5 and inputs[5] is not None
     ctx.save_for_backward(q, k, v, output[0], output[1])
 
 
 def _attention_grad(ctx, dout, _dlse):
+    if ctx.kv_lengths:  # kernels.attention refuses such a call up front; this guards the bare op
+        raise RuntimeError("gptk::attention_cuda with kv_lengths is forward only: no gradient flows through it")
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = _CALLS["attention_backward"](_last_dim_contiguous(dout), q, k, v, out, lse,
                                                         ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 def _gelu_linear_setup(ctx, inputs, output):
@@ -330,4 +334,6 @@ def _register() -> None:
         _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
         _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
     torch.library.register_fake("gptk::sample_cuda")(_fake_sample)  # not differentiable: no autograd
+    sample_op = torch.ops.gptk.sample_cuda.default
+    _CALLS["sample"] = fast_op(sample_op, _direct(sample_op))
 

@@ -9,6 +9,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
 # -----------------------------------------------------------------------------------------
 # Launching: `jit` is triton.jit whose repeat launches skip Triton's generic binder.
@@ -45,6 +46,13 @@ _ARG_KEYS = {
 def _hook_active(hook) -> bool:
     # Triton 3.6+ keeps launch hooks in a HookChain (never None): active when it has calls.
     return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _instrumented() -> bool:
+    """Whether Triton would compile a different kernel than our caches hold: an instrumentation
+    mode (proton) or a stage-inspection hook, both part of Triton's own cache key."""
+    return bool(getattr(knobs.compilation, "instrumentation_mode", "")
+                or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None)
 
 
 def _arg_key(a):
@@ -102,7 +110,7 @@ def _make_fast_jit():
         def _fast_launch(self, grid, *args, **kwargs):
             runtime = knobs.runtime
             try:
-                if self.pre_run_hooks or _hook_active(runtime.launch_enter_hook):
+                if self.pre_run_hooks or _hook_active(runtime.launch_enter_hook) or _instrumented():
                     raise KeyError("hooks")
                 full, key = self._fast_key(*args, **kwargs)
                 device = driver.active.get_current_device()
@@ -126,6 +134,113 @@ def _make_fast_jit():
             return kernel
 
     return FastJITFunction
+
+
+def launch(kernel, grid, args, kwargs, slots=None):
+    """kernel[grid](*args, **kwargs). With `slots` ({name: value}), also returns a replay: a
+    function of those values, by position in `slots`' order, that launches the same compiled
+    kernel with them in place of the arguments that are those objects (tensors and floats,
+    matched by identity) and every other argument as it was here; or None when this launch
+    cannot be replayed (the interpreter, a pending compile, a grid function, a tensor or
+    float argument that is not a slot, an argument of any other type than those and
+    int/bool/str/None).
+
+    The caller keys the replay on everything the int/bool/str arguments were derived from
+    (shapes, strides, dim, dtypes, 16-byte alignment of each pointer, device, flags): then
+    Triton would pick the same compiled kernel and every fixed argument repeats (fresh
+    outputs are allocated, hence aligned, alike), so a replay costs one
+    launcher call, about a microsecond, instead of the binder's key over every argument.
+    It checks what the caller cannot see (current device, debug knob, launch hooks,
+    instrumentation) and otherwise takes the ordinary path."""
+    kernel[grid](*args, **kwargs)
+    if slots is None:
+        return None
+    return replay(kernel, grid, args, kwargs, slots)
+
+
+class Replays:
+    """One launcher's replays by key. A key's replay is formed on its second ordinary call, so
+    shapes seen once (a decode step whose cache length grows, a one-off batch) never pay for
+    generating one, and at most LIMIT are kept (past that the table starts over)."""
+    LIMIT = 256
+
+    def __init__(self):
+        self._replays, self._seen = {}, set()
+
+    def get(self, key):
+        return self._replays.get(key)
+
+    def wanted(self, key) -> bool:
+        """Whether this ordinary call should form a replay (its key was seen before)."""
+        if key in self._seen:
+            return True
+        if len(self._seen) >= 4 * self.LIMIT:
+            self._seen.clear()
+        self._seen.add(key)
+        return False
+
+    def put(self, key, replay) -> None:
+        if replay is not None:
+            if len(self._replays) >= self.LIMIT:
+                self._replays.clear()
+            self._replays[key] = replay
+
+    def clear(self) -> None:
+        self._replays.clear()
+        self._seen.clear()
+
+    def __len__(self) -> int:
+        return len(self._replays)
+
+
+def replay_key(*tensors):
+    """What a replay (see launch) depends on beyond shapes and flags: per tensor (None
+    allowed) its dtype, contiguity and 16-byte alignment."""
+    return tuple([None if t is None else (t.dtype, t.is_contiguous(), t.data_ptr() & 15) for t in tensors])
+
+
+def replay(kernel, grid, args, kwargs, slots):
+    """The replay of a launch that already ran (see launch), or None."""
+    if not hasattr(kernel, "_fast_key") or not isinstance(grid, tuple) or not 1 <= len(grid) <= 3:
+        return None
+    from triton import knobs
+    from triton.runtime.driver import driver
+    full, key = kernel._fast_key(*args, **kwargs)
+    device = driver.active.get_current_device()
+    hit = kernel._fast_cache.get((device, knobs.runtime.debug, key))
+    if hit is None:
+        return None
+    _, launcher, function, packed = hit
+    names = list(slots)
+    by_id = {}
+    for name, value in slots.items():
+        if isinstance(value, (torch.Tensor, float)):
+            by_id.setdefault(id(value), name)
+    if any(id(v) in by_id for v in kwargs.values()):
+        return None  # a slot passed by keyword would stay fixed in the fallback call
+    ns = {"KERNEL": kernel, "GRID": grid, "KW": kwargs, "LAUNCHER": launcher, "FUNCTION": function,
+          "PACKED": packed, "RT": knobs.runtime, "DEBUG": knobs.runtime.debug, "DEVICE": device,
+          "CURRENT": driver.active.get_current_device, "STREAM": driver.active.get_current_stream,
+          "HOOK_ON": _hook_active, "INSTRUMENTED": _instrumented}
+    values = []
+    for i, a in enumerate(full):
+        if isinstance(a, (torch.Tensor, float)) and id(a) in by_id:
+            values.append(by_id[id(a)])
+        elif type(a) in (int, bool, str) or a is None:  # floats are per-call values: slots only
+            ns[f"C{i}"] = a
+            values.append(f"C{i}")
+        else:
+            return None  # a tensor the caller did not name (a temporary): not replayable
+    n_call = len(args)  # the ordinary path takes the positional arguments and kwargs as given
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    source = (f"def replay({', '.join(names)}):\n"
+              f"    if (RT.debug != DEBUG or CURRENT() != DEVICE or HOOK_ON(RT.launch_enter_hook)\n"
+              f"            or HOOK_ON(RT.launch_exit_hook) or INSTRUMENTED()):\n"
+              f"        return KERNEL[GRID]({', '.join(values[:n_call])}, **KW)\n"
+              f"    LAUNCHER({g[0]}, {g[1]}, {g[2]}, STREAM(DEVICE), FUNCTION, PACKED, None, None, None, "
+              f"{', '.join(values)})\n")
+    exec(source, ns)
+    return ns["replay"]
 
 
 def jit(fn=None, **kwargs):

@@ -3,6 +3,10 @@
 o = softmax(q k^T * scale + mask) v per (batch, head); q (B, H, Tq, D), k/v (B, H, Tk, D).
 Queries are aligned to the END of the keys: query i sits at absolute position
 shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
+With kv_lengths (inference on a static KV cache) sequence b has kv_lengths[b] keys
+instead of Tk, read on the device by the GEMV decode kernel (Tq <= 4): the same launches
+serve every step of a CUDA graph. More query rows with kv_lengths (a prompt into a static
+cache) are written out with PyTorch's ops for now (_masked_by_lengths).
 
 What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
 matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
@@ -28,6 +32,10 @@ queries, dq from one program per query block looping over keys; no atomics.
 
 Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with masks.
 
+Tiles: on sm_90, 16-bit launches whose addresses and strides are multiples of 16 take tiles
+with 64 rows per warpgroup (_HOPPER_SPACE), so the dots run on warpgroup MMA (HGMMA) fed from
+cp.async rings in shared memory; every other launch takes the sm_80-sized tiles (_SPACE).
+
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
 projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
 non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid out (B, Tq, H, D) in memory (returned as the
@@ -36,6 +44,7 @@ non-unit last-dim stride is a ValueError (never a silent copy). Outputs are laid
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -60,6 +69,17 @@ def _head(H):
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     return b, h, b * H + h
+
+
+@triton.jit
+def _keys(Tk, lengths_ptr, b, HAS_LENGTHS: tl.constexpr):
+    """Keys sequence b attends to: its kv_lengths entry, read on the device (a captured CUDA
+    graph replays it with new lengths; the grid and key split depend only on Tk), at most Tk
+    so a bad length cannot read past the cache; Tk without lengths."""
+    if HAS_LENGTHS:
+        return tl.minimum(tl.load(lengths_ptr + b).to(tl.int32), Tk)
+    else:
+        return Tk
 
 
 @triton.jit
@@ -162,18 +182,20 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo
 
 
 @_fast.jit(do_not_specialize=["D8"])
-def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                      H, Tq, Tk, qk_scale, D8, TQ_BUCKET, TK_BUCKET,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
     o and lse2. The head dim is D = 8 * D8 (so the compiler knows it is a multiple of 8)
-    padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner."""
+    padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner. HAS_LENGTHS: sequence b
+    has lengths_ptr[b] keys (queries end-aligned to them), else Tk (lengths_ptr is None)."""
     D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
@@ -195,18 +217,20 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
 
 
 @_fast.jit(do_not_specialize=["D8"])
-def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
+def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr, lengths_ptr,
                            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                            stride_vb, stride_vh, stride_vn,
                            H, Tq, Tk, qk_scale, D8, chunk, n_splits, TQ_BUCKET, TK_BUCKET,
                            BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                           HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Flash-decoding: program (split, batch*head) attends all Tq (<= BLOCK_M) queries to
     keys [split * chunk, (split + 1) * chunk) and writes an fp32 partial o and its lse2
-    (-inf, o = 0 for a row that sees none of those keys)."""
+    (-inf, o = 0 for a row that sees none of those keys, or a split wholly past the
+    sequence's kv_lengths entry: the split is cut from the static Tk)."""
     D = D8 * 8
     split = tl.program_id(0)
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
@@ -231,11 +255,12 @@ def _attn_fwd_split_kernel(q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
 
 
 @_fast.jit(do_not_specialize=["D8", "n_splits"])
-def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_part_ptr, lengths_ptr,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                         H, Tq, Tk, qk_scale, D8, chunk, n_splits,
-                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr):
+                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BLOCK_N: tl.constexpr,
+                        HAS_LENGTHS: tl.constexpr):
     """Decode, GEMV-shaped: program (split, head, batch) holds its Tq <= TQ (<= DECODE_GEMV_TQ)
     query rows in registers, with no 16-row MMA tile to fill, and streams the keys
     [split * chunk, + chunk) in tiles of BLOCK_N keys spread over its warps, K and V of a
@@ -247,10 +272,12 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
     (as flash-decoding's splits do). n_splits > 1: keys cut across programs too (B H cannot
     fill the GPU), each writing a partial (o, lse2) that _attn_combine_kernel merges;
     otherwise this one launch writes o and lse2. The head dim is always masked (D = 8 * D8
-    keeps 16-byte vectors): one binary per (BLOCK_D, TQ)."""
+    keeps 16-byte vectors): one binary per (BLOCK_D, TQ, HAS_LENGTHS). HAS_LENGTHS: as in
+    _attn_fwd_kernel; a split wholly past the sequence's length writes the empty partial."""
     D = D8 * 8
     split = tl.program_id(0)
     b, h, bh = _head(H)
+    Tk = _keys(Tk, lengths_ptr, b, HAS_LENGTHS)
     offs_m = tl.arange(0, TQ)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -270,7 +297,8 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         k = _load_keys(k_base, cols, stride_kn, hi, offs_d, D, True, False, False)  # (BLOCK_N, BLOCK_D)
         v = _load_keys(v_base, cols, stride_vn, hi, offs_d, D, True, False, False)
         qk = tl.sum(q * k.to(tl.float32)[None, :, :], axis=2) * qk_scale          # (TQ, BLOCK_N)
-        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL), qk, -float("inf"))
+        # One row (TQ = 1 means Tq = 1) sits at the last key: causal hides nothing below hi.
+        qk = tl.where(_visible(cols, q_pos, hi, CAUSAL and TQ > 1), qk, -float("inf"))
         m_new = tl.maximum(m_s, qk)
         m_use = tl.where(m_new == -float("inf"), 0.0, m_new)  # a slot that has seen no key yet
         alpha = tl.exp2(m_s - m_use)
@@ -292,7 +320,7 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         tl.store(lse_part_ptr + part * Tq + offs_m, tl.where(seen, m_i + tl.log2(l_safe), -float("inf")),
                  mask=row_ok)
     else:
-        # Every row sees at least one key here (Tk >= 1; causal rows see key 0 on).
+        # Every row sees at least one key here (Tk, a valid length, >= 1; causal rows see key 0 on).
         _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / l_i[:, None], D,
                     BLOCK_D, False)
         tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -364,8 +392,10 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm
         if MASKED:
             pt = tl.where(key_pos[:, None] <= (offs_m + shift)[None, :], pt, 0.0)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision="ieee")
-        dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
-        dst = pt * (dpt - delta[None, :])
+        if q.dtype == tl.float32:  # IEEE dots on the FMA units: the plain form keeps fewer registers
+            dst = pt * (tl.dot(v, tl.trans(do), input_precision="ieee") - delta[None, :])
+        else:  # dP^T - delta with -delta as the accumulator's start: delta is not live during the MMA
+            dst = pt * tl.dot(v, tl.trans(do), tl.zeros_like(pt) - delta[None, :], input_precision="ieee")
         dk = tl.dot(dst.to(q.dtype), q, dk, input_precision="ieee")
     return dk, dv
 
@@ -490,7 +520,8 @@ _SPACE = {
             ("16", "large"): [(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3)],
             ("32", "small"): [(64, 32, 8, 2)],
             ("32", "large"): [(32, 16, 8, 2)],
-            ("16", "huge"): [(64, 16, 8, 2), (32, 32, 8, 2)],
+            # (32, 32, 8, 2) spills 8 B on sm_80 when the strides are multiples of 16
+            ("16", "huge"): [(64, 16, 8, 2)],
             ("32", "huge"): [(16, 16, 4, 2)]},  # (16, 32, 8, 2) and (16, 16, 8, 2) spill
     "dkdv": {("16", "small"): [(16, 128, 8, 3), (16, 64, 4, 3)],  # 32-query tiles spill at D=8 on sm_80
              ("16", "large"): [(64, 32, 8, 3), (32, 32, 8, 3)],
@@ -498,7 +529,8 @@ _SPACE = {
              ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
              ("16", "huge"): [(32, 32, 8, 2), (16, 32, 8, 2)],
              ("32", "huge"): [(16, 16, 8, 1)]},
-    "dq": {("16", "small"): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
+    # (128, 64, 8, 3) spilled 64 B on sm_80 at D = 64 when the strides are multiples of 16
+    "dq": {("16", "small"): [(128, 32, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
            ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
            ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
@@ -511,6 +543,25 @@ _SPACE = {
               ("32", "large"): [(16, 16, 4, 2)],
               ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
+}
+# sm_90 (Hopper), 16-bit inputs, every pointer and stride a multiple of 16 (what `_hopper`
+# checks: contiguous tensors and fused-qkv views when D is a multiple of 16). Every tile gives each warpgroup (4 warps) a 64-row slice of its MMAs' M dimension
+# (queries in fwd/dq, keys in dK/dV), so tl.dot lowers to warpgroup MMA (HGMMA) with both
+# operands or B read from shared memory, and the K/V (fwd, dQ) or Q/dO (dK/dV) tiles stream
+# in through a cp.async ring of num_stages buffers. Only that specialisation is compiled for
+# these tiles: with a stride not a multiple of 16, Triton loads tiles element by element
+# through registers and the D = 128 dK/dV tiles spill. The D = 256 dK/dV keeps the sm_80
+# tiles (two 64 x 256 fp32 accumulators per warpgroup would take all 255 registers).
+_HOPPER_SPACE = {
+    "fwd": {"small": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 4)],
+            "large": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+            "huge": [(128, 64, 8, 2), (64, 32, 4, 3)]},
+    "dkdv": {"small": [(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)],
+             # 64 x 128 is spill-free with Triton 3.8 (255 registers) but spills 40 B with 3.6
+             "large": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 8, 3)]},
+    "dq": {"small": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+           "large": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
+           "huge": [(128, 32, 8, 2)]},
 }
 # Under the interpreter (no driver, no autotuning): one fixed, deliberately unequal tiling,
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
@@ -539,11 +590,39 @@ def _space_key(dtype, head_dim: int) -> tuple[str, str]:
     return ("32" if name == "fp32" else "16", "small" if padded <= 64 else "large" if padded <= 128 else "huge")
 
 
-def configs_for(kind: str, dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D."""
+def configs_for(kind: str, dtype, head_dim: int, hopper: bool = False) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D,
+    in order of preference (the first is the one used with autotuning off); `hopper`: on sm_90
+    with every pointer and stride a multiple of 16 (`_hopper`)."""
     if INTERPRETING:
         return [_INTERPRETER[kind]]
-    return _SPACE[kind][_space_key(dtype, head_dim)]
+    width, size = _space_key(dtype, head_dim)
+    if hopper and width == "16" and size in _HOPPER_SPACE.get(kind, {}):
+        return _HOPPER_SPACE[kind][size]
+    return _SPACE[kind][width, size]
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return 10 * major + minor
+
+
+def _arch(device: torch.device) -> int:
+    """The compute capability (90 = sm_90) kernels for `device` are compiled for; 0 off GPU."""
+    if device.type == "cuda":
+        return _capability(device.index if device.index is not None else torch.cuda.current_device())
+    if _backend.STUB_DRIVER:  # compiling for a stand-in GPU (benchmarks.stub_driver)
+        return triton.runtime.driver.active.get_current_target().arch
+    return 0
+
+
+def _hopper(device: torch.device, tensors, strides) -> bool:
+    """Whether a launch takes the Hopper tiles: sm_90, every tensor's address 16-byte aligned
+    and every stride a multiple of 16 elements, the specialisation Triton compiles those tiles
+    in (compile_cases: `divisible`)."""
+    return (_arch(device) == 90 and all(t.data_ptr() % 16 == 0 for t in tensors)
+            and all(s % 16 == 0 for s in strides))
 
 
 def _bucket(n: int) -> int:
@@ -551,19 +630,22 @@ def _bucket(n: int) -> int:
     return _fast.next_power_of_2(n)
 
 
-def _tuned(kind: str, kernel):
-    """`kernel` autotuned over its (dtype, head dim) space, keyed on the bucketed sizes and
-    (implicitly, by the autotuner) the tensors' dtypes; the raw kernel under the interpreter."""
+def _tuned(kind: str, kernel, hopper: bool):
+    """`kernel` autotuned over its (dtype, head dim) space (the Hopper one if `hopper`), keyed
+    on the bucketed sizes and (implicitly, by the autotuner) the tensors' dtypes; the raw kernel
+    under the interpreter. One autotuner per space: its cache key cannot tell them apart."""
     if INTERPRETING:
         return None
-    table = [(c, _as_config(c)) for c in sorted({c for space in _SPACE[kind].values() for c in space})]
+    every = {c for space in _SPACE[kind].values() for c in space}
+    every |= {c for space in _HOPPER_SPACE.get(kind, {}).values() for c in space}
+    table = {c: _as_config(c) for c in sorted(every)}
 
     def prune(configs, named_args, **kwargs):
-        allowed = set(configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"]))
-        eligible = [config for c, config in table if c in allowed]
+        eligible = [table[c] for c in configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"], hopper)]
         return eligible if autotune_enabled() else eligible[:1]
 
-    return triton.autotune([config for _, config in table], key=["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"],
+    key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
+    return triton.autotune(list(table.values()), key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -573,15 +655,18 @@ def _as_config(c):
 
 _KERNELS = {"fwd": _attn_fwd_kernel, "split": _attn_fwd_split_kernel, "dkdv": _attn_bwd_dkdv_kernel,
             "dq": _attn_bwd_dq_kernel}
-_TUNED = {kind: _tuned(kind, kernel) for kind, kernel in _KERNELS.items()}
+_TUNED = {(kind, hopper): _tuned(kind, kernel, hopper) for kind, kernel in _KERNELS.items()
+          for hopper in (False, True)}
 
 
-def _launch(kind, grid_of, args, configs=None, **constexprs):
+def _launch(kind, grid_of, args, configs=None, hopper=False, **constexprs):
     """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
-    through its autotuner on a GPU, else with the interpreter's one fixed config."""
+    through its autotuner (over the Hopper space if `hopper`) on a GPU, else with the
+    interpreter's one fixed config."""
     config = (configs or {}).get(kind)
-    if config is None and _TUNED[kind] is not None:
-        _TUNED[kind][lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
+    tuned = _TUNED[kind, hopper]
+    if config is None and tuned is not None:
+        tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
         return
     block_m, block_n, warps, stages = config or _INTERPRETER[kind]
     _KERNELS[kind][grid_of(block_m, block_n)](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -662,10 +747,14 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None):
+def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = None, configs=None,
+                      kv_lengths=None):
     """(o, lse2): o (B, H, Tq, D) in q's dtype and the base-2 logsumexp (B, H, Tq) fp32.
     `split` forces (True) or forbids (False) the flash-decoding path; None chooses.
-    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests)."""
+    `configs` maps "fwd"/"split" to a (BLOCK_M, BLOCK_N, warps, stages) to pin (tests).
+    kv_lengths: None, or an int32/int64 (B,) tensor of keys per sequence, read by the kernels
+    on the device (copied only when not contiguous); every launch (paths, grids, key splits)
+    is chosen from the shapes alone, so a CUDA graph can capture it."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     o = empty_bthd(q.shape, q.dtype, q.device)
@@ -677,55 +766,101 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.unit_last_dim(name, t)
     qk_scale = scale * math.log2(math.e)
+    if kv_lengths is not None and not kv_lengths.is_contiguous():
+        kv_lengths = kv_lengths.contiguous()  # e.g. an expanded (B,) view: the kernels index it densely
     if split is None and Tq <= DECODE_GEMV_TQ:
         with _device_guard(q):
-            return _decode(q, k, v, o, lse, causal, qk_scale)
+            return _decode(q, k, v, o, lse, causal, qk_scale, kv_lengths=kv_lengths)
+    if kv_lengths is not None:
+        return _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
     if n_splits and Tq > DECODE_MAX_TQ:
         raise ValueError(f"the flash-decoding path holds at most {DECODE_MAX_TQ} query rows, got Tq={Tq}")
     common = _head_dim_args(D, causal, configs)
+    common["HAS_LENGTHS"] = kv_lengths is not None
     with _device_guard(q):
         if not n_splits:
-            args = (q, k, v, o, lse, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
-                    _bucket(Tq), _bucket(Tk))
-            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
+            strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o))
+            args = (q, k, v, o, lse, kv_lengths, *strides, H, Tq, Tk, qk_scale, D // 8, _bucket(Tq), _bucket(Tk))
+            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:5], strides),
+                    **common)
             return o, lse
         chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = _cdiv(Tk, chunk)
         o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
-        args = (q, k, v, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8, chunk,
-                n_splits, _bucket(Tq), _bucket(Tk))
+        args = (q, k, v, o_part, lse_part, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8,
+                chunk, n_splits, _bucket(Tq), _bucket(Tk))
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
     return o, lse
 
 
-def _decode(q, k, v, o, lse, causal, qk_scale, splits=None):
+def _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths):
+    """kv_lengths with more than DECODE_GEMV_TQ query rows (a prompt run into a static cache,
+    once per generate call): written out in fp32 with PyTorch's ops. The prefill and split
+    kernels' kv_lengths builds spill at some tiles on sm_80 (the compile check), so no
+    launcher picks them until their tiles are fixed; the decode step (Tq <= DECODE_GEMV_TQ)
+    runs the GEMV kernel with the lengths read on the device."""
+    from ..reference import length_mask
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    scores = scores.masked_fill(~length_mask(kv_lengths, q.shape[2], k.shape[2], causal), float("-inf"))
+    lse.copy_(torch.logsumexp(scores, dim=-1) * math.log2(math.e))
+    o.copy_(torch.softmax(scores, dim=-1) @ v.float())
+    return o, lse
+
+
+def _decode_partials(q, o, lse, n_splits: int):
+    """(o_part, lse_part): fp32 per-split partial outputs and logsumexps, or (o, lse), unused,
+    when one split covers the keys."""
+    if n_splits == 1:
+        return o, lse
+    B, H, Tq, D = q.shape
+    return (torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device),
+            torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device))
+
+
+# (shapes, strides, flags, replay_key of the inputs) -> (splits, the recorded launches).
+_DECODE_REPLAYS = _fast.Replays()
+
+
+def _decode(q, k, v, o, lse, causal, qk_scale, splits=None, kv_lengths=None):
     """The GEMV decode path (Tq <= DECODE_GEMV_TQ): one launch, or key splits and a combine.
-    `splits` forces a split count (tests)."""
+    `splits` forces a split count (tests); kv_lengths: contiguous (B,) or None."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
+    key = (q.shape, Tk, q.stride(), k.stride(), v.stride(), causal, splits, q.device,
+           _fast.replay_key(q, k, v, kv_lengths))
+    plan = _DECODE_REPLAYS.get(key)
+    if plan is not None:
+        n_splits, replays = plan
+        o_part, lse_part = _decode_partials(q, o, lse, n_splits)
+        for replay in replays:
+            replay(q, k, v, o, lse, o_part, lse_part, kv_lengths, qk_scale)
+        return o, lse
     tq_rows, block_n, warps = decode_tiling(Tq, q.dtype, D)
     n_splits, chunk = decode_gemv_splits(Tk, B * H, block_n, q.device)
     if splits is not None:
         chunk = _cdiv(_cdiv(Tk, block_n), splits) * block_n
         n_splits = _cdiv(Tk, chunk)
+    o_part, lse_part = _decode_partials(q, o, lse, n_splits)
+    slots = ({"q": q, "k": k, "v": v, "o": o, "lse": lse, "o_part": o_part, "lse_part": lse_part,
+              "kv_lengths": kv_lengths, "qk_scale": qk_scale} if _DECODE_REPLAYS.wanted(key) else None)
+    replays = [_fast.launch(
+        _attn_decode_kernel, (n_splits, H, B),
+        (q, k, v, o, lse, o_part, lse_part, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk,
+         qk_scale, D // 8, chunk, n_splits),
+        dict(BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n, HAS_LENGTHS=kv_lengths is not None,
+             num_warps=warps, num_stages=1), slots)]
     if n_splits > 1:
-        o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
-        lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
-    else:
-        o_part, lse_part = o, lse  # unused
-    _attn_decode_kernel[(n_splits, H, B)](
-        q, k, v, o, lse, o_part, lse_part, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o), H, Tq, Tk, qk_scale, D // 8,
-        chunk, n_splits, BLOCK_D=block_d(D), CAUSAL=causal, TQ=tq_rows, BLOCK_N=block_n, num_warps=warps,
-        num_stages=1)
-    if n_splits > 1:
-        _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
-                                         BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
+        replays.append(_fast.launch(
+            _attn_combine_kernel, (Tq, H, B), (o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8),
+            dict(BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4), slots))
+    if slots is not None and all(r is not None for r in replays):
+        _DECODE_REPLAYS.put(key, (n_splits, replays))
     return o, lse
 
 
@@ -750,27 +885,31 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         pre_m = _pre_block_m(block_d(D))
         _attn_bwd_preprocess_kernel[(_cdiv(Tq, pre_m), H, B)](
             o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4)
-        args = (q, k, v, do, lse, delta, dk, dv, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv),
-                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, **common)
-        args = (q, k, v, do, lse, delta, dq, *_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq),
-                H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, **common)
+        strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv))
+        args = (q, k, v, do, lse, delta, dk, dv, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq),
+                _bucket(Tk))
+        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, hopper=_hopper(q.device, args[:8], strides),
+                **common)
+        strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq))
+        args = (q, k, v, do, lse, delta, dq, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
+        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:7], strides),
+                **common)
     return dq, dk, dv
 
 
 # Every configuration the launchers and autotuners can pick, for the sm_80/sm_90 compile test.
 def _signature(names: str, dtype: str) -> dict:
-    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32."""
-    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32"}
+    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32,
+    l = int64 tensor (kv_lengths as gpt.KVCache makes them)."""
+    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32", "l": "*i64"}
     return {name: kinds[kind] for name, kind in (item.split(":") for item in names.split())}
 
 
 _ARGS = {
-    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f " + " ".join(
+    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f lengths_ptr:l " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
         + " H:i Tq:i Tk:i qk_scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
-    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f " + " ".join(
+    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
         f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn")) for d in dims)
         + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
     "dkdv": (_attn_bwd_dkdv_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dk_ptr:t dv_ptr:t "
@@ -783,14 +922,28 @@ _ARGS = {
 }
 
 
-_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f " + " ".join(
+_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
     f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
     + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i")
 
 
+def _lengths_case(signature: dict, meta: dict, has_lengths) -> tuple[dict, dict]:
+    """(signature, constexprs) of a kernel that takes kv_lengths (has_lengths True: an int64
+    pointer; False: None, which Triton compiles as a constexpr, as at launch) or not (None)."""
+    if has_lengths is None:
+        return signature, meta
+    if not has_lengths:
+        signature = {n: t for n, t in signature.items() if n != "lengths_ptr"}
+        meta = {**meta, "lengths_ptr": None}
+    return signature, {**meta, "HAS_LENGTHS": has_lengths}
+
+
 def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
     """Every (kernel, dtype, BLOCK_D, EVEN_D, tile) a launch can compile: D is a runtime
-    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D."""
+    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D.
+    The prefill tiles compile for sm_80 and sm_90 without divisibility (the binary whatever
+    the strides); the Hopper space, launched only on sm_90 with every pointer and stride a
+    multiple of 16, compiles for sm_90 with exactly that."""
     cases = []
     for dtype in dtypes:
         for bd in block_ds:
@@ -799,14 +952,31 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
                     kernel, names = _ARGS[kind]
                     for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, bd)]:
                         # The causal build is the superset (the same loops plus the causal compare
-                        # in the masked tiles); compiling both would double a long test for no signal.
+                        # in the masked tiles): compiling both would double a long test for no
+                        # signal. The forwards launch without kv_lengths (_masked_by_lengths).
                         meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
                                 "BLOCK_N": block_n}
-                        cases.append((kernel, _signature(names, dtype), meta, warps, stages))
+                        has = False if kind in ("fwd", "split") else None  # see _masked_by_lengths
+                        cases.append((kernel, *_lengths_case(_signature(names, dtype), meta, has), warps, stages))
+                    if dtype == "fp32" or kind == "split":
+                        continue
+                    # What an aligned launch on sm_90 picks (`_hopper`), compiled as Triton
+                    # specialises it there: pointers and strides divisible by 16, for sm_90 only
+                    # (kv_lengths, a scalar per sequence, is not part of that condition).
+                    for block_m, block_n, warps, stages in configs_for(kind, dtype, bd, hopper=True):
+                        meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
+                                "BLOCK_N": block_n}
+                        signature, case_meta = _lengths_case(_signature(names, dtype), meta,
+                                                             False if kind == "fwd" else None)
+                        divisible = [name for name in signature if name != "lengths_ptr"
+                                     and (name.endswith("_ptr") or name.startswith("stride_"))]
+                        cases.append((kernel, signature, case_meta, warps, stages, divisible, (90,)))
             for tq_rows in (1, DECODE_GEMV_TQ):
                 _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
-                cases.append((_attn_decode_kernel, _signature(_DECODE_ARGS, dtype),
-                              {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}, warps, 1))
+                meta = {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}
+                for has in (False, True):
+                    cases.append((_attn_decode_kernel, *_lengths_case(_signature(_DECODE_ARGS, dtype), meta, has),
+                                  warps, 1))
             cases.append((_attn_bwd_preprocess_kernel, _signature(
                 "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
                 "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": _pre_block_m(bd)}, 4))
@@ -822,17 +992,17 @@ def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tupl
 # -----------------------------------------------------------------------------------------
 
 
-def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                    kv_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.finite("scale", scale)  # re-checked with the real value under torch.compile
-    return attention_forward(q, k, v, causal, scale)
+    return attention_forward(q, k, v, causal, scale, kv_lengths=kv_lengths)
 
 
 attention_op = torch.library.custom_op("gptk::attention_triton", _attention_impl, mutates_args=())
 
 
 @attention_op.register_fake
-def _(q, k, v, causal, scale):
+def _(q, k, v, causal, scale, kv_lengths=None):
     B, H, Tq, _ = q.shape
     return empty_bthd(q.shape, q.dtype, q.device), q.new_empty((B, H, Tq), dtype=torch.float32)
 
@@ -855,17 +1025,20 @@ def _(do, q, k, v, o, lse, causal, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs
+    q, k, v, causal, scale = inputs[:5]
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.causal, ctx.scale = causal, scale
+    ctx.kv_lengths = len(inputs) > 5 and inputs[5] is not None
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
+    if ctx.kv_lengths:  # kernels.attention refuses such a call up front; this guards the bare op
+        raise RuntimeError("gptk::attention_triton with kv_lengths is forward only: no gradient flows through it")
     q, k, v, o, lse = ctx.saved_tensors
     dq, dk, dv = _attention_backward_call(do, q, k, v, o, lse, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 _attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _backward)
@@ -873,11 +1046,11 @@ _attention_call = _fast.fast_op(attention_op, _attention_impl, _setup_context, _
 
 def attention(q, k, v, causal=True, scale=None, kv_lengths=None):
     """The triton backend's attention (arguments already validated by kernels.attention)."""
-    if kv_lengths is not None:
-        raise ValueError("kv_lengths is not supported by backend='triton' yet; use backend='torch'")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
         raise ValueError(f"the triton attention kernels take batch size and head count up to {MAX_GRID_YZ} "
                          f"(CUDA grid y/z limit), got B={q.shape[0]}, H={q.shape[1]}")
+    if kv_lengths is not None:
+        return _attention_call(q, k, v, bool(causal), float(scale), kv_lengths)[0]
     return _attention_call(q, k, v, bool(causal), float(scale))[0]

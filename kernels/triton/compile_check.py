@@ -1,9 +1,10 @@
 """Compile Triton kernels for real GPUs without one: sm_80 and sm_90, via triton.compile.
 
 Each op module exposes `compile_cases()`: (kernel, runtime-arg signature, constexprs,
-num_warps[, num_stages[, divisible]]) for every configuration its launcher can pick;
+num_warps[, num_stages[, divisible[, archs]]]) for every configuration its launcher can pick;
 `divisible` names the arguments to compile as multiples of 16 (pointers 16-byte aligned),
-the specialisation Triton makes at launch for such values. For each we compile for
+the specialisation Triton makes at launch for such values; `archs` limits a case to the
+targets its launcher picks it on (default: all). For each we compile for
 both targets and read shared memory from the metadata, registers and spill bytes
 from cuobjdump. The interpreter replaces @triton.jit with a Python shim, so this runs
 in a child process without TRITON_INTERPRET:
@@ -210,8 +211,9 @@ def check_module(module_name: str) -> list[dict]:
         kernel, signature, constexprs, num_warps, *rest = case
         num_stages = rest[0] if rest else 3
         divisible = tuple(rest[1]) if len(rest) > 1 else ()
+        archs = tuple(rest[2]) if len(rest) > 2 else TARGETS
         options = launch_options.get(kernel.__name__)
-        for arch in TARGETS:
+        for arch in archs:
             try:
                 results.append(compile_case(kernel, signature, constexprs, num_warps, arch, num_stages, divisible,
                                             options))

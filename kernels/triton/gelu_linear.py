@@ -295,6 +295,11 @@ def _out_shape(x: torch.Tensor, n: int) -> tuple:
     return (*x.shape[:-1], n)
 
 
+# (shapes, strides, flags, replay_key of the inputs) -> the autotuned launch, replayed with its
+# chosen configuration (_launch.replay): the autotuner's own per-call cost is skipped too.
+_FWD_REPLAYS = _launch.Replays()
+
+
 def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
     """(y, z): y = gelu(x W^T + b); z the pre-activation when save_preact, else an empty tensor."""
     n, k = weight.shape
@@ -302,12 +307,24 @@ def gelu_linear_forward(x, weight, bias, approximate: str, save_preact: bool):
     x2 = x.reshape(m, k)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     z = torch.empty((m, n) if save_preact else (0,), dtype=x.dtype, device=x.device)
-    if m > 0 and n > 0:
+    precision = input_precision(x.dtype)
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.device, approximate, save_preact, precision,
+           _launch.replay_key(x2, weight, bias))
+    replay = _FWD_REPLAYS.get(key)
+    if replay is not None:
+        replay(x2, weight, bias, y, z)
+    elif m > 0 and n > 0:
         grid = lambda meta: (-(-m // meta["BLOCK_M"]) * -(-n // meta["BLOCK_N"]),)  # noqa: E731
-        _fwd_tuned[grid](x2, weight, bias if bias is not None else weight, y, z, m, n, k,
-                         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-                         HAS_BIAS=bias is not None, STORE_Z=save_preact, APPROX_TANH=approximate == "tanh",
-                         INPUT_PRECISION=input_precision(x.dtype))
+        args = (x2, weight, bias if bias is not None else weight, y, z, m, n, k,
+                x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1))
+        flags = dict(HAS_BIAS=bias is not None, STORE_Z=save_preact, APPROX_TANH=approximate == "tanh",
+                     INPUT_PRECISION=precision)
+        _fwd_tuned[grid](*args, **flags)
+        best = getattr(_fwd_tuned, "best_config", None)
+        if best is not None and _FWD_REPLAYS.wanted(key):
+            _FWD_REPLAYS.put(key, _launch.replay(_fwd_tuned.fn, grid(best.kwargs), args,
+                                                 {**flags, **best.all_kwargs()},
+                                                 {"x2": x2, "w": weight, "b": bias, "y": y, "z": z}))
     return y.view(_out_shape(x, n)), (z.view(_out_shape(x, n)) if save_preact else z)
 
 

@@ -69,11 +69,12 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 @_launch.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
                    y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride, eps,
-                   HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                   HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_STATS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
                    SPLIT: tl.constexpr, HEAD: tl.constexpr, HAS_PEEL: tl.constexpr):
     """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
-    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd).
+    Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd) when
+    STORE_STATS (a gradient will be needed).
 
     Every load is issued first (weight, bias, the rows, their first elements), then s is
     stored, then one fused (sum, sum of squares) reduction of the rows shifted by their first
@@ -157,14 +158,15 @@ def _ln_fwd_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr,
             yp = yp + pb[None, :]
         tl.store(y_ptr + (y_body - HEAD)[:, None] + pcols[None, :], yp.to(y_ptr.dtype.element_ty), mask=pmask,
                  eviction_policy="evict_first")
-    tl.store(mean_ptr + rows, x0 + mean_d, mask=row_ok, eviction_policy="evict_first")
-    tl.store(rstd_ptr + rows, rstd, mask=row_ok, eviction_policy="evict_first")
+    if STORE_STATS:
+        tl.store(mean_ptr + rows, x0 + mean_d, mask=row_ok, eviction_policy="evict_first")
+        tl.store(rstd_ptr + rows, rstd, mask=row_ok, eviction_policy="evict_first")
 
 
 @_launch.jit
 def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_cols,
                         y_row_stride, s_row_stride, x_row_stride, r_row_stride, eps,
-                        HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                        HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_STATS: tl.constexpr,
                         BLOCK_N: tl.constexpr):
     """One row per program in BLOCK_N chunks: pass 1 per-lane Welford statistics (and s),
     pass 2 re-reads the row (s when fused) and writes y.
@@ -199,8 +201,9 @@ def _ln_fwd_long_kernel(y_ptr, s_ptr, mean_ptr, rstd_ptr, x_ptr, r_ptr, w_ptr, b
     mean_d = tl.sum(lane_cnt * lane_mean, axis=0) / n_cols
     spread = tl.where(lane_cnt > 0, lane_cnt * (lane_mean - mean_d) * (lane_mean - mean_d), 0.0)
     rstd = tl.rsqrt((tl.sum(lane_m2, axis=0) + tl.sum(spread, axis=0)) / n_cols + eps)
-    tl.store(mean_ptr + row, shift + mean_d)
-    tl.store(rstd_ptr + row, rstd)
+    if STORE_STATS:
+        tl.store(mean_ptr + row, shift + mean_d)
+        tl.store(rstd_ptr + row, rstd)
     # Pass 2 reads s back: make pass 1's stores visible to every thread of the program.
     tl.debug_barrier()
     src_row = s_row if HAS_RES else x_row
@@ -406,6 +409,13 @@ def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     return cfg
 
 
+def plain_warps(cfg: dict) -> int:
+    """Warps for the plain (unsplit) forward path: every element carries its own mask bit,
+    and at 8 per thread sm_80/sm_90 spill a predicate register (fp16 64x32 tile, compile
+    test), so a 2-D tile gets twice the warps: at most 4 masked values per thread."""
+    return min(16, 2 * cfg["num_warps"]) if cfg["BLOCK_M"] > 1 else cfg["num_warps"]
+
+
 def _bwd_warps(tile_elems: int) -> int:
     # ~8 values per thread keeps the backward near 80 registers (compile test), so
     # several programs share an SM; 16 warps is the most a program may have.
@@ -467,11 +477,14 @@ def _unit_stride(p: torch.Tensor) -> torch.Tensor:
     return p if p.stride(-1) == 1 else p.contiguous()  # weight/bias: O(N), a copy is cheap
 
 
-def _stats_like(x: torch.Tensor) -> torch.Tensor:
-    # Flat (rows,): only the backward reads them (the C++ ops' statistics have this shape too).
+def _stats_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) buffers, fp32, flat (rows,): only the backward reads them (the C++ ops'
+    statistics have this shape too). Separate buffers: custom-op outputs may not alias."""
     n_cols = x.shape[-1]
-    return torch.empty(x.numel() // n_cols if n_cols else math.prod(x.shape[:-1]), dtype=torch.float32,
-                       device=x.device)
+    rows = x.numel() // n_cols if n_cols else math.prod(x.shape[:-1])
+    device = x.device
+    return (torch.empty(rows, dtype=torch.float32, device=device),
+            torch.empty(rows, dtype=torch.float32, device=device))
 
 
 def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
@@ -488,14 +501,26 @@ def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
     return {"VEC": vec, "SPLIT": True, "HEAD": head, "HAS_PEEL": head > 0 or (n_cols - head) % vec != 0}
 
 
-def forward(x, residual, weight, bias, eps):
-    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, flat (rows,)."""
+# (shape, device, replay_key of the inputs) -> the recorded forward launch (_launch.launch).
+_FWD_REPLAYS = _launch.Replays()
+
+
+def forward(x, residual, weight, bias, eps, stats: bool = True):
+    """(y, s, mean, rstd); s is None without a residual. mean/rstd: fp32, flat (rows,); with
+    stats=False (no gradient to come) neither is computed and both are None."""
     y, y_rows = _launch.empty_rows_like(x)
     s, s_rows = _launch.empty_rows_like(x) if residual is not None else (None, None)
-    mean, rstd = _stats_like(x), _stats_like(x)  # separate buffers: custom-op outputs may not alias
+    # Separate buffers: custom-op outputs may not alias.
+    mean, rstd = _stats_like(x) if stats else (None, None)
+    key = (x.shape, x.device, stats, _launch.replay_key(x, residual, weight, bias))
+    replay = _FWD_REPLAYS.get(key)
+    if replay is not None:
+        replay(y, s, mean, rstd, x, residual, weight, bias, eps)
+        return y, s, mean, rstd
     if x.numel() == 0:
-        mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
-        rstd.fill_(float("nan"))
+        if stats:
+            mean.fill_(float("nan"))  # rows of zero width (torch gives NaN statistics too)
+            rstd.fill_(float("nan"))
         return y, s, mean, rstd
     x_rows, n_rows, n_cols, x_stride = _launch.rows(x)
     r_rows, _, _, r_stride = _launch.rows(residual) if residual is not None else (x_rows, 0, 0, x_stride)
@@ -503,8 +528,12 @@ def forward(x, residual, weight, bias, eps):
         s_rows = y_rows  # never written: HAS_RES is False
     w_arg = _unit_stride(weight) if weight is not None else x_rows
     b_arg = _unit_stride(bias) if bias is not None else x_rows
-    flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None}
+    flags = {"HAS_RES": residual is not None, "HAS_W": weight is not None, "HAS_B": bias is not None,
+             "STORE_STATS": stats}
+    mean_arg, rstd_arg = (mean, rstd) if stats else (y_rows, y_rows)  # never written without stats
     cfg = forward_config(n_cols, x.element_size())
+    slots = {"y": y, "s": s, "mean": mean, "rstd": rstd, "x": x, "r": residual, "w": weight, "b": bias,
+             "eps": eps} if _FWD_REPLAYS.wanted(key) else None
     if cfg["single_pass"]:
         (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
                                                           (y_rows, s_rows, x_rows, r_rows))
@@ -513,16 +542,38 @@ def forward(x, residual, weight, bias, eps):
         split = row_split(_launch.vec(x), n_rows, n_cols, *layouts)
         if split["HAS_PEEL"] and cfg["BLOCK_M"] > 1:  # a peel per row of a 2-D tile spills: plain rows
             split = {"VEC": split["VEC"], "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
-        _ln_fwd_kernel[(-(-n_rows // cfg["BLOCK_M"]),)](
-            y_b, s_b, mean, rstd, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
-            x_o, x_stride, r_o, r_stride, eps, **flags, **split,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        num_warps = cfg["num_warps"] if split["SPLIT"] else plain_warps(cfg)
+        replay = _launch.launch(
+            _ln_fwd_kernel, (-(-n_rows // cfg["BLOCK_M"]),),
+            (y_b, s_b, mean_arg, rstd_arg, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
+             x_o, x_stride, r_o, r_stride, eps),
+            dict(**flags, **split, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=num_warps),
+            slots)
     else:
         # y and s: fresh contiguous rows
-        _ln_fwd_long_kernel[(n_rows,)](y_rows, s_rows, mean, rstd, x_rows, r_rows, w_arg, b_arg, n_cols,
-                                       n_cols, n_cols, x_stride, r_stride, eps,
-                                       **flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        replay = _launch.launch(
+            _ln_fwd_long_kernel, (n_rows,),
+            (y_rows, s_rows, mean_arg, rstd_arg, x_rows, r_rows, w_arg, b_arg, n_cols, n_cols, n_cols, x_stride,
+             r_stride, eps),
+            dict(**flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"]), slots)
+    _FWD_REPLAYS.put(key, replay)
     return y, s, mean, rstd
+
+
+def _bwd_scratch(x, mean, parts: int, cfg: dict, need_dw: bool, need_db: bool):
+    """(pw, pb, c1, c2): per-program dw/db partials and the wide-row path's row means (each
+    `mean`, an unused placeholder, where not needed)."""
+    n_cols = x.shape[-1]
+    pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
+    pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
+    if cfg["single_pass"]:
+        return pw, pb, mean, mean
+    return pw, pb, torch.empty_like(mean), torch.empty_like(mean)
+
+
+# (shape, device, needs, replay_key of the inputs) -> (partials, backward config, the
+# recorded launches in order).
+_BWD_REPLAYS = _launch.Replays()
 
 
 def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
@@ -532,40 +583,57 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     n_cols = x.shape[-1]
     dw = x.new_empty((n_cols,) if need_dw else (0,))
     db = x.new_empty((n_cols,) if need_db else (0,))
+    if mean.dim() != 1:
+        mean, rstd = mean.reshape(-1), rstd.reshape(-1)
+    key = (x.shape, x.device, need_dw, need_db, _launch.replay_key(dy, x, weight, mean, rstd, ds))
+    plan = _BWD_REPLAYS.get(key)
+    if plan is not None:
+        parts, cfg, replays = plan
+        pw, pb, c1, c2 = _bwd_scratch(x, mean, parts, cfg, need_dw, need_db)
+        inv_n = 1.0 / n_cols
+        for replay in replays:
+            replay(dx, dw, db, pw, pb, c1, c2, dy, x, weight, mean, rstd, ds, inv_n)
+        return dx, dw, db
     if x.numel() == 0:
         return dx, dw.zero_(), db.zero_()
     x_rows, n_rows, _, x_stride = _launch.rows(x)
     dy_rows, _, _, dy_stride = _launch.rows(dy)
     ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
-    mean, rstd = mean.reshape(-1), rstd.reshape(-1)
     cfg = backward_config(n_cols, x.element_size())
     n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
     parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
-    pw = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_dw else mean
-    pb = torch.empty((parts, n_cols), dtype=torch.float32, device=x.device) if need_db else mean
+    pw, pb, c1, c2 = _bwd_scratch(x, mean, parts, cfg, need_dw, need_db)
+    inv_n = 1.0 / n_cols
+    slots = {"dx": dx, "dw": dw, "db": db, "pw": pw, "pb": pb, "c1": c1, "c2": c2, "dy": dy, "x": x,
+             "w": weight, "mean": mean, "rstd": rstd, "ds": ds, "inv_n": inv_n} if _BWD_REPLAYS.wanted(key) else None
+    replays = []
     w_arg = _unit_stride(weight) if weight is not None else x_rows
-    c1 = c2 = mean  # placeholders unless the wide-row path computes them
     if not cfg["single_pass"]:
-        c1, c2 = torch.empty_like(mean), torch.empty_like(mean)
-        _ln_bwd_row_means_kernel[(n_rows,)](c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols,
-                                            dy_stride, x_stride, HAS_W=weight is not None,
-                                            BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"])
+        replays.append(_launch.launch(
+            _ln_bwd_row_means_kernel, (n_rows,),
+            (c1, c2, dy_rows, x_rows, w_arg, mean, rstd, n_cols, dy_stride, x_stride),
+            dict(HAS_W=weight is not None, BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"]), slots))
     vec = _launch.vec(x)
     aligned = n_cols % vec == 0 and all(t.data_ptr() % _launch.VEC_BYTES == 0
                                         and (n_rows <= 1 or stride % vec == 0)
                                         for t, stride in ((dx_rows, n_cols), (dy_rows, dy_stride),
                                                           (x_rows, x_stride), (ds_rows, ds_stride)))
-    _ln_bwd_kernel[(n_col_blocks, parts)](
-        dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, 1.0 / max(n_cols, 1),
-        n_cols, dy_stride, x_stride, ds_stride,
-        HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
-        ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec,
-        ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS["_ln_bwd_kernel"])
+    replays.append(_launch.launch(
+        _ln_bwd_kernel, (n_col_blocks, parts),
+        (dx_rows, pw, pb, dy_rows, x_rows, w_arg, mean, rstd, ds_rows, c1, c2, n_rows, n_cols, inv_n,
+         n_cols, dy_stride, x_stride, ds_stride),
+        dict(HAS_W=weight is not None, COMPUTE_DW=need_dw, COMPUTE_DB=need_db, HAS_DS=ds is not None,
+             ROW_MEANS_GIVEN=not cfg["single_pass"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec,
+             ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+             **LAUNCH_OPTIONS["_ln_bwd_kernel"]), slots))
     if need_dw or need_db:
         block_p, block_n = REDUCE_BLOCK
-        _ln_bwd_reduce_kernel[(-(-n_cols // block_n),)](
-            dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols,
-            COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+        replays.append(_launch.launch(
+            _ln_bwd_reduce_kernel, (-(-n_cols // block_n),),
+            (dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols),
+            dict(COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4), slots))
+    if all(r is not None for r in replays):
+        _BWD_REPLAYS.put(key, (parts, cfg, replays))
     return dx, dw, db
 
 
@@ -599,7 +667,7 @@ def _code_path(meta):
 
 
 def compile_cases():
-    fwd_flags = _flag_sets("HAS_RES", "HAS_W", "HAS_B")
+    fwd_flags = _flag_sets("HAS_RES", "HAS_W", "HAS_B", "STORE_STATS")
     bwd_flags = _flag_sets("HAS_W", "COMPUTE_DW", "COMPUTE_DB", "HAS_DS",
                            valid=lambda f: f["HAS_W"] or not f["COMPUTE_DW"])
     reduce_flags = _flag_sets("COMPUTE_DW", "COMPUTE_DB", valid=lambda f: any(f.values()))
@@ -620,7 +688,7 @@ def compile_cases():
             if cfg["single_pass"]:  # the launcher peels only single-row tiles
                 shapes.setdefault(_ln_fwd_kernel, []).append(
                     ({**(peeled if cfg["BLOCK_M"] == 1 else other_fwd[1]), "BLOCK_M": cfg["BLOCK_M"],
-                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
+                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"] if cfg["BLOCK_M"] == 1 else plain_warps(cfg)))
             else:
                 shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
             cfg = backward_config(n_cols, size)
@@ -705,7 +773,7 @@ layer_norm_op = torch.library.custom_op("gptk::layer_norm_triton", _layer_norm_i
 
 @layer_norm_op.register_fake
 def _(x, weight, bias, eps):
-    return _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x)
+    return (_launch.empty_rows_like(x)[0], *_stats_like(x))
 
 
 def _add_layer_norm_impl(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
@@ -720,7 +788,7 @@ add_layer_norm_op = torch.library.custom_op("gptk::add_layer_norm_triton", _add_
 
 @add_layer_norm_op.register_fake
 def _(x, residual, weight, bias, eps):
-    return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], _stats_like(x), _stats_like(x))
+    return (_launch.empty_rows_like(x)[0], _launch.empty_rows_like(x)[0], *_stats_like(x))
 
 
 def _layer_norm_backward_impl(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
@@ -777,9 +845,14 @@ def _add_layer_norm_backward(ctx, dy, ds, _dmean, _drstd):
     return dsum, dsum, dw, db, None
 
 
-_layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward)
+def _inference(x, residual, weight, bias, eps):
+    return forward(x, residual, weight, bias, eps, stats=False)  # (y, s, None, None): no statistics
+
+
+_layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward,
+                                   inference=lambda x, weight, bias, eps: _inference(x, None, weight, bias, eps))
 _add_layer_norm_call = _launch.fast_op(add_layer_norm_op, _add_layer_norm_impl, _setup_context,
-                                       _add_layer_norm_backward)
+                                       _add_layer_norm_backward, inference=_inference)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):

@@ -238,13 +238,24 @@ def long_row_programs(n_rows: int, row_bytes: int, cfg: dict, device: torch.devi
     return max(1, min(n_rows, per_sm * sms))
 
 
+# (shape, device, dim, replay_key of the inputs) -> the recorded launch (_launch.launch).
+_FWD_REPLAYS = _launch.Replays()
+_BWD_REPLAYS = _launch.Replays()
+
+
 def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     """y = softmax(x / temperature, dim). Copies x only if `dim` is not unit-stride."""
     y, y_rows = _launch.empty_rows_like(x, dim)
+    scale_log2 = _LOG2E / temperature
+    key = (x.shape, x.device, dim, _launch.replay_key(x))
+    replay = _FWD_REPLAYS.get(key)
+    if replay is not None:
+        replay(y, x, scale_log2)
+        return y
     if x.numel() == 0:
         return y
     x_rows, n_rows, n_cols, x_stride = _launch.rows(x, dim)
-    scale_log2 = _LOG2E / temperature
+    slots = {"y": y, "x": x, "scale_log2": scale_log2} if _FWD_REPLAYS.wanted(key) else None
     x_base, x_off = _launch.aligned_base(x_rows)
     y_base, y_off = _launch.aligned_base(y_rows)
     vec = _launch.vec(x)
@@ -252,26 +263,35 @@ def softmax_forward(x: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     cfg = launch_config(n_cols, x.element_size(), congruent=y_aligned)
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_fwd_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
-                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
-                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (x_off, x_stride, n_rows)),
-                                  num_warps=cfg["num_warps"])
+        replay = _launch.launch(
+            _softmax_fwd_kernel, grid, (y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2),
+            dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
+                 HAS_PEEL=_launch.has_peel(vec, n_cols, (x_off, x_stride, n_rows)), num_warps=cfg["num_warps"]),
+            slots)
     else:
         grid = (long_row_programs(n_rows, n_cols * x.element_size(), cfg, x.device),)
-        _softmax_fwd_long_kernel[grid](y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2,
-                                       BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned,
-                                       num_warps=cfg["num_warps"])
+        replay = _launch.launch(
+            _softmax_fwd_long_kernel, grid,
+            (y_base, x_base, n_rows, n_cols, x_off, x_stride, y_off, n_cols, scale_log2),
+            dict(BLOCK_N=cfg["BLOCK_N"], VEC=vec, Y_ALIGNED=y_aligned, num_warps=cfg["num_warps"]), slots)
+    _FWD_REPLAYS.put(key, replay)
     return y
 
 
 def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
     """dx from the saved output y and the incoming gradient dy."""
     dx, dx_rows = _launch.empty_rows_like(y, dim)
+    inv_t = 1.0 / temperature
+    key = (y.shape, y.device, dim, _launch.replay_key(y, dy))
+    replay = _BWD_REPLAYS.get(key)
+    if replay is not None:
+        replay(dx, dy, y, inv_t)
+        return dx
     if y.numel() == 0:
         return dx
     y_rows, n_rows, n_cols, y_stride = _launch.rows(y, dim)
     dy_rows, _, _, dy_stride = _launch.rows(dy, dim)
-    inv_t = 1.0 / temperature
+    slots = {"dx": dx, "dy": dy, "y": y, "inv_t": inv_t} if _BWD_REPLAYS.wanted(key) else None
     (dx_base, dx_off), (dy_base, dy_off), (y_base, y_off) = (
         _launch.aligned_base(dx_rows), _launch.aligned_base(dy_rows), _launch.aligned_base(y_rows))
     dx_stride = n_cols  # a fresh contiguous tensor
@@ -282,15 +302,19 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
                         congruent=flags["DX_ALIGNED"] and flags["DY_ALIGNED"])
     if cfg["single_pass"]:
         grid = ((n_rows + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"],)
-        _softmax_bwd_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride,
-                                  y_off, y_stride, inv_t, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
-                                  HAS_PEEL=_launch.has_peel(vec, n_cols, (y_off, y_stride, n_rows)),
-                                  num_warps=cfg["num_warps"])
+        replay = _launch.launch(
+            _softmax_bwd_kernel, grid,
+            (dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride, y_off, y_stride, inv_t),
+            dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], **flags,
+                 HAS_PEEL=_launch.has_peel(vec, n_cols, (y_off, y_stride, n_rows)), num_warps=cfg["num_warps"]),
+            slots)
     else:
         grid = (long_row_programs(n_rows, 2 * n_cols * y.element_size(), cfg, y.device),)
-        _softmax_bwd_long_kernel[grid](dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off,
-                                       dy_stride, y_off, y_stride, inv_t, BLOCK_N=cfg["BLOCK_N"], **flags,
-                                       num_warps=cfg["num_warps"])
+        replay = _launch.launch(
+            _softmax_bwd_long_kernel, grid,
+            (dx_base, dy_base, y_base, n_rows, n_cols, dx_off, dx_stride, dy_off, dy_stride, y_off, y_stride, inv_t),
+            dict(BLOCK_N=cfg["BLOCK_N"], **flags, num_warps=cfg["num_warps"]), slots)
+    _BWD_REPLAYS.put(key, replay)
     return dx
 
 

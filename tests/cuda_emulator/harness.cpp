@@ -10,6 +10,9 @@ namespace {
 
 DType dtype(int dt) { return static_cast<DType>(dt); }
 
+// kv_lengths of the attention launches that follow (emu_set_kv_lengths; nullptr: none).
+const int64_t* g_kv_lengths = nullptr;
+
 AttentionArgs attention_args(const void* q, const int64_t* qs, const void* k, const int64_t* ks, const void* v,
                              const int64_t* vs, void* out, float* lse, int64_t batch, int64_t heads, int64_t tq,
                              int64_t tk, int head_dim, bool causal, float scale_log2, int splits, float* partial) {
@@ -33,6 +36,7 @@ AttentionArgs attention_args(const void* q, const int64_t* qs, const void* k, co
   a.scale_log2 = scale_log2;
   a.splits = splits;
   a.partial = partial;
+  a.kv_lengths = g_kv_lengths;
   return a;
 }
 
@@ -48,6 +52,7 @@ void emu_set_smem_limit(int bytes) { gptk_emu::set_smem_limit(bytes); }
 // a * b + c as the kernels' code is compiled: fused (one rounding) when the build contracts.
 float emu_multiply_add(float a, float b, float c) { return a * b + c; }
 int emu_take_fault(char* buf, int len, uint64_t* kernel_offset) { return gptk_emu::take_fault(buf, len, kernel_offset); }
+void emu_set_kv_lengths(const int64_t* lengths) { g_kv_lengths = lengths; }
 void emu_set_dry_run(int on) { gptk_emu::set_dry_run(on != 0); }
 void emu_clear_launches() { gptk_emu::clear_launches(); }
 int emu_launch_count() { return gptk_emu::launch_count(); }
