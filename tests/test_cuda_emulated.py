@@ -5,7 +5,12 @@ streamed row kernels, the deterministic column reductions), with the FlashAttent
 for attention and the row-op tolerances of helpers.TOL elsewhere.
 
 This is how a machine without a GPU checks the kernels' indexing, fragment layouts,
-masking and synchronisation; tests/test_cuda_gpu.py checks them on real hardware."""
+masking, synchronisation, alignment and reads of memory never written (emulator.h);
+tests/test_cuda_gpu.py checks them on real hardware."""
+import ast
+import os
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,53 +254,91 @@ def schedules():
     cuda_emu.set_schedule("forward")
 
 
-def _every_kernel_once():
-    torch.manual_seed(0)
-    outs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        # D = 128: 32-key forward and dQ tiles, 16-query dK/dV tiles, so every kernel
-        # streams several tiles through its shared buffers.
-        q, k, v = (_randn(1, 2, t, 128, dtype=dtype) for t in (70, 100, 100))
-        out, lse = cuda_emu.attention(q, k, v, True)
-        outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
-        q1 = _randn(1, 2, 1, 128, dtype=dtype)
-        outs += list(cuda_emu.attention(q1, k, v, True, sm_count=132))  # the key split and its merge
-    # D = 256: Q/K/V fragments re-read per tile, dQ and dK/dV in column slices (grid z).
-    q, k, v = (_randn(1, 1, 17, 256, dtype=torch.bfloat16) for _ in range(3))
-    out, lse = cuda_emu.attention(q, k, v, True)
-    outs += [out, lse, *cuda_emu.attention_backward(torch.ones_like(out), q, k, v, out, lse, True)]
-    for n in (33, 1000, 16385):  # warp and block rows in registers, a row in shared memory
-        x = _randn(4, n, dtype=torch.float32)
-        y = cuda_emu.softmax(x, 0.7)
-        outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
-        y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
-        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd)]
-    for n in (7, 1001):  # operands at different phases: staged rows, in place updates of the staged sum
-        xb = _randn(3, n + 1, dtype=torch.bfloat16)[:, 1:]
-        y = cuda_emu.softmax(xb, 0.7)
-        outs += [y, cuda_emu.softmax_backward(xb, y, 0.7)]
-        w = _randn(n, dtype=torch.bfloat16)
-        y, mean, rstd, s = cuda_emu.layer_norm(xb, w, w, residual=xb)
-        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(xb, s, w, mean, rstd, dsum=xb)]
-    outs += list(cuda_emu.gelu_backward(torch.ones(40, 70), _randn(40, 70, dtype=torch.float32), True))
-    # linear_cross_entropy's row step reads the target logit before the row is overwritten
-    outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=torch.float32), torch.tensor([5, 1000, 0]),
-                                   torch.ones(1), 1.0, -100, True))
-    for n in (30, 3000):  # the 128- and 512-thread samplers
-        outs.append(cuda_emu.sample(_randn(3, n, dtype=torch.float32, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
+def _attention_once(dtype, d, tq, tk, sm_count=132):
+    q, k, v = (_randn(1, 2, t, d, dtype=dtype) for t in (tq, tk, tk))
+    out, lse = cuda_emu.attention(q, k, v, True, sm_count=sm_count)
+    return [out, lse, *cuda_emu.attention_backward(_randn(1, 2, tq, d, dtype=dtype), q, k, v, out, lse, True)]
+
+
+def _attention_tiles(d):
+    """Every attention kernel the launchers pick at padded head dim d, each streaming at
+    least two tiles through its shared buffers: fp16 on tensor cores (key tiles of 64, 32
+    or 16 by d, dK/dV's query tiles of 64 or 16), fp16 decode with and without the key
+    split (its merge layout depends on d), fp32 on CUDA cores, split too."""
+    assert cuda_emu.attention_key_splits(*(torch.empty(1, 2, t, d, dtype=torch.float16) for t in (1, 140)), True,
+                                         132) == 2
+    tq, tk = (70, 100) if d <= 64 else (20, 40) if d <= 128 else (17, 20)
+    outs = _attention_once(torch.float16, d, tq, tk)
+    outs += _attention_once(torch.float16, d, 3, 40)  # decode, one chunk
+    outs += _attention_once(torch.float16, d, 1, 140)  # decode, 2 key chunks and their merge
+    outs += _attention_once(torch.float32, d, 5, 40)
+    outs += _attention_once(torch.float32, d, 1, 140)
     return outs
 
 
-def test_kernels_do_not_depend_on_thread_order(schedules):
+def _rows_once(dtype):
+    outs = []
+    sizes = (33, 1000, 16385) if dtype == torch.float32 else (1000,)
+    for n in sizes:  # warp and block rows in registers, a row in shared memory
+        x = _randn(4, n, dtype=dtype)
+        y = cuda_emu.softmax(x, 0.7)
+        outs += [y, cuda_emu.softmax_backward(torch.ones_like(y), y, 0.7)]
+        y, mean, rstd, s = cuda_emu.layer_norm(x, None, None, residual=x)
+        grads = cuda_emu.layer_norm_backward(torch.ones_like(y), s, x[0], mean, rstd, params=n < 16385)
+        outs += [y, mean, rstd, s, *(g for g in grads if g is not None)]
+    if dtype == torch.float32:
+        return outs
+    for n in (7, 1001):  # operands at different phases: staged rows, in place updates of the staged sum
+        xb = _randn(3, n + 1, dtype=dtype)[:, 1:]
+        y = cuda_emu.softmax(xb, 0.7)
+        outs += [y, cuda_emu.softmax_backward(xb, y, 0.7)]
+        w = _randn(n, dtype=dtype)
+        y, mean, rstd, s = cuda_emu.layer_norm(xb, w, w, residual=xb)
+        outs += [y, mean, rstd, s, *cuda_emu.layer_norm_backward(xb, s, w, mean, rstd, dsum=xb)]
+    return outs
+
+
+def _others_once(dtype):
+    outs = list(cuda_emu.gelu_backward(torch.ones(40, 70, dtype=dtype), _randn(40, 70, dtype=dtype), True))
+    # linear_cross_entropy's row step reads the target logit before the row is overwritten
+    outs += list(cuda_emu.lce_rows(_randn(3, 1001, dtype=dtype), torch.tensor([5, 1000, 0]), torch.ones(1), 1.0,
+                                   -100, True))
+    for n in (30, 3000):  # the 128- and 512-thread samplers
+        outs.append(cuda_emu.sample(_randn(3, n, dtype=dtype, scale=2.0), 9, 0.9, top_k=5, top_p=0.8))
+    return outs
+
+
+# Each case runs under every schedule. bf16 takes fp16's code (the same templates) but
+# its own instantiations: the two largest tilings run in bf16 too.
+SCHEDULE_CASES = {
+    **{f"attention-D{d}": (lambda d=d: _attention_tiles(d)) for d in (16, 32, 64, 96, 128, 192, 256)},
+    "attention-bf16": lambda: _attention_once(torch.bfloat16, 128, 70, 100) + _attention_once(torch.bfloat16, 256,
+                                                                                               17, 17),
+    "rows-fp32": lambda: _rows_once(torch.float32),
+    "rows-fp16": lambda: _rows_once(torch.float16),
+    "rows-bf16": lambda: _rows_once(torch.bfloat16),
+    "gelu-lce-sample-fp32": lambda: _others_once(torch.float32),
+    "gelu-lce-sample-fp16": lambda: _others_once(torch.float16),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEDULE_CASES))
+def test_kernels_do_not_depend_on_thread_order(case, schedules):
     """Thread orders and cp.async landing times are all legal on hardware: a kernel's
-    results must be the same under each (a missing barrier or cp.async wait shows here)."""
+    results must be the same under each (a missing barrier or cp.async wait shows here).
+    Only the attention kernels use cp.async: the others skip its eager variants."""
+    if not case.startswith("attention"):
+        schedules = [sch for sch in schedules if not sch[2]]
     results = []
     for name, seed, eager in schedules:
         cuda_emu.set_schedule(name, seed, eager)
-        results.append(_every_kernel_once())
+        torch.manual_seed(0)
+        results.append(SCHEDULE_CASES[case]())
+    for i, a in enumerate(results[0]):
+        assert not (a.is_floating_point() and a.isnan().any()), f"{case}: output {i} has NaN"
     for (name, seed, eager), outs in zip(schedules[1:], results[1:]):
         for i, (a, b) in enumerate(zip(results[0], outs)):
-            assert torch.equal(a, b), (f"output {i} differs between the forward schedule and {name}({seed}) "
+            assert torch.equal(a, b), (f"{case}: output {i} differs between the forward schedule and {name}({seed}) "
                                        f"with {'eager' if eager else 'lazy'} cp.async")
 
 
@@ -468,6 +511,9 @@ def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
         xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
         assert_close(dwx, (g.double() * xhat).sum(0), torch.bfloat16, msg="dw")
         assert_close(dbx, g.double().sum(0), torch.bfloat16, msg="db")
+
+
+# ---------------------------------------------------------------------------------------
 # sample: the kernel draws what the C++ CPU implementation draws (same Philox uniform per
 # row, same rule; tests/test_sample.py checks that one against the exact distribution)
 # ---------------------------------------------------------------------------------------
@@ -488,3 +534,237 @@ def test_sample_kernel_matches_the_cpu_implementation(n, dtype):
         want = torch.ops.gptk.sample_cuda(logits, seed, t, k, p)
         assert torch.equal(got, want), (t, k, p, (got != want).nonzero().flatten().tolist())
         assert got[0].item() == -1
+
+
+# ---------------------------------------------------------------------------------------
+# what hardware leaves undefined, made to show (emulator.h), each check shown to fail on a
+# deliberately broken copy of the kernels (only the edited unit recompiles: seconds)
+# ---------------------------------------------------------------------------------------
+def _offset_rows(rows, n, dtype, scale=1.0, shift=0.0):
+    """Rows of a view at storage offset 1: the first starts one element past a 16-byte
+    boundary, and for odd n each of the others at another phase."""
+    return (_randn(rows * n + 1, dtype=dtype, scale=scale) + shift)[1:].view(rows, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1001, 50257])
+def test_row_kernels_peel_misaligned_row_starts(n, dtype):
+    """softmax, layer_norm and add_layer_norm, forward and backward, on misaligned rows:
+    they move rows in 16-byte packs, and the emulator faults on any access not aligned to
+    its width (test_misaligned_vector_access_faults); the kernels peel a scalar head up to
+    the first 16-byte boundary, so none is, and the results are right."""
+    x, g = _offset_rows(2, n, dtype, scale=2.0, shift=1.0), _offset_rows(2, n, dtype)
+    r, w, b = _offset_rows(2, n, dtype), _offset_rows(1, n, dtype)[0], _offset_rows(1, n, dtype)[0]
+    assert x.data_ptr() % 16 != 0 and w.data_ptr() % 16 != 0
+    y = cuda_emu.softmax(x, 0.7)
+    x64 = x.double().requires_grad_()
+    y64 = torch.softmax(x64 / 0.7, dim=-1)
+    y64.backward(g.double())
+    assert_close(y, y64, dtype, msg="softmax y")
+    assert_close(cuda_emu.softmax_backward(g, y, 0.7), x64.grad, dtype, msg="softmax dx")
+    for residual in (None, r):
+        y, mean, rstd, s = cuda_emu.layer_norm(x, w, b, 1e-5, residual=residual)
+        normed = x if residual is None else s
+        x64, w64, b64 = (t.double().requires_grad_() for t in (normed, w, b))
+        y64 = F.layer_norm(x64, (n,), w64, b64, 1e-5)
+        y64.backward(g.double())
+        assert_close(y, y64, dtype, msg="layer_norm y")
+        dsum = None if residual is None else g
+        # the column kernels of dweight/dbias read whole rows at 16-byte alignment or not at
+        # all (test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned)
+        dx, dw, db = cuda_emu.layer_norm_backward(g, normed, w, mean, rstd, dsum=dsum, params=n < 50000)
+        assert_close(dx, x64.grad + (0 if dsum is None else dsum.double()), dtype, msg="layer_norm dx")
+        if dw is not None:
+            assert_close(dw, w64.grad, dtype, msg="layer_norm dw")
+            assert_close(db, b64.grad, dtype, msg="layer_norm db")
+
+
+def test_misaligned_vector_access_faults(tmp_path):
+    """softmax's register kernel with its head peel disabled issues 16-byte loads from
+    rows that start 4 bytes past a boundary: the launch fails naming the kernel, the
+    access, its address and width, and the source line."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/softmax.cu", "  const RowSpan<T> sp(xr, n);\n  const int t",
+                                            "  RowSpan<T> sp(xr, n);\n  sp.head = 0, sp.packs = n / VEC, "
+                                            "sp.tail0 = sp.packs * VEC, sp.tail = n - sp.tail0;\n  const int t")])
+    x = _randn(3, 1001, dtype=torch.float32)  # row 1 starts 1001 * 4 bytes in
+    with cuda_emu.variant(csrc), pytest.raises(RuntimeError) as fault:
+        cuda_emu.softmax(x, 1.0)
+    assert re.search(r"softmax_forward: cudaError 716 in kernel void gptk::cuda::\(anonymous namespace\)::"
+                     r"softmax_fwd_regs<float, 64>\(.*\): misaligned address: .* 'const struct Pack' at "
+                     r"0x[0-9a-f]*[4c] is not 16-byte aligned at csrc/cuda/common.cuh:\d+", str(fault.value)), \
+        str(fault.value)
+    cuda_emu.softmax(x, 1.0)  # the real kernels, after the fault: nothing left over
+
+
+def test_shared_memory_starts_as_nan(tmp_path):
+    """column_sum adding all 32 lanes when only the lanes that had a chunk stored theirs:
+    right if shared memory started zeroed, wrong on hardware. Every block's shared memory
+    starts as NaN here, so the sum is NaN."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/gelu_linear.cu", "  lanes[threadIdx.y][threadIdx.x] = s;",
+                                            "  if (threadIdx.y < chunks) lanes[threadIdx.y][threadIdx.x] = s;")])
+    g, pre = _randn(40, 70, dtype=torch.float32), _randn(40, 70, dtype=torch.float32)  # 40 rows: 2 chunks
+    with cuda_emu.variant(csrc):
+        _, db = cuda_emu.gelu_backward(g, pre, True)
+    assert db.isnan().all()
+    assert torch.isfinite(cuda_emu.gelu_backward(g, pre, True)[1]).all()
+
+
+def test_outputs_start_as_nan(tmp_path):
+    """softmax's register kernel forgetting the peeled head's outputs: the glue allocates
+    outputs as entry.cpp does (at::empty) and fills them with NaN, so the unwritten
+    elements show whatever the allocator would have left there."""
+    csrc = cuda_emu.broken_csrc(tmp_path, [("cuda/softmax.cu", "  if (has_head) yr[t] = from_float<T>(he * inv);\n",
+                                            "")])
+    x = _randn(3, 1001, dtype=torch.float32)  # row 1 starts 1 element past a boundary: a head of 3
+    with cuda_emu.variant(csrc):
+        y = cuda_emu.softmax(x, 1.0)
+    assert y[1, :3].isnan().all() and not y[0].isnan().any() and not y[1, 3:].isnan().any()
+
+
+def test_build_fuses_multiply_add_as_nvcc_does():
+    """nvcc fuses a * b + c into one rounding by default; the emulator's build does too
+    (emulator.h states what still differs), so a kernel that needs a product rounded on
+    its own (attention's scaled_score, by __fmul_rn) must say so here as on the GPU."""
+    if not cuda_emu.cpu_has_fma():
+        pytest.skip("this CPU has no FMA instructions: the emulator rounds a * b + c twice (emulator.h)")
+    assert cuda_emu.contracts()
+
+
+# ---------------------------------------------------------------------------------------
+# host glue: tests/cuda_emu.py's wrappers do what csrc/cuda/entry.cpp (and common/lce.h)
+# do around the launchers, so the emulated kernels run on what the GPU's run on
+# ---------------------------------------------------------------------------------------
+_CPP_KEYWORDS = {"if", "for", "while", "switch", "return", "catch", "sizeof", "decltype", "static_assert"}
+
+
+def _cpp_functions(text):
+    """{name: body} of the function definitions in C++ source `text` (comments and string
+    literals blanked first; bodies are skipped, so nested lambdas are not listed)."""
+    text = re.sub(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\])*"', lambda m: " " * len(m.group(0)), text, flags=re.S)
+    out, pos = {}, 0
+    head = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+    while (m := head.search(text, pos)) is not None:
+        pos = m.end()
+        if m.group(1) in _CPP_KEYWORDS:
+            continue
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        after = re.match(r"\s*(?:const\s*)?(?:noexcept\s*)?\{", text[i:])
+        if after is None:
+            continue
+        start = i + after.end()
+        depth, j = 1, start
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        out[m.group(1)] = text[start:j - 1]
+        pos = j
+    return out
+
+
+def _cpp_glue(body):
+    """What a C++ entry function decides around its launchers."""
+    allocs = {m.group(1): m.group(2) for m in re.finditer(r"(\w+)\s*=\s*(?:[^;=]*\?\s*)?at::(empty|zeros)\(", body)}
+    allocs.update({m.group(1): "empty" for m in re.finditer(r"\[\s*(\w+)\s*,[^\]]*\]\s*=\s*empty_rows_like\(", body)})
+    return {"allocations": allocs,
+            "zeroed": set(re.findall(r"(\w+)\.zero_\(\)", body)),
+            "aligned": set(re.findall(r"(\w+)\s*=\s*aligned\(", body)),
+            "launchers": re.findall(r"(?<![:\w])cuda::(\w+)\(", body)}
+
+
+def _py_glue(name, functions, launchers):
+    """The same facts of the wrapper `name`, walking into the module's helpers it calls;
+    `launchers` are launch.h's (the harness calls them emu_<name>)."""
+    facts = {"allocations": {}, "zeroed": set(), "aligned": set(), "launchers": []}
+    kinds = {"_empty": "empty", "_zeros": "zeros"}
+
+    def visit(node):
+        if isinstance(node, ast.Assign):
+            # x = _empty(..), or x = _empty(..) if a else None
+            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value
+            kind = kinds.get(getattr(value.func, "id", None)) if isinstance(value, ast.Call) else None
+            for target in node.targets:
+                if isinstance(target, ast.Name) and kind:
+                    facts["allocations"][target.id.rstrip("_")] = kind
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):  # q, k = _aligned(q_in), ...
+            for target, value in zip(getattr(node.targets[0], "elts", ()), node.value.elts):
+                if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "_aligned":
+                    facts["aligned"].add(target.id)
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr == "zero_" and isinstance(f.value, ast.Name):
+                facts["zeroed"].add(f.value.id.rstrip("_"))
+            elif isinstance(f, ast.Attribute) and f.attr.startswith("emu_") and f.attr[len("emu_"):] in launchers:
+                facts["launchers"].append(f.attr[len("emu_"):])
+            elif isinstance(f, ast.Name) and f.id in functions:
+                for stmt in functions[f.id].body:
+                    visit(stmt)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for stmt in functions[name].body:
+        visit(stmt)
+    return facts
+
+
+def _glue_drift(cpp_sources, py_source):
+    """Each difference between the wrappers of cuda_emu.MIRRORS and the C++ they mirror,
+    and each C++ function that calls a launcher but has no mirror."""
+    cpp = {}
+    for text in cpp_sources:
+        cpp.update(_cpp_functions(text))
+    with open(os.path.join(cuda_emu.CSRC, "cuda", "launch.h")) as f:
+        launchers = set(re.findall(r"^(?:cudaError_t|int64_t|int)\s+(\w+)\(", f.read(), re.M))
+    py = {n.name: n for n in ast.parse(py_source).body if isinstance(n, ast.FunctionDef)}
+    problems = []
+    mirrored = set()
+    for wrapper, (functions, left_out) in cuda_emu.MIRRORS.items():
+        want = {"allocations": {}, "zeroed": set(), "aligned": set(), "launchers": []}
+        for fn in functions:
+            mirrored.add(fn)
+            facts = _cpp_glue(cpp[fn])
+            want["allocations"].update({k: v for k, v in facts["allocations"].items() if k not in left_out})
+            want["zeroed"] |= facts["zeroed"] - set(left_out)
+            want["aligned"] |= facts["aligned"]
+            want["launchers"] += facts["launchers"]
+        got = _py_glue(wrapper, py, launchers)
+        for key in want:
+            if got[key] != want[key]:
+                problems.append(f"cuda_emu.{wrapper} vs {'+'.join(functions)}: {key} {got[key]} != {want[key]}")
+    for fn, body in cpp.items():
+        if _cpp_glue(body)["launchers"] and fn not in mirrored:
+            problems.append(f"{fn} calls launchers {_cpp_glue(body)['launchers']} but no cuda_emu wrapper mirrors it")
+    return problems
+
+
+def _glue_sources():
+    def read(path):
+        with open(path) as f:
+            return f.read()
+    cpp = [read(os.path.join(cuda_emu.CSRC, "cuda", "entry.cpp")), read(os.path.join(cuda_emu.CSRC, "common", "lce.h"))]
+    return cpp, read(cuda_emu.__file__)
+
+
+def test_host_glue_mirrors_entry_cpp():
+    """Allocation kind (empty/zeros) of every tensor the launchers write, later zero_()
+    calls, aligned copies of inputs and the launcher sequence agree between each wrapper
+    and the C++ it mirrors; an entry point with launchers and no wrapper fails too. (Grid,
+    block, shared memory and kernel choices are the launchers' own, compiled as they are.)"""
+    cpp_sources, py_source = _glue_sources()
+    assert _glue_drift(cpp_sources, py_source) == []
+    # the drift this test exists for: dK/dV zero-filled on one side only
+    entry, lce = cpp_sources
+    zeros = entry.replace("at::Tensor dk = at::empty(", "at::Tensor dk = at::zeros(")
+    assert any("attention_backward" in p and "'dk': 'zeros'" in p for p in _glue_drift([zeros, lce], py_source))
+    py_zeros = py_source.replace("dv = _empty(b, h, tk, d", "dv = _zeros(b, h, tk, d")
+    assert any("'dv': 'zeros'" in p for p in _glue_drift(cpp_sources, py_zeros))
+    # a launcher added to an entry point, an aligned() copy dropped, a new entry point
+    extra = entry.replace("C10_CUDA_CHECK(cuda::column_sum(dt, pb,", "C10_CUDA_CHECK(cuda::column_sum(dt, pb + 0,")
+    extra = extra.replace("cuda::layer_norm_backward_dx(", "cuda::column_chunks(rows); cuda::layer_norm_backward_dx(")
+    assert any("norm_backward" in p and "launchers" in p for p in _glue_drift([extra, lce], py_source))
+    unaligned = entry.replace("dout = aligned(dout_in);", "dout = dout_in;")
+    assert any("aligned" in p for p in _glue_drift([unaligned, lce], py_source))
+    new_op = entry + "\nvoid new_op_cuda(at::Tensor& x) { C10_CUDA_CHECK(cuda::gelu_forward(x)); }\n"
+    assert any("new_op_cuda" in p for p in _glue_drift([new_op, lce], py_source))

@@ -1,24 +1,50 @@
 // Runs csrc/cuda/*.cu kernels on the CPU, for the tests of a machine without a GPU.
 //
 // Force-included (g++ -include) ahead of each .cu, which tests/cuda_emu.py first rewrites
-// in one place only: `kernel<<<config>>>(args)` becomes
-// `gptk_emu::launch(gptk_emu::config(config), kernel, args)`. The inline PTX lives in
-// csrc/cuda/ptx.cuh, which the include path replaces by tests/cuda_emulator/cuda/ptx.cuh
-// (mma, ldmatrix, cp.async on the functions below). Everything else compiles as written.
+// in two places only: `kernel<<<config>>>(args)` becomes
+// `gptk_emu::launch(gptk_emu::config(config), kernel, args)`, and each `__shared__`
+// declaration a reference into the running block's shared memory (below). The inline PTX
+// lives in csrc/cuda/ptx.cuh, which the include path replaces by
+// tests/cuda_emulator/cuda/ptx.cuh (mma, ldmatrix, cp.async on the functions below).
+// Everything else compiles as written.
 //
 // The model: a block's threads are fibers (ucontext) on one OS thread, each running the
 // kernel until it finishes or waits at a barrier; __syncthreads() releases when every live
 // thread of the block waits there, __syncwarp() (and so every shuffle and mma, built on
 // it) when every live thread of the warp does. A thread that returned early leaves its
-// barriers, as on the GPU. Blocks run one after another, so `__shared__` (here `static`)
-// storage is the running block's. Deadlocks and bad launch shapes are reported, not hung.
+// barriers, as on the GPU. Blocks run one after another, each with its own shared memory.
+// Deadlocks and bad launch shapes are reported, not hung.
+//
+// What hardware leaves undefined is made to show:
+//  - Shared memory, static and dynamic, starts every block as 0xff bytes (NaN as fp32,
+//    fp16 and bf16), so a read of a byte the block never wrote (a missing zero-fill of
+//    padding rows: NaN x 0 is NaN) poisons the result. The outputs the tests' host glue
+//    (tests/cuda_emu.py) allocates empty, as entry.cpp does, start as NaN too (integers:
+//    the most negative value); those it zero-fills stay zeros.
+//  - Every static `__shared__` array sits at an address aligned to exactly its declared
+//    alignment (an odd multiple of it), dynamic shared memory at exactly 16 bytes: an
+//    array of floats read as 16-byte packs without alignas(16) is misaligned here, as it
+//    can be on the GPU (the x86-64 ABI would otherwise align every array to 16).
+//  - A load or store through a pointer not aligned to its type (the 16-, 8- and 4-byte
+//    Pack<> accesses of common.cuh, fragment pairs, float2 ...; the kernels are built with
+//    -fsanitize=alignment, whose handler is here), a cp.async or an ldmatrix row address
+//    not aligned to 16 bytes, is a fault: the launch fails with cudaErrorMisalignedAddress
+//    and take_fault() names the kernel, the address, the width and the source line.
 //
 // Races: threads take turns in a chosen order (set_schedule: forward, reverse, shuffled,
 // warp-serial); tests run kernels under several orders and require bitwise-equal results,
 // which catches missing barriers (not a full racecheck: compute-sanitizer on a GPU is that).
 //
-// What this does not model: timing, memory ordering between blocks, bank conflicts, and
-// the exact rounding of the hardware's exp2/mma accumulation order (fp32 throughout).
+// Rounding: built with FMA contraction (tests/cuda_emu.py: -ffp-contract=fast, and -mfma
+// where the CPU has FMA; cuda_emu.contracts() probes it), so a * b + c is fused as nvcc
+// fuses it by default, while __fmul_rn stays a rounded product, as on the GPU. What it
+// cannot check: where g++ and nvcc each choose to fuse (a * b + c * d: which product;
+// across statements) may differ, so results agree with the GPU's to rounding, not bit for
+// bit; exp2f and the other math functions are the C library's, not the GPU's
+// approximations (ex2.approx); mma sums its 16 products in order in fp32, not in the
+// tensor core's order and internal width. On a CPU without FMA, a * b + c rounds twice.
+//
+// What this does not model: timing, memory ordering between blocks, bank conflicts.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -66,10 +92,10 @@ inline LaunchConfig config(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t 
 }
 
 // Dynamic shared memory (`extern __shared__`, reached through csrc/cuda/ptx.cuh's
-// dynamic_smem()): one buffer of the launch's size per block, filled with 0xff bytes (NaN
-// as floats, NaN/-1 as halves) before each block, so a read of an unwritten byte shows.
-// A launch asking for more than the opt-in limit (set_smem_limit; 227 KB, an H100's, by
-// default) or for more than 48 KB without cudaFuncSetAttribute fails as on hardware.
+// dynamic_smem()): one buffer of the launch's size per block, 0xff bytes at the block's
+// start. A launch asking for more than the opt-in limit (set_smem_limit; 227 KB, an
+// H100's, by default) or for more than 48 KB without cudaFuncSetAttribute fails as on
+// hardware.
 unsigned char* dynamic_smem();
 void set_dynamic_smem(size_t bytes);
 void set_smem_limit(int bytes);
@@ -87,6 +113,33 @@ void clear_launches();
 int launch_count();
 void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem);
 
+// Static shared memory: tests/cuda_emu.py rewrites `__shared__ T name[N];` into
+// `static SharedSlot slot; auto& name = shared<T[N], ALIGN>(slot);` (ALIGN from an
+// alignas, else 0). The first thread of a block to reach the declaration places it in the
+// block's 48 KB (at an odd multiple of its alignment) and fills it with 0xff; the others
+// get the same storage.
+struct SharedSlot {
+  uint64_t block = 0;  // the block it was placed for (blocks count from 1)
+  void* p = nullptr;
+};
+uint64_t block_serial();
+void* shared_alloc(size_t bytes, size_t align);
+template <typename U, size_t ALIGN>
+U& shared(SharedSlot& slot) {
+  if (slot.block != block_serial()) {
+    slot.p = shared_alloc(sizeof(U), ALIGN > alignof(U) ? ALIGN : alignof(U));
+    slot.block = block_serial();
+  }
+  return *static_cast<U*>(slot.p);
+}
+
+// Faults: a misaligned access ends the launch as on the GPU (no other thread or block runs
+// on) and the launch returns cudaErrorMisalignedAddress; take_fault() hands over its
+// message (address, width, source line; the kernel as an offset into the library) once.
+void check_aligned(const void* p, int width, const char* what, const char* file, int line);
+void set_kernel(const void* kernel);
+int take_fault(char* buf, int len, uint64_t* kernel_offset);
+
 template <typename... Params, typename... Args>
 void launch(LaunchConfig c, void (*kernel)(Params...), Args&&... args) {
   record_launch(reinterpret_cast<const void*>(kernel), c);
@@ -98,7 +151,9 @@ void launch(LaunchConfig c, void (*kernel)(Params...), Args&&... args) {
     return;
   }
   set_dynamic_smem(c.smem);
+  set_kernel(reinterpret_cast<const void*>(kernel));
   run_grid(c.grid, c.block, [&] { kernel(args...); });
+  set_kernel(nullptr);
 }
 
 // ---- warp exchange ----
@@ -173,7 +228,8 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
 // Lane 8 i + r gives the address of row r of matrix i; lane 4 r + w receives elements
 // (r, 2 w) and (r, 2 w + 1) of matrix i, or (2 w, r) and (2 w + 1, r) when transposed.
 template <int NUM, bool TRANS>
-void ldmatrix(uint32_t (&out)[NUM], const void* row) {
+void ldmatrix(uint32_t (&out)[NUM], const void* row, const char* file, int line) {
+  check_aligned(row, 16, "ldmatrix row address", file, line);
   unsigned char* s = warp_scratch();
   const unsigned char* mine = static_cast<const unsigned char*>(row);
   std::memcpy(s + ctx().lane * kScratchPerLane, &mine, sizeof(mine));
@@ -202,7 +258,7 @@ void ldmatrix(uint32_t (&out)[NUM], const void* row) {
 // Lazy: a kernel that reads its shared tile before waiting (or before the __syncthreads()
 // after the wait, under the warp-serial schedules) reads stale data. Eager: one that
 // refills a buffer other warps still read (no barrier before the refill) corrupts it.
-void cp_async_16(void* smem, const void* gmem, bool fill);
+void cp_async_16(void* smem, const void* gmem, bool fill, const char* file, int line);
 void cp_async_commit();
 void cp_async_wait(int pending_groups_allowed);
 
@@ -218,7 +274,7 @@ void cp_async_wait(int pending_groups_allowed);
 #undef __forceinline__
 #define __forceinline__ inline
 #undef __shared__
-#define __shared__ static
+#define __shared__ gptk_emu_shared_declaration_left_unrewritten_by_tests_cuda_emu_py
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 
@@ -237,7 +293,12 @@ template <typename T>
 T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
   return ::gptk_emu::shfl(v, ::gptk_emu::ctx().lane ^ mask);
 }
-inline float __fmul_rn(float a, float b) { return a * b; }
+// Never fused into a neighbouring add, as on the GPU (-ffp-contract=fast would fuse a
+// plain product): the volatile round trip hides the product from the contraction.
+inline float __fmul_rn(float a, float b) {
+  volatile float p = a * b;
+  return p;
+}
 inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
 
 // The launchers' error check reads the emulator's launch status. A macro, not a definition

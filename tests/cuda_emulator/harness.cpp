@@ -49,6 +49,9 @@ void emu_set_schedule(int order, unsigned seed, int eager_copies) {
 }
 
 void emu_set_smem_limit(int bytes) { gptk_emu::set_smem_limit(bytes); }
+// a * b + c as the kernels' code is compiled: fused (one rounding) when the build contracts.
+float emu_multiply_add(float a, float b, float c) { return a * b + c; }
+int emu_take_fault(char* buf, int len, uint64_t* kernel_offset) { return gptk_emu::take_fault(buf, len, kernel_offset); }
 void emu_set_kv_lengths(const int64_t* lengths) { g_kv_lengths = lengths; }
 void emu_set_dry_run(int on) { gptk_emu::set_dry_run(on != 0); }
 void emu_clear_launches() { gptk_emu::clear_launches(); }

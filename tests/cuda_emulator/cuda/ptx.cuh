@@ -18,9 +18,19 @@ inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32
 inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
   ::gptk_emu::mma_m16n8k16<::gptk_emu::bf16>(c, a, b0, b1);
 }
-inline void ldmatrix_x2(uint32_t (&out)[2], const void* row) { ::gptk_emu::ldmatrix<2, false>(out, row); }
-inline void ldmatrix_x2_trans(uint32_t (&out)[2], const void* row) { ::gptk_emu::ldmatrix<2, true>(out, row); }
-inline void cp_async_16(void* smem, const void* gmem, bool fill) { ::gptk_emu::cp_async_16(smem, gmem, fill); }
+// The trailing defaults name the caller's line, for the emulator's alignment faults.
+inline void ldmatrix_x2(uint32_t (&out)[2], const void* row, const char* file = __builtin_FILE(),
+                        int line = __builtin_LINE()) {
+  ::gptk_emu::ldmatrix<2, false>(out, row, file, line);
+}
+inline void ldmatrix_x2_trans(uint32_t (&out)[2], const void* row, const char* file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+  ::gptk_emu::ldmatrix<2, true>(out, row, file, line);
+}
+inline void cp_async_16(void* smem, const void* gmem, bool fill, const char* file = __builtin_FILE(),
+                        int line = __builtin_LINE()) {
+  ::gptk_emu::cp_async_16(smem, gmem, fill, file, line);
+}
 template <typename T>
 inline T* dynamic_smem() {
   return reinterpret_cast<T*>(::gptk_emu::dynamic_smem());
