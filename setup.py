@@ -110,7 +110,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib", "rich", "tqdm", "transformers>=5.0,<6",
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib", "rich", "tqdm", "transformers>=5.0,<6",
                  "safetensors", "tokenizers", "ninja", "pybind11"],
         # GPT-2 interop (gpt.from_hf / save_hf / patch_hf_gpt2, --tokenizer): tested on 5.0, 5.17, 5.24
         "hf": ["transformers>=5.0,<6", "safetensors"],

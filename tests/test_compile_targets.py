@@ -13,6 +13,8 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+# Under pytest-xdist (--dist loadgroup) one worker runs these, sharing _run's compiles.
+pytestmark = pytest.mark.xdist_group("triton_compile")
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
 MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.triton.gelu_linear",
