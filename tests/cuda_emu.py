@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import fcntl
 import glob
 import hashlib
 import os
@@ -182,6 +183,16 @@ def build(csrc: str | None = None) -> str:
     final = os.path.join(root, "gptk_emu_" + hashlib.sha256("".join(objects).encode()).hexdigest()[:16] + ".so")
     if os.path.isfile(final):
         return final
+    # One build at a time (pytest-xdist workers start together on a cold cache): the
+    # others wait, then find the library.
+    with open(os.path.join(root, "build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(final):
+            return final
+        return _build_library(csrc, root, flags, units, objects, final)
+
+
+def _build_library(csrc, root, flags, units, objects, final) -> str:
     work = os.path.join(root, f"work_{os.getpid()}")
     os.makedirs(work, exist_ok=True)
 
