@@ -13,8 +13,11 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
-# Under pytest-xdist (--dist loadgroup) one worker runs these, sharing _run's compiles.
+# Under pytest-xdist (--dist loadgroup) the tests sharing a module's compiles (_run) run on
+# one worker; attention's, the longest (~840 compiles), is its own group so that another
+# worker takes the rest alongside it.
 pytestmark = pytest.mark.xdist_group("triton_compile")
+ATTENTION = "kernels.triton.attention"
 
 # One entry per op module; each exposes compile_cases() covering every launch config.
 MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.triton.gelu_linear",
@@ -30,7 +33,8 @@ def _run(module):
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", [pytest.param(m, marks=pytest.mark.xdist_group("triton_compile_attention"))
+                                    if m == ATTENTION else m for m in MODULES])
 def test_compiles_for_sm80_sm90_without_spills(module):
     from kernels.triton.compile_check import problems
     results = _run(module)
