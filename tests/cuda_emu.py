@@ -72,12 +72,15 @@ _DECLARATOR = re.compile(r"(.*?)\b([A-Za-z_]\w*)\s*((?:\[[^\]]*\]\s*)*)$", re.S)
 
 
 def _split_top_level(text: str) -> list[str]:
-    """`text` cut at the commas outside brackets, parentheses and template arguments."""
-    pieces, depth, start = [], 0, 0
+    """`text` cut at the commas outside brackets, parentheses and template arguments (a <
+    or > inside brackets or parentheses is a comparison: [T > 32 ? T / 32 : 1])."""
+    pieces, depth, angle, start = [], 0, 0, 0
     for i, ch in enumerate(text):
-        depth += ch in "[(<{"
-        depth -= ch in "])>}"
-        if ch == "," and depth == 0:
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        if depth == 0:
+            angle += (ch == "<") - (ch == ">")
+        if ch == "," and depth == 0 and angle == 0:
             pieces.append(text[start:i])
             start = i + 1
     return pieces + [text[start:]]
@@ -95,8 +98,10 @@ def _shared_declaration(m) -> str:
         if not type_ or d is None or (i > 0 and d.group(1).strip()):
             raise RuntimeError(f"a __shared__ declaration the emulator cannot rewrite: {m.group(0)!r}")
         name, dims = d.group(2), re.sub(r"\s+", " ", d.group(3)).strip()
-        out.append(f"static ::gptk_emu::SharedSlot gptk_emu_slot_{name}; "
-                   f"auto& {name} = ::gptk_emu::shared<{type_}{dims}, {align}>(gptk_emu_slot_{name});")
+        # the type through an alias: a bound such as [T > 32 ? T / 32 : 1] cannot be a
+        # template argument as written (its > would close the list)
+        out.append(f"using gptk_emu_type_{name} = {type_}{dims}; static ::gptk_emu::SharedSlot gptk_emu_slot_{name}; "
+                   f"auto& {name} = ::gptk_emu::shared<gptk_emu_type_{name}, {align}>(gptk_emu_slot_{name});")
     return " ".join(out)
 
 

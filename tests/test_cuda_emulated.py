@@ -630,6 +630,15 @@ def test_build_fuses_multiply_add_as_nvcc_does():
     assert cuda_emu.contracts()
 
 
+def test_shared_declarations_rewrite_with_comparisons_in_their_bounds():
+    """A bound such as [T > 32 ? T / 32 : 1] (ln_bwd_fused) reaches the shared-memory slot
+    through a type alias, and its > neither closes a template list nor hides a comma."""
+    out = cuda_emu.rewrite("__shared__ Pack<float, 4> a[T > 32 ? T / 32 : 1], b[N];\n", "case")
+    assert "using gptk_emu_type_a = Pack<float, 4>[T > 32 ? T / 32 : 1];" in out
+    assert "using gptk_emu_type_b = Pack<float, 4>[N];" in out
+    assert "shared<gptk_emu_type_a, 0>(gptk_emu_slot_a)" in out and out.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------------------
 # host glue: tests/cuda_emu.py's wrappers do what csrc/cuda/entry.cpp (and common/lce.h)
 # do around the launchers, so the emulated kernels run on what the GPU's run on
