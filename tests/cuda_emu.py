@@ -454,8 +454,9 @@ def _column_sum(partial, chunks, n, out):
 
 def layer_norm_backward(dy, x, weight, mean, rstd, dsum=None, params=True):
     """(dx, dweight, dbias) from the normalised input x (x + residual for add_layer_norm).
-    params=False stops after dx (dweight, dbias unwritten): the column kernels behind them
-    do not depend on the row length, so long-row tests skip their many blocks."""
+    params=False stops before the column sums (dweight, dbias None; the launcher still
+    forms their partials): those do not depend on the row length, so long-row tests skip
+    their many blocks."""
     x2, xs = _rows(x)
     dy2, dys = _rows(dy)
     ds2, dss = _rows(dsum) if dsum is not None else (None, 0)
@@ -467,16 +468,14 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dsum=None, params=True):
         dw.zero_()
         db.zero_()
         return dx.view(x.shape), dw, db
-    dt = DTYPE_CODES[x.dtype]
-    _check(lib().emu_layer_norm_backward_dx(dt, _p(dy2), _i(dys), _p(ds2), _i(dss), _p(x2), _i(xs), _p(weight),
-                                            _p(mean), _p(rstd), _p(dx), _i(rows), _i(n)), "layer_norm_backward_dx")
-    if not params:
-        return dx.view(x.shape), None, None
     chunks = lib().emu_column_chunks(_i(rows))
     partial = _empty(2, chunks, n, dtype=torch.float32)
     pw, pb = partial[0], partial[1]
-    _check(lib().emu_norm_param_partials(dt, _p(dy2), _i(dys), _p(x2), _i(xs), _p(mean), _p(rstd), _p(pw), _p(pb),
-                                         _i(rows), _i(n)), "norm_param_partials")
+    _check(lib().emu_layer_norm_backward(DTYPE_CODES[x.dtype], _p(dy2), _i(dys), _p(ds2), _i(dss), _p(x2), _i(xs),
+                                         _p(weight), _p(mean), _p(rstd), _p(dx), _p(pw), _p(pb), _i(rows), _i(n)),
+           "layer_norm_backward")
+    if not params:
+        return dx.view(x.shape), None, None
     _column_sum(pw, chunks, n, dw)
     _column_sum(pb, chunks, n, db)
     return dx.view(x.shape), dw, db
