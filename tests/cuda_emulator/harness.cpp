@@ -88,11 +88,6 @@ int emu_layer_norm_backward(int dt, const void* dy, int64_t dys, const void* dsu
 
 int64_t emu_column_chunks(int64_t rows) { return gptk::cuda::column_chunks(rows); }
 
-int emu_norm_param_partials(int dt, const void* dy, int64_t dys, const void* x, int64_t xs, const float* mean,
-                            const float* rstd, float* pw, float* pb, int64_t rows, int64_t n) {
-  return gptk::cuda::norm_param_partials(dtype(dt), dy, dys, x, xs, mean, rstd, pw, pb, rows, n, nullptr);
-}
-
 int emu_gelu_backward_partials(int dt, const void* dout, int64_t ds, const void* pre, int64_t ps, void* dpre, float* pb,
                                int64_t rows, int64_t n, int tanh_form) {
   return gptk::cuda::gelu_backward_partials(dtype(dt), dout, ds, pre, ps, dpre, pb, rows, n, tanh_form != 0, nullptr);
