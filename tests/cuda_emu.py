@@ -73,12 +73,15 @@ _DECLARATOR = re.compile(r"(.*?)\b([A-Za-z_]\w*)\s*((?:\[[^\]]*\]\s*)*)$", re.S)
 
 
 def _split_top_level(text: str) -> list[str]:
-    """`text` cut at the commas outside brackets, parentheses and template arguments."""
-    pieces, depth, start = [], 0, 0
+    """`text` cut at the commas outside brackets, parentheses and template arguments (a <
+    or > inside brackets or parentheses is a comparison: [T > 32 ? T / 32 : 1])."""
+    pieces, depth, angle, start = [], 0, 0, 0
     for i, ch in enumerate(text):
-        depth += ch in "[(<{"
-        depth -= ch in "])>}"
-        if ch == "," and depth == 0:
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        if depth == 0:
+            angle += (ch == "<") - (ch == ">")
+        if ch == "," and depth == 0 and angle == 0:
             pieces.append(text[start:i])
             start = i + 1
     return pieces + [text[start:]]
@@ -96,8 +99,10 @@ def _shared_declaration(m) -> str:
         if not type_ or d is None or (i > 0 and d.group(1).strip()):
             raise RuntimeError(f"a __shared__ declaration the emulator cannot rewrite: {m.group(0)!r}")
         name, dims = d.group(2), re.sub(r"\s+", " ", d.group(3)).strip()
-        out.append(f"static ::gptk_emu::SharedSlot gptk_emu_slot_{name}; "
-                   f"auto& {name} = ::gptk_emu::shared<{type_}{dims}, {align}>(gptk_emu_slot_{name});")
+        # the type through an alias: a bound such as [T > 32 ? T / 32 : 1] cannot be a
+        # template argument as written (its > would close the list)
+        out.append(f"using gptk_emu_type_{name} = {type_}{dims}; static ::gptk_emu::SharedSlot gptk_emu_slot_{name}; "
+                   f"auto& {name} = ::gptk_emu::shared<gptk_emu_type_{name}, {align}>(gptk_emu_slot_{name});")
     return " ".join(out)
 
 
@@ -460,8 +465,9 @@ def _column_sum(partial, chunks, n, out):
 
 def layer_norm_backward(dy, x, weight, mean, rstd, dsum=None, params=True):
     """(dx, dweight, dbias) from the normalised input x (x + residual for add_layer_norm).
-    params=False stops after dx (dweight, dbias unwritten): the column kernels behind them
-    do not depend on the row length, so long-row tests skip their many blocks."""
+    params=False stops before the column sums (dweight, dbias None; the launcher still
+    forms their partials): those do not depend on the row length, so long-row tests skip
+    their many blocks."""
     x2, xs = _rows(x)
     dy2, dys = _rows(dy)
     ds2, dss = _rows(dsum) if dsum is not None else (None, 0)
@@ -473,16 +479,14 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dsum=None, params=True):
         dw.zero_()
         db.zero_()
         return dx.view(x.shape), dw, db
-    dt = DTYPE_CODES[x.dtype]
-    _check(lib().emu_layer_norm_backward_dx(dt, _p(dy2), _i(dys), _p(ds2), _i(dss), _p(x2), _i(xs), _p(weight),
-                                            _p(mean), _p(rstd), _p(dx), _i(rows), _i(n)), "layer_norm_backward_dx")
-    if not params:
-        return dx.view(x.shape), None, None
     chunks = lib().emu_column_chunks(_i(rows))
     partial = _empty(2, chunks, n, dtype=torch.float32)
     pw, pb = partial[0], partial[1]
-    _check(lib().emu_norm_param_partials(dt, _p(dy2), _i(dys), _p(x2), _i(xs), _p(mean), _p(rstd), _p(pw), _p(pb),
-                                         _i(rows), _i(n)), "norm_param_partials")
+    _check(lib().emu_layer_norm_backward(DTYPE_CODES[x.dtype], _p(dy2), _i(dys), _p(ds2), _i(dss), _p(x2), _i(xs),
+                                         _p(weight), _p(mean), _p(rstd), _p(dx), _p(pw), _p(pb), _i(rows), _i(n)),
+           "layer_norm_backward")
+    if not params:
+        return dx.view(x.shape), None, None
     _column_sum(pw, chunks, n, dw)
     _column_sum(pb, chunks, n, db)
     return dx.view(x.shape), dw, db

@@ -429,6 +429,18 @@ def test_softmax_rows_at_any_alignment(case, dtype, smem_limit):
     assert_close(dx, x64.grad, dtype, msg="dx")
 
 
+def test_softmax_staged_rows_take_one_exp_where_their_fp32_copy_fits(smem_limit):
+    # Staged rows widen to fp32 so their exponentials overwrite them in place (one exp2 per
+    # element); a 16-bit row whose fp32 copy does not fit stays raw and recomputes exp2.
+    x = _rows_input(2, 20001, torch.bfloat16, "contiguous", scale=3.0)
+    for limit, kernel in ((227 * 1024, "softmax_fwd_smem<__nv_bfloat16, float, 512>"),
+                          (64 * 1024, "softmax_fwd_smem<__nv_bfloat16, __nv_bfloat16, 1024>")):
+        smem_limit(limit)
+        y, kernels = _run_recording(lambda: cuda_emu.softmax(x, 0.7))
+        assert len(kernels) == 1 and kernels[0].split("::")[-1].startswith(kernel), kernels
+        assert_close(y, torch.softmax(x.double() / 0.7, dim=-1), torch.bfloat16, msg=kernel)
+
+
 def test_softmax_rows_propagate_nan_and_inf_on_every_path(smem_limit):
     for n, layout, limit in ((33, "contiguous", None), (33, "sliced", None), (20001, "contiguous", None),
                              (20001, "contiguous", 2048)):
@@ -444,8 +456,8 @@ def test_softmax_rows_propagate_nan_and_inf_on_every_path(smem_limit):
 LN_PATHS = [
     (7, "one_row", None, "ln_fwd_regs<", "ln_bwd_regs<"),          # registers with a scalar tail (x + r stored exactly)
     (7, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),       # odd width: rows at phases the weight is not
-    (1024, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),    # the register path (a block per row)
-    (40, "contiguous", None, "ln_fwd_regs<", "ln_bwd_regs<"),      # a warp per row
+    (1024, "contiguous", None, "ln_fwd_regs<", "ln_bwd_fused<"),   # the register path (a block per row)
+    (40, "contiguous", None, "ln_fwd_regs<", "ln_bwd_fused<"),     # a warp per row
     (1001, "sliced", None, "ln_fwd_smem<", "ln_bwd_smem<"),
     (8201, "contiguous", None, "ln_fwd_smem<", "ln_bwd_smem<"),    # long rows: 512 threads
     (1001, "sliced", 2048, "ln_fwd_stream<", "ln_bwd_stream<"),    # beyond shared memory
@@ -496,20 +508,25 @@ def test_layer_norm_constant_rows_are_exact_on_every_path(n, layout):
         assert torch.equal(y, b.expand_as(y)), (n, layout, value)
 
 
-def test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned():
+def test_layer_norm_backward_reads_aligned_rows_once():
+    # Rows 16-byte aligned and whole packs wide: dx and the dw/db partials in one kernel (x and
+    # dy read once), 70 rows in 3 chunks of 24 (16 lanes per block: the last iterations have
+    # idle lanes); misaligned rows: dx, then the scalar partials kernel reads them again.
     x, g = _randn(70, 64, dtype=torch.bfloat16) + 2.0, _randn(70, 64, dtype=torch.bfloat16)
     w = _randn(64, dtype=torch.bfloat16)
     _, mean, rstd, _ = cuda_emu.layer_norm(x, w, None)
     (dx, dw, db), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, x, w, mean, rstd))
-    assert any("norm_param_partials_vec<" in k for k in kernels), kernels
+    assert [k.split("::")[-1].split("<")[0] for k in kernels] == ["ln_bwd_fused", "column_sum_kernel",
+                                                                  "column_sum_kernel"], kernels
     xs = (_randn(70, 65, dtype=torch.bfloat16) + 2.0)[:, 1:]  # misaligned rows: the scalar partials
     _, mean, rstd, _ = cuda_emu.layer_norm(xs, w, None)
     (dx2, dw2, db2), kernels = _run_recording(lambda: cuda_emu.layer_norm_backward(g, xs, w, mean, rstd))
     assert any("norm_param_partials_kernel<" in k for k in kernels), kernels
-    for xx, dwx, dbx in ((x, dw, db), (xs, dw2, db2)):
-        x64 = xx.double()
-        xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
-        assert_close(dwx, (g.double() * xhat).sum(0), torch.bfloat16, msg="dw")
+    for xx, dxx, dwx, dbx in ((x, dx, dw, db), (xs, dx2, dw2, db2)):
+        x64, w64 = xx.double().requires_grad_(), w.double().requires_grad_()
+        F.layer_norm(x64, (64,), w64, None, 1e-5).backward(g.double())
+        assert_close(dxx, x64.grad, torch.bfloat16, msg="dx")
+        assert_close(dwx, w64.grad, torch.bfloat16, msg="dw")
         assert_close(dbx, g.double().sum(0), torch.bfloat16, msg="db")
 
 
@@ -570,8 +587,8 @@ def test_row_kernels_peel_misaligned_row_starts(n, dtype):
         y64.backward(g.double())
         assert_close(y, y64, dtype, msg="layer_norm y")
         dsum = None if residual is None else g
-        # the column kernels of dweight/dbias read whole rows at 16-byte alignment or not at
-        # all (test_layer_norm_parameter_gradients_use_16_byte_partials_when_aligned)
+        # the launcher forms the dweight/dbias partials at every width; their column sums do
+        # not depend on the row length (test_layer_norm_backward_reads_aligned_rows_once)
         dx, dw, db = cuda_emu.layer_norm_backward(g, normed, w, mean, rstd, dsum=dsum, params=n < 50000)
         assert_close(dx, x64.grad + (0 if dsum is None else dsum.double()), dtype, msg="layer_norm dx")
         if dw is not None:
@@ -628,6 +645,15 @@ def test_build_fuses_multiply_add_as_nvcc_does():
     if not cuda_emu.cpu_has_fma():
         pytest.skip("this CPU has no FMA instructions: the emulator rounds a * b + c twice (emulator.h)")
     assert cuda_emu.contracts()
+
+
+def test_shared_declarations_rewrite_with_comparisons_in_their_bounds():
+    """A bound such as [T > 32 ? T / 32 : 1] (ln_bwd_fused) reaches the shared-memory slot
+    through a type alias, and its > neither closes a template list nor hides a comma."""
+    out = cuda_emu.rewrite("__shared__ Pack<float, 4> a[T > 32 ? T / 32 : 1], b[N];\n", "case")
+    assert "using gptk_emu_type_a = Pack<float, 4>[T > 32 ? T / 32 : 1];" in out
+    assert "using gptk_emu_type_b = Pack<float, 4>[N];" in out
+    assert "shared<gptk_emu_type_a, 0>(gptk_emu_slot_a)" in out and out.count("\n") == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -762,7 +788,7 @@ def test_host_glue_mirrors_entry_cpp():
     assert any("'dv': 'zeros'" in p for p in _glue_drift(cpp_sources, py_zeros))
     # a launcher added to an entry point, an aligned() copy dropped, a new entry point
     extra = entry.replace("C10_CUDA_CHECK(cuda::column_sum(dt, pb,", "C10_CUDA_CHECK(cuda::column_sum(dt, pb + 0,")
-    extra = extra.replace("cuda::layer_norm_backward_dx(", "cuda::column_chunks(rows); cuda::layer_norm_backward_dx(")
+    extra = extra.replace("cuda::layer_norm_backward(", "cuda::column_chunks(rows); cuda::layer_norm_backward(")
     assert any("norm_backward" in p and "launchers" in p for p in _glue_drift([extra, lce], py_source))
     unaligned = entry.replace("dout = aligned(dout_in);", "dout = dout_in;")
     assert any("aligned" in p for p in _glue_drift([unaligned, lce], py_source))

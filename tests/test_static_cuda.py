@@ -38,11 +38,15 @@ def test_every_benchmark_kernel_passes_the_static_checks():
     expected = sum(len(v) for v in cc.ROW_LAUNCHES.values())
     assert len(rows) == expected and not bad, "\n".join(bad)
     by_kernel = {r["kernel"]: r for r in rows}
-    # register softmax rows: one exp2 per element (16 per thread, plus the head and tail)
+    # One exp2 per element in every softmax forward: register rows (16 per thread, plus the
+    # head and tail); the 50257-wide vocabulary rows staged in shared memory widened to fp32,
+    # the exponentials written over them in place (the staged-raw kernel's output pass took
+    # a second exp2 per element).
     for t in ("__nv_bfloat16", "float"):
         assert by_kernel[f"softmax_fwd_regs<{t}, 256>"]["ex2_per_elem"] == 1.0
+        assert by_kernel[f"softmax_fwd_smem<{t}, float, 1024>"]["ex2_per_elem"] == 1.0
     # rows of 50257 bf16 (2-byte aligned starts) move in 16-byte packs in the main loops
-    r = by_kernel["softmax_fwd_smem<__nv_bfloat16, 512>"]
+    r = by_kernel["softmax_fwd_smem<__nv_bfloat16, float, 1024>"]
     assert r["loop_narrow"] == 0 and r["wide_loads"] >= 1 and r["wide_stores"] >= 1
 
 
@@ -71,11 +75,9 @@ def test_launch_table_is_what_the_launchers_launch():
                                            ptr(3), ptr(4), ptr(5), ptr(6), ptr(7), r, nn, f(1e-5))
             else:
                 add = op.startswith("add")
-                emu.emu_layer_norm_backward_dx(dt, ptr(0), nn, ptr(1) if add else None, nn, ptr(2), nn, ptr(3),
-                                               ptr(4), ptr(5), ptr(6), r, nn)
-                chunks = emu.emu_column_chunks(r)
-                emu.emu_norm_param_partials(dt, ptr(0), nn, ptr(2), nn, ptr(4), ptr(5), ptr(7), ptr(8), r, nn)
-                emu.emu_column_sum(dt, ptr(7), i64(chunks), nn, ptr(9))
+                emu.emu_layer_norm_backward(dt, ptr(0), nn, ptr(1) if add else None, nn, ptr(2), nn, ptr(3),
+                                            ptr(4), ptr(5), ptr(6), ptr(7), ptr(8), r, nn)
+                emu.emu_column_sum(dt, ptr(7), i64(emu.emu_column_chunks(r)), nn, ptr(9))
         return call
 
     cuda_emu.set_smem_limit(cc.H100["smem_optin"])
@@ -109,8 +111,19 @@ def test_rules_fire_on_8_byte_accesses_and_serialised_loads(tmp_path):
     assert any("not in 16-byte accesses" in b for b in bad), bad
     bad = _broken(tmp_path / "b", [("cuda/softmax.cu", "constexpr int kStageUnroll = sizeof(T) == 4 ? 8 : 4;",
                                     "constexpr int kStageUnroll = 1;")],
-                  "softmax_fwd_smem<float, 512>", 512, (50257 + 7) // 4 * 4 * 4)
+                  "softmax_fwd_smem<float, float, 1024>", 1024, (50257 + 7) // 4 * 4 * 4)
     assert any("in flight per SM" in b for b in bad), bad
+
+
+def test_exp_count_sees_a_second_exp_pass():
+    # The kernel that stages 16-bit rows raw (for rows whose fp32 copy does not fit) and the
+    # streamed one (online max and sum, then exp again) take more than one exp2 per element.
+    kernels = cc.compile_sass(os.path.join(cc.CSRC, "cuda", "softmax.cu"))
+    raw, _ = cc.row_kernel_problems("softmax_fwd_smem<__nv_bfloat16, __nv_bfloat16, 1024>",
+                                    kernels["softmax_fwd_smem<__nv_bfloat16, __nv_bfloat16, 1024>"], 1024, 0)
+    stream, _ = cc.row_kernel_problems("softmax_fwd_stream<__nv_bfloat16, true>",
+                                       kernels["softmax_fwd_stream<__nv_bfloat16, true>"], 512, 0)
+    assert raw["ex2_per_elem"] == 2.0 and stream["ex2_per_elem"] >= 2.0, (raw, stream)
 
 
 def test_rules_fire_on_local_memory_and_low_occupancy(tmp_path):

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "common/math.h"
 #include "cuda/launch.h"
@@ -179,18 +180,69 @@ __device__ __forceinline__ Pack<T, kVec16<T>> smem_pack(const T* buf, int pos, b
   return r;
 }
 
+// A row value as the staged type S: itself, or widened to fp32.
+template <typename S, typename T>
+__device__ __forceinline__ S widen(T v) {
+  if constexpr (std::is_same_v<S, T>) {
+    return v;
+  } else {
+    return to_float(v);
+  }
+}
+
+// VEC values of a row stored at p (16-byte aligned) as S: the raw pack when S is the row's
+// type, else widened to fp32 in 16-byte pieces.
+template <typename T, typename S, int VEC>
+__device__ __forceinline__ void store_as(S* p, const Pack<T, VEC>& v) {
+  if constexpr (std::is_same_v<S, T>) {
+    *reinterpret_cast<Pack<T, VEC>*>(p) = v;
+  } else {
+    static_assert(std::is_same_v<S, float> && VEC % 4 == 0, "rows widen to fp32");
+#pragma unroll
+    for (int k = 0; k < VEC; k += 4) {
+      Pack<float, 4> f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f.v[e] = to_float(v.v[k + e]);
+      *reinterpret_cast<Pack<float, 4>*>(p + k) = f;
+    }
+  }
+}
+
+// The kVec16<T> values of a row pack staged as S at buf[pos...], as fp32: 16-byte reads
+// when aligned (pos a multiple of the pack, or of 4 widened floats).
+template <typename T, typename S>
+__device__ __forceinline__ void smem_values(const S* buf, int pos, bool aligned, float (&out)[kVec16<T>]) {
+  constexpr int VEC = kVec16<T>;
+  if constexpr (std::is_same_v<S, T>) {
+    const Pack<T, VEC> v = smem_pack<T>(buf, pos, aligned);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = to_float(v.v[e]);
+  } else if (aligned) {
+#pragma unroll
+    for (int k = 0; k < VEC; k += 4) {
+      const Pack<float, 4> f = *reinterpret_cast<const Pack<float, 4>*>(buf + pos + k);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[k + e] = f.v[e];
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = buf[pos + e];
+  }
+}
+
 // Copy the row g[0, n) into shared memory at buf[phase, phase + n) (phase = phase_of(g)),
-// so its aligned packs land 16-byte aligned. UNROLL packs per thread are loaded before any
-// is stored: UNROLL x 16 bytes in flight per thread. `f` sees every value once (in no
-// particular order: use it only for order-free reductions such as max). Returns phase;
-// the caller's next __syncthreads() publishes buf.
-template <typename T, int THREADS, int UNROLL = 4, typename F>
-__device__ __forceinline__ int stage_row(T* buf, const T* __restrict__ g, int n, F&& f) {
+// so its aligned packs land 16-byte aligned; S = float widens it (fp32 room for values
+// computed in place later). UNROLL packs per thread are loaded before any is stored:
+// UNROLL x 16 bytes in flight per thread. `f` sees every value once (in no particular
+// order: use it only for order-free reductions such as max). Returns phase; the caller's
+// next __syncthreads() publishes buf.
+template <typename T, int THREADS, int UNROLL = 4, typename S = T, typename F>
+__device__ __forceinline__ int stage_row(S* buf, const T* __restrict__ g, int n, F&& f) {
   constexpr int VEC = kVec16<T>;
   const int off = phase_of<T>(g);
   const RowSpan<T> sp(g, n);
   const T* gb = g + sp.head;
-  T* sb = buf + off + sp.head;
+  S* sb = buf + off + sp.head;
   const int t = threadIdx.x;
   for (int p0 = 0; p0 < sp.packs; p0 += THREADS * UNROLL) {
     Pack<T, VEC> v[UNROLL];
@@ -203,19 +255,21 @@ __device__ __forceinline__ int stage_row(T* buf, const T* __restrict__ g, int n,
     for (int u = 0; u < UNROLL; ++u) {
       const int p = p0 + u * THREADS + t;
       if (p < sp.packs) {
-        *reinterpret_cast<Pack<T, VEC>*>(sb + p * VEC) = v[u];
+        store_as<T, S, VEC>(sb + p * VEC, v[u]);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) f(to_float(v[u].v[e]));
       }
     }
   }
   if (t < sp.head) {
-    buf[off + t] = g[t];
-    f(to_float(g[t]));
+    const T v = g[t];
+    buf[off + t] = widen<S>(v);
+    f(to_float(v));
   }
   if (t < sp.tail) {
-    buf[off + sp.tail0 + t] = g[sp.tail0 + t];
-    f(to_float(g[sp.tail0 + t]));
+    const T v = g[sp.tail0 + t];
+    buf[off + sp.tail0 + t] = widen<S>(v);
+    f(to_float(v));
   }
   return off;
 }

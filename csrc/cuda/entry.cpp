@@ -127,18 +127,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_backward(const at::Tensor& d
   const auto w = contiguous_or_none(weight);
   const cudaStream_t st = stream();
   const DType dt = dtype_of(x);
-  C10_CUDA_CHECK(cuda::layer_norm_backward_dx(dt, dy2.const_data_ptr(), dy2.stride(0),
-                                              has_dsum ? ds2.const_data_ptr() : nullptr, has_dsum ? ds2.stride(0) : 0,
-                                              x2.const_data_ptr(), x2.stride(0), ptr_or_null(w),
-                                              mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
-                                              dx.data_ptr(), rows, n, st));
   const int64_t chunks = cuda::column_chunks(rows);
   at::Tensor partial = at::empty({2, chunks, n}, x.options().dtype(at::kFloat));
   float* pw = partial.data_ptr<float>();
   float* pb = pw + chunks * n;
-  C10_CUDA_CHECK(cuda::norm_param_partials(dt, dy2.const_data_ptr(), dy2.stride(0), x2.const_data_ptr(), x2.stride(0),
-                                           mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), pw, pb, rows,
-                                           n, st));
+  C10_CUDA_CHECK(cuda::layer_norm_backward(dt, dy2.const_data_ptr(), dy2.stride(0),
+                                           has_dsum ? ds2.const_data_ptr() : nullptr, has_dsum ? ds2.stride(0) : 0,
+                                           x2.const_data_ptr(), x2.stride(0), ptr_or_null(w),
+                                           mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), dx.data_ptr(),
+                                           pw, pb, rows, n, st));
   C10_CUDA_CHECK(cuda::column_sum(dt, pw, chunks, n, dw.data_ptr(), st));
   C10_CUDA_CHECK(cuda::column_sum(dt, pb, chunks, n, db.data_ptr(), st));
   return {dx, dw, db};

@@ -31,11 +31,14 @@ cudaError_t layer_norm_forward(DType dt, const void* x, int64_t x_stride, const 
                                void* sum, const void* weight, const void* bias, void* y, float* mean, float* rstd,
                                int64_t rows, int64_t n, float eps, cudaStream_t stream);
 // dx (contiguous) from x (the normalised input: x, or x + residual), dy and, when not
-// null, dsum (added to dx). weight may be null.
-cudaError_t layer_norm_backward_dx(DType dt, const void* dy, int64_t dy_stride, const void* dsum,
-                                   int64_t dsum_stride, const void* x, int64_t x_stride, const void* weight,
-                                   const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
-                                   cudaStream_t stream);
+// null, dsum (added to dx); weight may be null. And the weight and bias gradients'
+// column_chunks(rows) x n fp32 partials (sum over each chunk of rows of dy * (x - mean) *
+// rstd, and of dy), which column_sum then adds: x and dy are read once where every row of
+// every operand starts at one 16-byte phase (the usual case), twice otherwise.
+cudaError_t layer_norm_backward(DType dt, const void* dy, int64_t dy_stride, const void* dsum, int64_t dsum_stride,
+                                const void* x, int64_t x_stride, const void* weight, const float* mean,
+                                const float* rstd, void* dx, float* partial_w, float* partial_b, int64_t rows,
+                                int64_t n, cudaStream_t stream);
 
 // ---- column reductions (gelu_linear.cu): deterministic dweight/dbias ----
 // Rows split into column_chunks(rows) fixed chunks; each writes an fp32 partial row,

@@ -1,10 +1,14 @@
 // Layer norm over the last dim, and add_layer_norm (the pre-LN block's residual add fused
-// in), on the GPU: forward, and the backward's dx. dweight/dbias come from the
-// deterministic column reduction in gelu_linear.cu (norm_param_partials + column_sum).
+// in), on the GPU: forward, and the backward's dx with the dweight/dbias partials, which
+// column_sum (gelu_linear.cu) adds in a fixed order: deterministic.
 //
 // Roofline: forward reads x (and residual) and writes y (and x + residual): 2-4 N s
-// bytes plus 8 bytes of statistics per row; backward dx reads x, dy (and dsum), writes
-// dx; the parameter gradients read x and dy once more.
+// bytes plus 8 bytes of statistics per row; backward reads x, dy (and dsum), writes dx
+// (3-4 N s), plus column_chunks(rows) x N fp32 partials per gradient (~2% at 16384 rows).
+//  - Backward rows that start 16-byte aligned and are whole packs wide (the usual case, up
+//    to 1024 packs) run ln_bwd_fused: each thread owns one pack of columns in every row of
+//    its block's chunk, so the partials accumulate in registers beside dx and x and dy are
+//    read once. Other rows: dx, then norm_param_partials reads x and dy again.
 //  - Every row moves in 16-byte accesses whatever its width and start: a scalar head up
 //    to the first 16-byte boundary, aligned packs, a scalar tail (RowSpan, common.cuh).
 //  - Rows up to 8192 elements whose operands (x, residual, sum, y, weight, bias) share one
@@ -367,49 +371,59 @@ __device__ __forceinline__ void dx_store(T* dx, const T* dsum, int64_t idx, cons
   store_pack<T, VEC>(dx + idx, out);
 }
 
-template <typename T, int THREADS>
-__global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_blocks<THREADS>())
-    ln_bwd_regs(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
-                const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, const float* __restrict__ mean,
-                const float* __restrict__ rstd, T* __restrict__ dx, int64_t rows, int n) {
-  constexpr int VEC = kVec16<T>, PPT = kRegElems / VEC > 0 ? kRegElems / VEC : 1;
-  __shared__ Float2 smem[32];
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block<THREADS>() + threadIdx.y;
-  if (row >= rows) return;
-  const T* xr = x + row * x_stride;
-  const T* gr = dy + row * dy_stride;
-  const T* dsr = dsum != nullptr ? dsum + row * dsum_stride : nullptr;
-  T* dr = dx + row * n;
-  const RowSpan<T> sp(xr, n);  // every operand's rows share this phase (the launcher checked)
+// ---- register rows of the backward ----
+// A thread holds PPT packs of its row and up to two scalar elements (its head and tail).
+template <typename T>
+constexpr int kBwdPacks = kRegElems / kVec16<T> > 0 ? kRegElems / kVec16<T> : 1;
+
+// dx of one row held in registers: x, dy and dsum (may be null) at xr, gr, dsr and dx at dr,
+// every operand split as sp; w null: no weight. The row stays in its raw packs (xhat and
+// dy w are recomputed after the reduction rather than held in fp32), and the weight is
+// loaded after the row (every row: L1 hits in the fused kernel, where a weight held across
+// its row loop would be kept widened to fp32 and spill). A row that is not `live` (past the
+// end) loads and stores nothing but still joins the row reduction, so every thread of the
+// block reaches its barriers. f(i, q, dy[4], xhat[4]) sees elements [4 q, 4 q + 4) of each
+// pack i of a live row (heads and tails are for dx alone). PEEL false: rows without a head
+// or tail (16-byte aligned, whole packs), whose scalar code is left out.
+template <typename T, int THREADS, int PPT, bool PEEL, typename F>
+__device__ __forceinline__ void bwd_row(const T* xr, const T* gr, const T* dsr, T* dr, const T* w,
+                                        const RowSpan<T>& sp, const float* mean, const float* rstd, int n, bool live,
+                                        Float2* smem, F&& f) {
+  constexpr int VEC = kVec16<T>;
   const int t = threadIdx.x;
-  const bool has_w = w != nullptr, has_ds = dsum != nullptr;
-  const bool has_head = t < sp.head, has_tail = t < sp.tail;
-  Pack<T, VEC> wv[PPT], xv[PPT], gv[PPT], dv[PPT];
+  const bool has_w = w != nullptr, has_ds = dsr != nullptr;
+  bool in[PPT];
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) in[i] = live && i * THREADS + t < sp.packs;
+  Pack<T, VEC> xv[PPT], gv[PPT], dv[PPT];
 #pragma unroll
   for (int i = 0; i < PPT; ++i) {
-    const int p = i * THREADS + t, j = sp.head + p * VEC;
-    if (p < sp.packs) {
-      if (has_w) wv[i] = load_raw<T, VEC>(w + j);
+    const int j = sp.head + (i * THREADS + t) * VEC;
+    if (in[i]) {
       xv[i] = load_raw<T, VEC>(xr + j);
       gv[i] = load_raw<T, VEC>(gr + j);
       if (has_ds) dv[i] = load_raw<T, VEC>(dsr + j);
     }
   }
   // A thread's scalar elements: its head element, its tail element (either may be absent).
-  float sx[2] = {0.0f, 0.0f}, sg[2] = {0.0f, 0.0f}, sw[2] = {1.0f, 1.0f}, sd[2] = {0.0f, 0.0f};
-  const bool has[2] = {has_head, has_tail};
+  float sx[2] = {0.0f, 0.0f}, sg[2] = {0.0f, 0.0f}, sd[2] = {0.0f, 0.0f}, sw[2] = {1.0f, 1.0f};
+  const bool has[2] = {PEEL && live && t < sp.head, PEEL && live && t < sp.tail};
   const int at[2] = {t, sp.tail0 + t};
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
     if (has[k]) {
       sx[k] = to_float(xr[at[k]]);
       sg[k] = to_float(gr[at[k]]);
-      if (has_w) sw[k] = to_float(w[at[k]]);
       if (has_ds) sd[k] = to_float(dsr[at[k]]);
+      if (has_w) sw[k] = to_float(w[at[k]]);
     }
   }
-  const float mu = mean[row], rs = rstd[row];
-  float xhat[PPT][VEC], g[PPT][VEC];
+  Pack<T, VEC> wv[PPT];
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    if (in[i] && has_w) wv[i] = load_raw<T, VEC>(w + sp.head + (i * THREADS + t) * VEC);
+  }
+  const float mu = live ? *mean : 0.0f, rs = live ? *rstd : 0.0f;
   Float2 sums{0.0f, 0.0f};
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
@@ -420,16 +434,27 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
       sums.b += sg[k] * sx[k];
     }
   }
+  // (xhat, dy w) of element e of pack i
+  const auto terms = [&](int i, int e, float& xh, float& g) {
+    xh = (to_float(xv[i].v[e]) - mu) * rs;
+    g = to_float(gv[i].v[e]);
+    if (has_w) g *= to_float(wv[i].v[e]);
+  };
 #pragma unroll
   for (int i = 0; i < PPT; ++i) {
-    if (i * THREADS + t < sp.packs) {
+    if (in[i]) {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        xhat[i][e] = (to_float(xv[i].v[e]) - mu) * rs;
-        g[i][e] = to_float(gv[i].v[e]);
-        if (has_w) g[i][e] *= to_float(wv[i].v[e]);
-        sums.a += g[i][e];
-        sums.b += g[i][e] * xhat[i][e];
+      for (int q = 0; q < VEC / 4; ++q) {
+        float xh[4], dyv[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float g;
+          terms(i, 4 * q + e, xh[e], g);
+          dyv[e] = to_float(gv[i].v[4 * q + e]);
+          sums.a += g;
+          sums.b += g * xh[e];
+        }
+        f(i, q, dyv, xh);
       }
     }
   }
@@ -438,15 +463,16 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
   const float ca = sums.a * inv_n, cb = sums.b * inv_n;
 #pragma unroll
   for (int i = 0; i < PPT; ++i) {
-    const int p = i * THREADS + t;
-    if (p < sp.packs) {
+    if (in[i]) {
       float out[VEC];
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        out[e] = rs * (g[i][e] - ca - xhat[i][e] * cb);
+        float xh, g;
+        terms(i, e, xh, g);
+        out[e] = rs * (g - ca - xh * cb);
         if (has_ds) out[e] += to_float(dv[i].v[e]);
       }
-      store_pack<T, VEC>(dr + sp.head + p * VEC, out);
+      store_pack<T, VEC>(dr + sp.head + (i * THREADS + t) * VEC, out);
     }
   }
 #pragma unroll
@@ -456,6 +482,93 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
       if (has_ds) out += sd[k];
       dr[at[k]] = from_float<T>(out);
     }
+  }
+}
+
+// dx alone, a row per block (a warp per row, 4 rows per block, up to 256 elements): rows
+// whose operands share a phase row by row but not from row to row (odd widths), or wider
+// than ln_bwd_fused takes; the parameter gradients then come from norm_param_partials.
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_blocks<THREADS>())
+    ln_bwd_regs(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
+                const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, const float* __restrict__ mean,
+                const float* __restrict__ rstd, T* __restrict__ dx, int64_t rows, int n) {
+  __shared__ Float2 smem[32];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block<THREADS>() + threadIdx.y;
+  if (row >= rows) return;
+  const T* xr = x + row * x_stride;
+  const RowSpan<T> sp(xr, n);  // every operand's rows share this phase (the launcher checked)
+  bwd_row<T, THREADS, kBwdPacks<T>, true>(xr, dy + row * dy_stride,
+                                          dsum != nullptr ? dsum + row * dsum_stride : nullptr, dx + row * n, w, sp,
+                                          mean + row, rstd + row, n, true, smem, [](int, int, auto&, auto&) {});
+}
+
+// The whole backward of rows that all start on a 16-byte boundary and are whole 16-byte
+// packs wide (every operand's; the launcher checks): a thread owns the same pack of columns
+// in every row, so besides dx it sums dy xhat and dy over them, and x and dy are read once.
+// One pack per thread (rows up to kFusedMaxRow) and the sums in shared memory: the row fits
+// 64 registers. Block (THREADS, LANES): LANES rows at a time (512 threads), lane y taking
+// rows r0 + y, r0 + y + LANES, ... of the block's chunk [r0, r0 + chunk_rows)
+// (column_chunks(rows) chunks, a function of the row count: bitwise the same result on
+// every run); the lanes' sums then add in lane order into the chunk's row of the fp32
+// partials, which column_sum adds in chunk order. No atomics.
+// kFusedMaxRow: the sums' shared memory, 8 bytes per column and row lane (512 threads of
+// 16-bit packs, 1024 of fp32), within the 48 KB of static shared memory.
+constexpr int kFusedMaxRow = 4096;
+template <int THREADS>
+constexpr int fused_lanes() {
+  return THREADS >= 512 ? 1 : 512 / THREADS;
+}
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS * fused_lanes<THREADS>(), 1024 / (THREADS * fused_lanes<THREADS>()))
+    ln_bwd_fused(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ dsum, int64_t dsum_stride,
+                 const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, const float* __restrict__ mean,
+                 const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ pw, float* __restrict__ pb,
+                 int64_t rows, int n, int64_t chunk_rows) {
+  constexpr int VEC = kVec16<T>, LANES = fused_lanes<THREADS>(), PIECES = 2 * VEC / 4;
+  __shared__ Float2 smem[LANES][THREADS > 32 ? THREADS / 32 : 1];
+  // A thread's sums of dy xhat (pieces [0, VEC/4)) and dy (the rest) for its pack of columns,
+  // in its own shared-memory slots rather than registers (the row needs them: 16 registers
+  // held across the loop spill), laid out so a warp's 16-byte accesses are conflict-free.
+  __shared__ Pack<float, 4> sums[PIECES][LANES][THREADS];
+  const int t = threadIdx.x, lane = threadIdx.y;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  const RowSpan<T> sp(x, n);  // every row's: packs only
+#pragma unroll
+  for (int q = 0; q < PIECES; ++q) sums[q][lane][t] = Pack<float, 4>{{0.0f, 0.0f, 0.0f, 0.0f}};
+  const auto acc = [&](int, int q, const float (&g)[4], const float (&xh)[4]) {
+    Pack<float, 4> a = sums[q][lane][t], b = sums[VEC / 4 + q][lane][t];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      a.v[e] += g[e] * xh[e];
+      b.v[e] += g[e];
+    }
+    sums[q][lane][t] = a;
+    sums[VEC / 4 + q][lane][t] = b;
+  };
+  for (int64_t base = r0; base < r1; base += LANES) {  // the same trip count in every lane
+    const int64_t row = base + lane;
+    const bool live = row < r1;
+    const int64_t r = live ? row : r0;
+    bwd_row<T, THREADS, 1, false>(x + r * x_stride, dy + r * dy_stride,
+                                  dsum != nullptr ? dsum + r * dsum_stride : nullptr, dx + r * n, w, sp, mean + r,
+                                  rstd + r, n, live, smem[lane], acc);
+  }
+  __syncthreads();
+  if (lane != 0 || t >= sp.packs) return;
+  float* qw = pw + static_cast<int64_t>(blockIdx.x) * n + t * VEC;
+  float* qb = pb + static_cast<int64_t>(blockIdx.x) * n + t * VEC;
+#pragma unroll
+  for (int q = 0; q < PIECES; ++q) {
+    Pack<float, 4> total = sums[q][0][t];
+    for (int l = 1; l < LANES; ++l) {  // lane order: deterministic
+#pragma unroll
+      for (int e = 0; e < 4; ++e) total.v[e] += sums[q][l][t].v[e];
+    }
+    float* out = q < VEC / 4 ? qw + 4 * q : qb + 4 * (q - VEC / 4);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out[e] = total.v[e];  // rows of n fp32: 4-byte aligned only
   }
 }
 
@@ -641,10 +754,12 @@ void forward_typed(const void* x, int64_t xs, const void* r, int64_t rs, void* s
   else forward_add<T, false>(x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, st);
 }
 
+// dx alone: registers when every operand's rows share one phase row by row, else shared
+// memory, else streamed.
 template <typename T>
-void backward_typed(const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x, int64_t xs,
-                    const void* w, const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
-                    cudaStream_t st) {
+void backward_dx(const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x, int64_t xs,
+                 const void* w, const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
+                 cudaStream_t st) {
   const T* dyp = static_cast<const T*>(dy);
   const T* dsp = static_cast<const T*>(dsum);
   const T* xp = static_cast<const T*>(x);
@@ -677,6 +792,37 @@ void backward_typed(const void* dy, int64_t dys, const void* dsum, int64_t dss, 
   }
 }
 
+// The backward's path, in one place: rows up to kFusedMaxRow wide whose every row of every
+// operand starts on a 16-byte boundary and is whole packs wide (contiguous tensors of such a
+// width: the usual case) take ln_bwd_fused, dx and the partials in one read of x and dy.
+// Other rows take backward_dx, then norm_param_partials reads x and dy again.
+template <typename T>
+bool fused_backward(int64_t rows, int64_t n, const void* dy, int64_t dys, const void* dsum, int64_t dss,
+                    const void* x, int64_t xs, const void* w, const void* dx) {
+  return n <= kFusedMaxRow && vector_ok<T>(x, xs, n) && vector_ok<T>(dy, dys, n) &&
+         vector_ok<T>(dsum, dss, n) && vector_ok<T>(w, n, n) && vector_ok<T>(dx, n, n);
+}
+
+template <typename T>
+void backward_typed(DType dt, const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x, int64_t xs,
+                    const void* w, const float* mean, const float* rstd, void* dx, float* pw, float* pb,
+                    int64_t rows, int64_t n, cudaStream_t st) {
+  if (!fused_backward<T>(rows, n, dy, dys, dsum, dss, x, xs, w, dx)) {
+    backward_dx<T>(dy, dys, dsum, dss, x, xs, w, mean, rstd, dx, rows, n, st);
+    norm_param_partials(dt, dy, dys, x, xs, mean, rstd, pw, pb, rows, n, st);
+    return;
+  }
+  const int64_t chunks = column_chunks(rows), chunk_rows = (rows + chunks - 1) / chunks;
+  with_reg_threads<kVec16<T>>(n, [&](auto threads) {  // a 16-byte pack per thread
+    constexpr int TH = decltype(threads)::value;
+    if constexpr (TH * kVec16<T> <= kFusedMaxRow) {
+      ln_bwd_fused<T, TH><<<static_cast<unsigned int>(chunks), dim3(TH, fused_lanes<TH>()), 0, st>>>(
+          static_cast<const T*>(dy), dys, static_cast<const T*>(dsum), dss, static_cast<const T*>(x), xs,
+          static_cast<const T*>(w), mean, rstd, static_cast<T*>(dx), pw, pb, rows, static_cast<int>(n), chunk_rows);
+    }
+  });
+}
+
 }  // namespace
 
 cudaError_t layer_norm_forward(DType dt, const void* x, int64_t x_stride, const void* residual, int64_t r_stride,
@@ -698,21 +844,23 @@ cudaError_t layer_norm_forward(DType dt, const void* x, int64_t x_stride, const 
   return cudaGetLastError();
 }
 
-cudaError_t layer_norm_backward_dx(DType dt, const void* dy, int64_t dy_stride, const void* dsum,
-                                   int64_t dsum_stride, const void* x, int64_t x_stride, const void* weight,
-                                   const float* mean, const float* rstd, void* dx, int64_t rows, int64_t n,
-                                   cudaStream_t stream) {
+cudaError_t layer_norm_backward(DType dt, const void* dy, int64_t dy_stride, const void* dsum, int64_t dsum_stride,
+                                const void* x, int64_t x_stride, const void* weight, const float* mean,
+                                const float* rstd, void* dx, float* partial_w, float* partial_b, int64_t rows,
+                                int64_t n, cudaStream_t stream) {
   if (rows == 0 || n == 0) return cudaSuccess;
   switch (dt) {
     case DType::kFloat32:
-      backward_typed<float>(dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx, rows, n, stream);
+      backward_typed<float>(dt, dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx, partial_w,
+                            partial_b, rows, n, stream);
       break;
     case DType::kFloat16:
-      backward_typed<__half>(dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx, rows, n, stream);
+      backward_typed<__half>(dt, dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx, partial_w,
+                             partial_b, rows, n, stream);
       break;
     case DType::kBFloat16:
-      backward_typed<__nv_bfloat16>(dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx, rows, n,
-                                    stream);
+      backward_typed<__nv_bfloat16>(dt, dy, dy_stride, dsum, dsum_stride, x, x_stride, weight, mean, rstd, dx,
+                                    partial_w, partial_b, rows, n, stream);
       break;
   }
   return cudaGetLastError();

@@ -12,9 +12,11 @@
 //    per element.
 //  - Other rows (longer, or operands at different phases, e.g. x[:, 1:]) are staged in
 //    shared memory, each operand at its own phase, so HBM is read once: up to the
-//    device's opt-in limit (227 KB: 116K bf16 or 58K fp32 elements on an H100; the
-//    backward stages two rows). The forward recomputes exp2 in its output pass there
-//    (two per element) rather than double its shared memory with fp32 exponentials.
+//    device's opt-in limit (227 KB on an H100; the backward stages two rows). The forward
+//    stages them widened to fp32 (58K elements on an H100, the 50257-wide vocabulary
+//    row included) and overwrites them with their exponentials: exp2 runs once per
+//    element. 16-bit rows too long for that (up to 116K) stay raw and the output pass
+//    recomputes exp2 (two per element).
 //  - Longer rows still stream (16-byte packs when the operands share a phase): pass 1
 //    keeps a per-thread online (max, sum) pair combined across the block
 //    (csrc/common/math.h), pass 2 re-reads x: 3 N s bytes.
@@ -152,42 +154,74 @@ __global__ void __launch_bounds__(THREADS * rows_per_block<THREADS>(), min_block
 }
 
 // One block per row, the row staged in shared memory at x's phase; y written at its own.
-// 64 bytes of loads in flight per thread at 64 registers: 4 packs of bf16, 8 of fp32 (whose
-// vocabulary rows leave room for one block per SM only).
+// S = float (fp32 rows, and 16-bit rows widened while staged): the exponentials overwrite
+// the staged values in place and the output pass only scales them, so exp2 runs once per
+// element (a 50257-wide row: 201 KB, one block of 1024 threads per SM). S = T (16-bit rows
+// whose fp32 copy does not fit): staged raw, and the output pass recomputes exp2.
+// 64 bytes of loads in flight per thread while staging: 4 packs of bf16, 8 of fp32.
 template <typename T>
 constexpr int kStageUnroll = sizeof(T) == 4 ? 8 : 4;
-template <typename T, int THREADS>
+template <typename T, typename S, int THREADS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
     softmax_fwd_smem(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y, int64_t y_stride, int n, float c) {
   constexpr int VEC = kVec16<T>;
+  constexpr bool kInPlace = std::is_same_v<S, float>;  // fp32 staging: exps overwrite the row
   __shared__ float smem[32];
-  T* buf = dynamic_smem<T>();
+  S* buf = dynamic_smem<S>();
   const T* xr = x + static_cast<int64_t>(blockIdx.x) * x_stride;
   T* yr = y + static_cast<int64_t>(blockIdx.x) * y_stride;
   float m = kNegInf;
   const int off = stage_row<T, THREADS, kStageUnroll<T>>(buf, xr, n, [&](float v) { m = softmax_max(m, v); });
   m = row_allreduce<THREADS>(m, MaxOp{}, smem);  // its barrier also publishes buf
-  const bool aligned = (off + RowSpan<T>(yr, n).head) % VEC == 0;
   float s = 0.0f;
-  walk_row<T, THREADS>(yr, n, [&](int j, auto tag) {
-    if constexpr (std::is_same_v<decltype(tag), PackTag>) {
-      const Pack<T, VEC> v = smem_pack<T>(buf, off + j, aligned);
+  if constexpr (kInPlace) {
+    // exp2 in place, in x's own packs (aligned in buf): each value is read and written by
+    // one thread; the sum's barrier below publishes them.
+    walk_row<T, THREADS>(xr, n, [&](int j, auto tag) {
+      if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+        float v[VEC];
+        smem_values<T, S>(buf, off + j, true, v);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) s += softmax_exp(to_float(v.v[e]), m, c);
-    } else {
-      s += softmax_exp(to_float(buf[off + j]), m, c);
-    }
-  });
+        for (int e = 0; e < VEC; ++e) {
+          v[e] = softmax_exp(v[e], m, c);
+          s += v[e];
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; k += 4) {
+          *reinterpret_cast<Pack<float, 4>*>(buf + off + j + k) = Pack<float, 4>{{v[k], v[k + 1], v[k + 2], v[k + 3]}};
+        }
+      } else {
+        const float e = softmax_exp(buf[off + j], m, c);
+        buf[off + j] = e;
+        s += e;
+      }
+    });
+  } else {
+    walk_row<T, THREADS>(yr, n, [&](int j, auto tag) {
+      if constexpr (std::is_same_v<decltype(tag), PackTag>) {
+        float v[VEC];
+        smem_values<T, S>(buf, off + j, (off + RowSpan<T>(yr, n).head) % VEC == 0, v);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += softmax_exp(v[e], m, c);
+      } else {
+        s += softmax_exp(to_float(buf[off + j]), m, c);
+      }
+    });
+  }
   const float inv = 1.0f / row_allreduce<THREADS>(s, SumOp{}, smem);
+  // buf at y's packs: 16-byte reads when y shares x's phase (fp32: when it is 4 elements apart)
+  const int head = RowSpan<T>(yr, n).head;
+  const bool aligned = (off + head) % (kInPlace ? 4 : VEC) == 0;
   walk_row<T, THREADS>(yr, n, [&](int j, auto tag) {
     if constexpr (std::is_same_v<decltype(tag), PackTag>) {
-      const Pack<T, VEC> v = smem_pack<T>(buf, off + j, aligned);
-      float out[VEC];
+      float v[VEC];
+      smem_values<T, S>(buf, off + j, aligned, v);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) out[e] = softmax_exp(to_float(v.v[e]), m, c) * inv;
-      store_pack<T, VEC>(yr + j, out);
+      for (int e = 0; e < VEC; ++e) v[e] = (kInPlace ? v[e] : softmax_exp(v[e], m, c)) * inv;
+      store_pack<T, VEC>(yr + j, v);
     } else {
-      yr[j] = from_float<T>(softmax_exp(to_float(buf[off + j]), m, c) * inv);
+      const float v = to_float(buf[off + j]);
+      yr[j] = from_float<T>((kInPlace ? v : softmax_exp(v, m, c)) * inv);
     }
   });
 }
@@ -324,9 +358,7 @@ void with_reg_threads(int64_t n, F&& f) {
 }
 
 // Launch a staged-row kernel with `bytes` of dynamic shared memory: 256 threads for rows
-// a register block would hold (operands at different phases), LONG_THREADS beyond: 512
-// for the forward (at most 64 registers: two blocks of a 100 KB row fit an SM, one loading
-// while the other computes), 1024 for the backward's two rows (one block per SM).
+// a register block would hold (operands at different phases), LONG_THREADS beyond.
 template <int LONG_THREADS, typename K256, typename KLONG, typename Launch>
 void launch_staged(int64_t n, size_t bytes, K256* k256, KLONG* klong, Launch&& launch) {
   const int b = static_cast<int>(bytes);
@@ -339,30 +371,65 @@ void launch_staged(int64_t n, size_t bytes, K256* k256, KLONG* klong, Launch&& l
   }
 }
 
+// The forward's path for rows of n elements, in one place: registers for rows up to
+// kMaxRegRow whose operands share one phase row after row; else the row staged in shared
+// memory, widened to fp32 where that fits (one exp2 per element: up to 58K elements in an
+// H100's 227 KB), raw where only that fits (16-bit rows up to 116K, two exp2); else
+// streamed. Staged rows a register block would hold take 256 threads; longer ones 512
+// while two blocks fit an SM (one loads while the other computes), else 1024 (the block
+// holds the SM: a 50257-wide row widened is 201 KB).
+enum class FwdPath { kRegs, kSmemWide, kSmemRaw, kStream };
+struct FwdPlan {
+  FwdPath path;
+  int threads;
+  size_t smem;
+};
+template <typename T>
+FwdPlan forward_plan(int64_t n, bool same_phase_rows, int64_t smem_limit) {
+  if (n <= kMaxRegRow && same_phase_rows) return {FwdPath::kRegs, 0, 0};
+  const size_t wide = staged_elems<T>(n) * sizeof(float), raw = staged_elems<T>(n) * sizeof(T);
+  const int threads_wide = n <= kMaxRegRow ? 256 : 2 * static_cast<int64_t>(wide) <= smem_limit ? 512 : 1024;
+  if (static_cast<int64_t>(wide) <= smem_limit) return {FwdPath::kSmemWide, threads_wide, wide};
+  if (static_cast<int64_t>(raw) <= smem_limit) return {FwdPath::kSmemRaw, 1024, raw};
+  return {FwdPath::kStream, kStreamThreads, 0};
+}
+
 template <typename T>
 void forward_typed(const void* x, int64_t xs, void* y, int64_t ys, int64_t rows, int64_t n, float c, cudaStream_t st) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(y);
   const int ni = static_cast<int>(n);
-  if (n <= kMaxRegRow && same_phase<T>(rows, {{x, xs}, {y, ys}})) {
-    with_reg_threads(n, [&](auto threads) {
-      constexpr int TH = decltype(threads)::value;
-      softmax_fwd_regs<T, TH><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
-          xp, xs, yp, ys, rows, ni, c);
-    });
-    return;
-  }
-  const size_t bytes = staged_elems<T>(n) * sizeof(T);
-  if (bytes <= static_cast<size_t>(max_smem_per_block())) {
-    launch_staged<512>(n, bytes, softmax_fwd_smem<T, 256>, softmax_fwd_smem<T, 512>, [&](auto kernel, int threads) {
-      kernel<<<static_cast<unsigned int>(rows), threads, bytes, st>>>(xp, xs, yp, ys, ni, c);
-    });
-    return;
-  }
-  if (same_phase<T>(rows, {{x, xs}, {y, ys}})) {
-    softmax_fwd_stream<T, true><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
-  } else {
-    softmax_fwd_stream<T, false><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
+  const bool same = same_phase<T>(rows, {{x, xs}, {y, ys}});
+  const FwdPlan plan = forward_plan<T>(n, same, max_smem_per_block());
+  const auto staged = [&](auto kernel) {
+    if (plan.smem > 48 * 1024) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
+    }
+    kernel<<<static_cast<unsigned int>(rows), plan.threads, plan.smem, st>>>(xp, xs, yp, ys, ni, c);
+  };
+  switch (plan.path) {
+    case FwdPath::kRegs:
+      with_reg_threads(n, [&](auto threads) {
+        constexpr int TH = decltype(threads)::value;
+        softmax_fwd_regs<T, TH><<<blocks_for(rows, rows_per_block<TH>()), dim3(TH, rows_per_block<TH>()), 0, st>>>(
+            xp, xs, yp, ys, rows, ni, c);
+      });
+      break;
+    case FwdPath::kSmemWide:
+      if (plan.threads == 256) staged(softmax_fwd_smem<T, float, 256>);
+      else if (plan.threads == 512) staged(softmax_fwd_smem<T, float, 512>);
+      else staged(softmax_fwd_smem<T, float, 1024>);
+      break;
+    case FwdPath::kSmemRaw:
+      if constexpr (sizeof(T) == 2) staged(softmax_fwd_smem<T, T, 1024>);  // fp32 rows always fit widened
+      break;
+    case FwdPath::kStream:
+      if (same) {
+        softmax_fwd_stream<T, true><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
+      } else {
+        softmax_fwd_stream<T, false><<<rows, kStreamThreads, 0, st>>>(xp, xs, yp, ys, ni, c);
+      }
+      break;
   }
 }
 

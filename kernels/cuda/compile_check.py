@@ -115,7 +115,9 @@ def problems(records: list[dict]) -> list[str]:
 #  - global loads/stores by width (LDG/STG .128 = 16 bytes; .64, 32-bit, .U16 ... narrower),
 #    split into those inside loops (a backward branch's range: the main loops) and the rest;
 #  - local memory: any LDL/STL (spills, or arrays the compiler could not keep in registers);
-#  - MUFU.EX2 instructions (exp2);
+#  - MUFU.EX2 instructions (exp2), and per row element: in a register kernel over the
+#    elements a thread holds (its head and tail excepted), in a looping kernel summed over
+#    its passes (loop_passes, ex2_per_element);
 #  - loads in flight per thread: walking from the start of the kernel, and from the start of
 #    each loop body, the bytes of global loads issued before the first instruction that reads
 #    a register one of them wrote (all of them are outstanding together at that point); the
@@ -255,11 +257,46 @@ def inflight_bytes_per_thread(instrs, loops) -> int:
     return best
 
 
+def loop_passes(instrs, loops) -> list[dict]:
+    """Per loop: its MUFU.EX2 and the bytes of global and shared accesses of one iteration.
+    Loops the compiler versioned (the same pass for aligned and unaligned operands) differ
+    only in their reads: a pass is identified by its EX2 count and its stores, and counted
+    once."""
+    passes = {}
+    for lo, hi in loops:
+        p = {"ex2": 0, "LDG": 0, "STG": 0, "LDS": 0, "STS": 0}
+        stores = {}
+        for addr, _, op, _ops in instrs:
+            if lo <= addr <= hi:
+                base = op.split(".")[0]
+                if op.startswith("MUFU.EX2"):
+                    p["ex2"] += 1
+                elif base in p:
+                    p[base] += access_width(op) // 8
+                    if base in ("STG", "STS"):
+                        stores[op] = stores.get(op, 0) + 1
+        passes.setdefault((p["ex2"], tuple(sorted(stores.items()))), p)
+    return list(passes.values())
+
+
+def ex2_per_element(passes, row_elem: int, stage_elem: int) -> float:
+    """exp2 per row element of a looping kernel: each pass's EX2 over the elements one
+    iteration covers (row bytes moved through global memory at `row_elem` bytes each, or
+    through shared memory at `stage_elem`), summed over the passes."""
+    total = 0.0
+    for p in passes:
+        elems = max(p["LDG"] // row_elem, p["STG"] // row_elem, p["LDS"] // stage_elem, p["STS"] // stage_elem)
+        if p["ex2"] and elems:
+            total += p["ex2"] / elems
+    return round(total, 2)
+
+
 def sass_facts(instrs) -> dict:
     loops = loops_of(instrs)
     in_loop = lambda a: any(lo <= a <= hi for lo, hi in loops)  # noqa: E731
     facts = {"loads": {}, "stores": {}, "loop_loads": {}, "loop_stores": {}, "local": 0, "ex2": 0,
-             "loops": len(loops), "inflight_per_thread": inflight_bytes_per_thread(instrs, loops)}
+             "loops": len(loops), "inflight_per_thread": inflight_bytes_per_thread(instrs, loops),
+             "passes": loop_passes(instrs, loops)}
     for addr, _, op, _ops in instrs:
         base = op.split(".")[0]
         if base in ("LDL", "STL"):
@@ -373,6 +410,9 @@ ROW_KERNELS = {
     "ln_fwd_smem<*, false>": dict(loads=3, stores=1, extra=2),
     "ln_fwd_smem<*, true>": dict(loads=4, stores=2, extra=2),
     "ln_bwd_regs": dict(loads=4, stores=1, extra=2, elems=8),             # mean, rstd
+    # one 16-byte pack per thread and row; + the fp32 partials of dw and db (a pack's
+    # elements each); in the row loop mean and rstd
+    "ln_bwd_fused": dict(loads=4, stores=1, extra=2 * 8, packs=1, loop_extra=2),
     "ln_bwd_smem": dict(loads=4, stores=1, extra=2),
     # per unrolled row: mean and rstd (8 in the loop); VEC fp32 partials of dw and db each
     "norm_param_partials_vec": dict(loads=2, stores=0, extra=2 * 16, loop_extra=8),
@@ -396,18 +436,22 @@ def _bench_launches():
         vec = 16 // size
         staged = lambda n: -(-(n + vec) // vec) * vec * size  # noqa: E731  (n + phase, whole packs)
         cases[("softmax fwd", tn, 8192, 4096)] = [(f"softmax_fwd_regs<{t}, 256>", 256, 0)]
-        cases[("softmax fwd", tn, 8192, 50257)] = [(f"softmax_fwd_smem<{t}, 512>", 512, staged(50257))]
+        wide = staged(50257) * 4 // size  # the row widened to fp32: one block of 1024 threads per SM
+        cases[("softmax fwd", tn, 8192, 50257)] = [(f"softmax_fwd_smem<{t}, float, 1024>", 1024, wide)]
         cases[("softmax bwd", tn, 8192, 4096)] = [(f"softmax_bwd_regs<{t}, 256>", 256, 0)]
         two = 2 * staged(50257)
         cases[("softmax bwd", tn, 8192, 50257)] = (
             [(f"softmax_bwd_smem<{t}, 1024>", 1024, two)] if two <= H100["smem_optin"]
             else [(f"softmax_bwd_stream<{t}, true>", 512, 0)])
         for n in (1024, 4096):
-            fwd = bwd = n // 8  # 8 elements per thread
+            fwd = n // 8  # 8 elements per thread
+            bwd = n // vec  # a 16-byte pack per thread
             for op, add in (("layer_norm", "false"), ("add_layer_norm", "true")):
                 cases[(f"{op} fwd", tn, 16384, n)] = [(f"ln_fwd_regs<{t}, {fwd}, {add}>", fwd, 0)]
-                cases[(f"{op} bwd", tn, 16384, n)] = [(f"ln_bwd_regs<{t}, {bwd}>", bwd, 0),
-                                                      (f"norm_param_partials_vec<{t}>", 256, 0),
+                # dx and the dw/db partials in one kernel: blocks of 512 threads (rows of 128
+                # or 256 threads, 4 or 2 at a time, at 1024 wide; one row at 4096) or of one
+                # 1024-thread row (fp32 at 4096), then the partials' column sum
+                cases[(f"{op} bwd", tn, 16384, n)] = [(f"ln_bwd_fused<{t}, {bwd}>", max(512, bwd), 0),
                                                       (f"column_sum_kernel<{t}>", 1024, 0)]
     return cases
 
@@ -429,11 +473,16 @@ def row_kernel_problems(name: str, k: dict, threads: int, dyn_smem: int) -> tupl
                    + sum(v for w, v in f["loop_stores"].items() if w < 128))
     elems = role.get("elems")
     ex2 = f["ex2"]
+    args = [a.strip() for a in name[name.index("<") + 1:-1].split(",")] if "<" in name else []
+    sizes = {"float": 4, "__half": 2, "__nv_bfloat16": 2}
+    row_elem = sizes.get(args[0], 2) if args else 2
+    stage_elem = sizes.get(args[1], row_elem) if len(args) > 1 else row_elem  # softmax_fwd_smem<T, S, ...>
     row = {"kernel": name, "threads": threads, "dyn_smem": dyn_smem, "registers": k["registers"],
            "spill": k["spill"], "local": f["local"], "wide_loads": wide_ld, "wide_stores": wide_st,
            "narrow": narrow, "loop_narrow": loop_narrow, "loops": f["loops"], "warps_per_sm": occ["warps_per_sm"],
            "inflight_per_thread": f["inflight_per_thread"], "inflight_per_sm": inflight, "ex2": ex2,
-           "ex2_per_elem": (round((ex2 - 2) / elems, 2) if elems and ex2 else None)}
+           "ex2_per_elem": (round((ex2 - 2) / elems, 2) if elems and ex2 else
+                            ex2_per_element(f.get("passes", []), row_elem, stage_elem) if ex2 else None)}
     bad = []
     if role.get("rows", True):
         # Register kernels (no loop): each of a thread's packs is one 16-byte access, and the

@@ -114,8 +114,8 @@ int launch_count();
 void launch_record(int i, uint64_t* offset, unsigned* grid, unsigned* block, uint64_t* smem);
 
 // Static shared memory: tests/cuda_emu.py rewrites `__shared__ T name[N];` into
-// `static SharedSlot slot; auto& name = shared<T[N], ALIGN>(slot);` (ALIGN from an
-// alignas, else 0). The first thread of a block to reach the declaration places it in the
+// `using type = T[N]; static SharedSlot slot; auto& name = shared<type, ALIGN>(slot);`
+// (ALIGN from an alignas, else 0). The first thread of a block to reach the declaration places it in the
 // block's 48 KB (at an odd multiple of its alignment) and fills it with 0xff; the others
 // get the same storage.
 struct SharedSlot {

@@ -79,19 +79,14 @@ int emu_layer_norm_forward(int dt, const void* x, int64_t xs, const void* r, int
   return gptk::cuda::layer_norm_forward(dtype(dt), x, xs, r, rs, sum, w, b, y, mean, rstd, rows, n, eps, nullptr);
 }
 
-int emu_layer_norm_backward_dx(int dt, const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x,
-                               int64_t xs, const void* w, const float* mean, const float* rstd, void* dx, int64_t rows,
-                               int64_t n) {
-  return gptk::cuda::layer_norm_backward_dx(dtype(dt), dy, dys, dsum, dss, x, xs, w, mean, rstd, dx, rows, n,
-                                            nullptr);
+int emu_layer_norm_backward(int dt, const void* dy, int64_t dys, const void* dsum, int64_t dss, const void* x,
+                            int64_t xs, const void* w, const float* mean, const float* rstd, void* dx, float* pw,
+                            float* pb, int64_t rows, int64_t n) {
+  return gptk::cuda::layer_norm_backward(dtype(dt), dy, dys, dsum, dss, x, xs, w, mean, rstd, dx, pw, pb, rows, n,
+                                         nullptr);
 }
 
 int64_t emu_column_chunks(int64_t rows) { return gptk::cuda::column_chunks(rows); }
-
-int emu_norm_param_partials(int dt, const void* dy, int64_t dys, const void* x, int64_t xs, const float* mean,
-                            const float* rstd, float* pw, float* pb, int64_t rows, int64_t n) {
-  return gptk::cuda::norm_param_partials(dtype(dt), dy, dys, x, xs, mean, rstd, pw, pb, rows, n, nullptr);
-}
 
 int emu_gelu_backward_partials(int dt, const void* dout, int64_t ds, const void* pre, int64_t ps, void* dpre, float* pb,
                                int64_t rows, int64_t n, int tanh_form) {
