@@ -7,7 +7,8 @@ the specialisation Triton makes at launch for such values; `archs` limits a case
 targets its launcher picks it on (default: all). For each we compile for
 both targets and read shared memory from the metadata, registers and spill bytes
 from cuobjdump. The interpreter replaces @triton.jit with a Python shim, so this runs
-in a child process without TRITON_INTERPRET:
+in a child process without TRITON_INTERPRET, the compiles spread over one forked worker per
+core (GPTK_COMPILE_JOBS=N sets how many):
 
     python -m kernels.triton.compile_check kernels.triton.softmax [--json]
 
@@ -220,7 +221,8 @@ def _compile_task(i: int) -> dict:
 
 def jobs() -> int:
     """Compiles at once: GPTK_COMPILE_JOBS, else one per core (each is one CPU-bound process)."""
-    return max(1, int(os.environ.get("GPTK_COMPILE_JOBS", 0)) or len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, int(os.environ.get("GPTK_COMPILE_JOBS", 0)) or cores)
 
 
 def check_module(module_name: str) -> list[dict]:
