@@ -21,7 +21,8 @@ import torch
 
 from . import _build
 
-_STATE = {"loaded": False, "error": None, "with_cuda": False, "why_no_cuda": None, "path": None}
+_STATE = {"loaded": False, "error": None, "with_cuda": False, "why_no_cuda": None, "path": None,
+          "eager_module": False}
 
 
 def _load() -> None:
@@ -35,7 +36,7 @@ def _load() -> None:
     except OSError as e:  # a library that built but cannot be loaded (missing symbol...)
         _STATE["error"] = f"the built library failed to load: {e}"
         return
-    _register()
+    _register(path)
     _STATE.update(loaded=True, with_cuda=with_cuda, why_no_cuda=why_not, path=path)
 
 
@@ -73,7 +74,7 @@ def _require() -> None:
 def library_info() -> dict:
     """Where the loaded library came from and whether it has the CUDA kernels."""
     _load()
-    return {k: _STATE[k] for k in ("loaded", "error", "with_cuda", "why_no_cuda", "path")}
+    return {k: _STATE[k] for k in ("loaded", "error", "with_cuda", "why_no_cuda", "path", "eager_module")}
 
 
 # -----------------------------------------------------------------------------------------
@@ -322,8 +323,25 @@ def _direct(overload):
     return call
 
 
-def _register() -> None:
+def _eager_module(path: str):
+    """The library's own Python module (csrc/eager.cpp: typed calls of each op's kernel and
+    C++ autograd nodes), or None for a library built without it (an older wheel's)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.ExtensionFileLoader("gptk_eager", path)
+    spec = importlib.util.spec_from_file_location("gptk_eager", path, loader=loader)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except ImportError:
+        return None
+    return module
+
+
+def _register(path: str) -> None:
     from .._eager import fast_op
+    eager = _eager_module(path)
+    _STATE["eager_module"] = eager is not None
     for op, fake, fake_backward, setup, grad in _REGISTRATIONS:
         name = f"gptk::{op}_cuda"
         torch.library.register_fake(name)(fake)
@@ -331,9 +349,14 @@ def _register() -> None:
         torch.library.register_autograd(name, grad, setup_context=setup)
         forward = getattr(torch.ops.gptk, f"{op}_cuda").default
         backward = getattr(torch.ops.gptk, f"{op}_cuda_backward").default
-        _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
-        _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
+        if eager is None:
+            _CALLS[op] = fast_op(forward, _direct(forward), setup, grad, register_autograd=False)
+            _CALLS[f"{op}_backward"] = fast_op(backward, _direct(backward))
+        else:
+            _CALLS[op] = fast_op(forward, getattr(eager, op), setup, grad, register_autograd=False,
+                                 grad_impl=getattr(eager, f"{op}_grad"))
+            _CALLS[f"{op}_backward"] = fast_op(backward, getattr(eager, f"{op}_backward"))
     torch.library.register_fake("gptk::sample_cuda")(_fake_sample)  # not differentiable: no autograd
     sample_op = torch.ops.gptk.sample_cuda.default
-    _CALLS["sample"] = fast_op(sample_op, _direct(sample_op))
+    _CALLS["sample"] = fast_op(sample_op, eager.sample if eager is not None else _direct(sample_op))
 

@@ -47,7 +47,8 @@ class BuildError(RuntimeError):
 
 
 def sources(with_cuda: bool) -> list[str]:
-    files = [os.path.join(CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    files = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "eager.cpp")]
+    files += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if with_cuda:
         files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
         files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))

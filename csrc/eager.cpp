@@ -1,0 +1,293 @@
+// The eager entry points: a Python module (gptk_eager) whose functions call each op's CPU or
+// CUDA kernel straight through the dispatcher's typed handle, with the autograd node built in
+// C++ when an input needs a gradient.
+//
+// Why: from Python, `OpOverload.redispatch` is a boxed call (each argument parsed against the
+// schema into an IValue) and a Python autograd.Function costs ~5 us more per forward; together
+// they were most of the cuda backend's host time per op (issue 13). A pybind call with typed
+// arguments and a C++ autograd::Function cost what PyTorch's own ops cost.
+//
+// kernels/cuda/__init__.py uses these for eager calls on plain tensors only. torch.compile,
+// fake tensors, dispatch modes, subclasses and torch.func still reach the ops declared in
+// ops.cpp, whose autograd is registered from Python with the same formulas as below
+// (tests/test_host_path.py checks both paths give the same gradients).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <string>
+#include <tuple>
+
+// The autograd nodes' names read gptk::eager::<Op>Fn in autograd graphs (node.name()).
+namespace gptk::eager {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The op's kernel for `t`'s device (CPU or CUDA), below autograd and autocast: the eager
+// callers are plain tensors, and kernels.<op> has already applied the autocast policy.
+c10::DispatchKeySet keyset(const Tensor& t) {
+  return c10::DispatchKeySet(t.is_cuda() ? c10::DispatchKey::CUDA : c10::DispatchKey::CPU);
+}
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+#define GPTK_OP(var, name, ...)                                     \
+  const c10::TypedOperatorHandle<__VA_ARGS__>& var() {              \
+    static const auto op = handle<__VA_ARGS__>(name);               \
+    return op;                                                      \
+  }
+
+using T3 = std::tuple<Tensor, Tensor, Tensor>;
+using T4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+GPTK_OP(softmax_op, "gptk::softmax_cuda", Tensor(const Tensor&, double, int64_t))
+GPTK_OP(softmax_bwd_op, "gptk::softmax_cuda_backward", Tensor(const Tensor&, const Tensor&, double, int64_t))
+GPTK_OP(layer_norm_op, "gptk::layer_norm_cuda", T3(const Tensor&, const OptTensor&, const OptTensor&, double))
+GPTK_OP(layer_norm_bwd_op, "gptk::layer_norm_cuda_backward",
+        T3(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&))
+GPTK_OP(add_layer_norm_op, "gptk::add_layer_norm_cuda",
+        T4(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, double))
+GPTK_OP(add_layer_norm_bwd_op, "gptk::add_layer_norm_cuda_backward",
+        T3(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&))
+GPTK_OP(attention_op, "gptk::attention_cuda",
+        std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool, double, const OptTensor&))
+GPTK_OP(attention_bwd_op, "gptk::attention_cuda_backward",
+        T3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, double))
+GPTK_OP(gelu_linear_op, "gptk::gelu_linear_cuda",
+        std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&, c10::string_view))
+GPTK_OP(gelu_linear_bwd_op, "gptk::gelu_linear_cuda_backward",
+        T3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view))
+GPTK_OP(lce_op, "gptk::linear_cross_entropy_cuda",
+        T4(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, double, int64_t, c10::string_view, bool))
+GPTK_OP(lce_bwd_op, "gptk::linear_cross_entropy_cuda_backward",
+        T3(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, double, int64_t))
+GPTK_OP(sample_op, "gptk::sample_cuda", Tensor(const Tensor&, const Tensor&, double, int64_t, double))
+#undef GPTK_OP
+
+OptTensor maybe(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+variable_list list(const T3& t) { return {std::get<0>(t), std::get<1>(t), std::get<2>(t)}; }
+
+// ---------------------------------------------------------------------------------------
+// Autograd: the formulas kernels/cuda/__init__.py registers on the ops (setup + backward).
+// Forward outputs are the op's outputs; statistics and pre-activations are marked
+// non-differentiable (only the backward reads them).
+// ---------------------------------------------------------------------------------------
+struct SoftmaxFn : torch::autograd::Function<SoftmaxFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, double temperature, int64_t dim) {
+    Tensor y = softmax_op().redispatch(keyset(x), x, temperature, dim);
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["dim"] = dim;
+    ctx->save_for_backward({y});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor y = ctx->get_saved_variables()[0];
+    Tensor dx = softmax_bwd_op().redispatch(keyset(y), grads[0], y, ctx->saved_data["temperature"].toDouble(),
+                                            ctx->saved_data["dim"].toInt());
+    return {dx, Tensor(), Tensor()};
+  }
+};
+
+struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                               double eps) {
+    auto [y, mean, rstd] = layer_norm_op().redispatch(keyset(x), x, weight, bias, eps);
+    ctx->mark_non_differentiable({mean, rstd});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->save_for_backward({x, or_undefined(weight), mean, rstd});
+    return {y, mean, rstd};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& x = saved[0];
+    auto [dx, dw, db] = layer_norm_bwd_op().redispatch(keyset(x), grads[0], x, maybe(saved[1]), saved[2], saved[3]);
+    return {dx, saved[1].defined() ? dw : Tensor(), ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()};
+  }
+};
+
+struct AddLayerNormFn : torch::autograd::Function<AddLayerNormFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& residual, const OptTensor& weight,
+                               const OptTensor& bias, double eps) {
+    auto [y, total, mean, rstd] = add_layer_norm_op().redispatch(keyset(x), x, residual, weight, bias, eps);
+    ctx->mark_non_differentiable({mean, rstd});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->save_for_backward({total, or_undefined(weight), mean, rstd});
+    return {y, total, mean, rstd};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& total = saved[0];
+    auto [dx, dw, db] = add_layer_norm_bwd_op().redispatch(keyset(total), grads[0], maybe(grads[1]), total,
+                                                           maybe(saved[1]), saved[2], saved[3]);
+    return {dx, dx, saved[1].defined() ? dw : Tensor(), ctx->saved_data["has_bias"].toBool() ? db : Tensor(),
+            Tensor()};
+  }
+};
+
+// The kernels take any batch/head/token strides but need unit stride along D; an incoming
+// gradient (autograd may hand an expanded or transposed one) is copied, only then.
+Tensor last_dim_contiguous(const Tensor& t) {
+  return t.stride(-1) == 1 || t.size(-1) == 1 ? t : t.contiguous();
+}
+
+struct AttentionFn : torch::autograd::Function<AttentionFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                               double scale, const OptTensor& kv_lengths) {
+    auto [out, lse] = attention_op().redispatch(keyset(q), q, k, v, causal, scale, kv_lengths);
+    ctx->mark_non_differentiable({lse});
+    ctx->saved_data["kv_lengths"] = kv_lengths.has_value();
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale;
+    ctx->save_for_backward({q, k, v, out, lse});
+    return {out, lse};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // kernels.attention refuses such a call up front; this guards the bare op (as the Python formula does)
+    TORCH_CHECK(!ctx->saved_data["kv_lengths"].toBool(),
+                "gptk::attention_cuda with kv_lengths is forward only: no gradient flows through it");
+    const auto s = ctx->get_saved_variables();
+    auto [dq, dk, dv] = attention_bwd_op().redispatch(keyset(s[0]), last_dim_contiguous(grads[0]), s[0], s[1], s[2],
+                                                      s[3], s[4], ctx->saved_data["causal"].toBool(),
+                                                      ctx->saved_data["scale"].toDouble());
+    return {dq, dk, dv, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct GeluLinearFn : torch::autograd::Function<GeluLinearFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                               std::string approximate) {
+    auto [out, pre] = gelu_linear_op().redispatch(keyset(x), x, weight, bias, approximate);
+    ctx->mark_non_differentiable({pre});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["approximate"] = approximate;
+    ctx->save_for_backward({x, weight, pre});
+    return {out, pre};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const std::string approximate = ctx->saved_data["approximate"].toStringRef();
+    auto [dx, dw, db] = gelu_linear_bwd_op().redispatch(keyset(s[0]), grads[0], s[0], s[1], s[2], approximate);
+    return {dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()};
+  }
+};
+
+// mean/sum: the forward forms the gradients for a unit incoming gradient; "none": the
+// backward reruns the chunks with the per-token gradients.
+struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                               const Tensor& target, double temperature, int64_t ignore_index, std::string reduction) {
+    auto [loss, dx, dw, db] = lce_op().redispatch(keyset(x), x, weight, bias, target, temperature, ignore_index,
+                                                  reduction, true);
+    ctx->mark_non_differentiable({dx, dw, db});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["none"] = reduction == "none";
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    if (reduction == "none") {
+      ctx->save_for_backward({x, weight, or_undefined(bias), target});
+    } else {
+      ctx->save_for_backward({dx, dw, db});
+    }
+    return {loss, dx, dw, db};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const Tensor& grad = grads[0];
+    Tensor dx, dw, db;
+    if (ctx->saved_data["none"].toBool()) {
+      std::tie(dx, dw, db) = lce_bwd_op().redispatch(keyset(s[0]), grad, s[0], s[1], maybe(s[2]), s[3],
+                                                     ctx->saved_data["temperature"].toDouble(),
+                                                     ctx->saved_data["ignore_index"].toInt());
+    } else {
+      dx = s[0].mul(grad), dw = s[1].mul(grad), db = s[2].mul(grad);
+    }
+    return {dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// m.def with the GIL released while the C++ runs (arguments are converted before, the
+// result after, with the GIL held).
+template <class F, class... Extra>
+void def(py::module_& m, const char* name, F&& f, const Extra&... extra) {
+  m.def(name, std::forward<F>(f), py::call_guard<py::gil_scoped_release>(), extra...);
+}
+
+}  // namespace gptk::eager
+
+// Each op twice: `<op>` calls the kernel (no autograd), `<op>_grad` records the C++ node.
+// Outputs are the op's own (a tuple, or a list from `_grad`: the Python wrappers pick what
+// users see). The GIL is released while C++ runs, as PyTorch's own bindings do: a long CPU
+// kernel must not stall the caller's other Python threads.
+PYBIND11_MODULE(gptk_eager, m) {
+  using namespace gptk::eager;
+  def(m, "softmax", [](const Tensor& x, double t, int64_t dim) { return softmax_op().redispatch(keyset(x), x, t, dim); });
+  def(m, "softmax_grad", [](const Tensor& x, double t, int64_t dim) { return SoftmaxFn::apply(x, t, dim); });
+  def(m, "softmax_backward", [](const Tensor& dy, const Tensor& y, double t, int64_t dim) {
+    return softmax_bwd_op().redispatch(keyset(y), dy, y, t, dim);
+  });
+  def(m, "layer_norm", [](const Tensor& x, const OptTensor& w, const OptTensor& b, double eps) {
+    return layer_norm_op().redispatch(keyset(x), x, w, b, eps);
+  });
+  def(m, "layer_norm_grad", [](const Tensor& x, const OptTensor& w, const OptTensor& b, double eps) {
+    return (LayerNormFn::apply(x, w, b, eps));
+  });
+  def(m, "layer_norm_backward", [](const Tensor& dy, const Tensor& x, const OptTensor& w, const Tensor& mean,
+                                  const Tensor& rstd) {
+    return layer_norm_bwd_op().redispatch(keyset(x), dy, x, w, mean, rstd);
+  });
+  def(m, "add_layer_norm", [](const Tensor& x, const Tensor& r, const OptTensor& w, const OptTensor& b, double eps) {
+    return add_layer_norm_op().redispatch(keyset(x), x, r, w, b, eps);
+  });
+  def(m, "add_layer_norm_grad", [](const Tensor& x, const Tensor& r, const OptTensor& w, const OptTensor& b,
+                                  double eps) { return (AddLayerNormFn::apply(x, r, w, b, eps)); });
+  def(m, "add_layer_norm_backward", [](const Tensor& dy, const OptTensor& dsum, const Tensor& total,
+                                      const OptTensor& w, const Tensor& mean, const Tensor& rstd) {
+    return add_layer_norm_bwd_op().redispatch(keyset(total), dy, dsum, total, w, mean, rstd);
+  });
+  def(m, "attention", [](const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                        const OptTensor& kv_lengths) {
+    return attention_op().redispatch(keyset(q), q, k, v, causal, scale, kv_lengths);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"), py::arg("kv_lengths") = py::none());
+  def(m, "attention_grad", [](const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                             const OptTensor& kv_lengths) {
+    return (AttentionFn::apply(q, k, v, causal, scale, kv_lengths));
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"), py::arg("kv_lengths") = py::none());
+  def(m, "attention_backward", [](const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& out, const Tensor& lse, bool causal, double scale) {
+    return attention_bwd_op().redispatch(keyset(q), dout, q, k, v, out, lse, causal, scale);
+  });
+  def(m, "gelu_linear", [](const Tensor& x, const Tensor& w, const OptTensor& b, const std::string& approximate) {
+    return gelu_linear_op().redispatch(keyset(x), x, w, b, approximate);
+  });
+  def(m, "gelu_linear_grad", [](const Tensor& x, const Tensor& w, const OptTensor& b, std::string approximate) {
+    return (GeluLinearFn::apply(x, w, b, std::move(approximate)));
+  });
+  def(m, "gelu_linear_backward", [](const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& pre,
+                                   const std::string& approximate) {
+    return gelu_linear_bwd_op().redispatch(keyset(x), dout, x, w, pre, approximate);
+  });
+  def(m, "linear_cross_entropy", [](const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& target,
+                                   double temperature, int64_t ignore_index, const std::string& reduction,
+                                   bool need_grad) {
+    return lce_op().redispatch(keyset(x), x, w, b, target, temperature, ignore_index, reduction, need_grad);
+  });
+  // need_grad: always true here (the caller records a gradient); taken for the op's signature.
+  def(m, "linear_cross_entropy_grad", [](const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& target,
+                                        double temperature, int64_t ignore_index, std::string reduction,
+                                        bool /*need_grad*/) {
+    return (LinearCrossEntropyFn::apply(x, w, b, target, temperature, ignore_index, std::move(reduction)));
+  });
+  def(m, "linear_cross_entropy_backward", [](const Tensor& grad, const Tensor& x, const Tensor& w, const OptTensor& b,
+                                            const Tensor& target, double temperature, int64_t ignore_index) {
+    return lce_bwd_op().redispatch(keyset(x), grad, x, w, b, target, temperature, ignore_index);
+  });
+  def(m, "sample", [](const Tensor& logits, const Tensor& seed, double t, int64_t top_k, double top_p) {
+    return sample_op().redispatch(keyset(logits), logits, seed, t, top_k, top_p);
+  });
+}
