@@ -10,7 +10,8 @@
 // kernels/cuda/__init__.py uses these for eager calls on plain tensors only. torch.compile,
 // fake tensors, dispatch modes, subclasses and torch.func still reach the ops declared in
 // ops.cpp, whose autograd is registered from Python with the same formulas as below
-// (tests/test_host_path.py checks both paths give the same gradients).
+// (tests/test_cuda_backend.py test_torch_compile_fullgraph_every_op compares the two paths'
+// gradients; every op's eager gradients are checked against fp64 there too).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/utils/pybind.h>
