@@ -124,12 +124,17 @@ import kernels
 from kernels.triton import softmax as sm, layer_norm as ln
 
 def recorded(fn, inputs):
-    # The launches of one call, tensors named by role: an input by position, anything else by
-    # its first appearance (so aliasing between arguments is compared too).
+    # The launches of one call, tensors named by role: an input by position, a returned
+    # tensor by its place in the result (two fresh outputs of one shape swapped would look
+    # alike by appearance), anything else by its first appearance (so aliasing between
+    # arguments is compared too).
     stub_driver.launches = []
-    fn()
+    result = fn()
     calls, stub_driver.launches = stub_driver.launches, None
     names, out = {t.data_ptr(): f"in{i}" for i, t in enumerate(inputs)}, []
+    for i, t in enumerate(result if isinstance(result, tuple) else (result,)):
+        if isinstance(t, torch.Tensor) and t.numel():
+            names.setdefault(t.data_ptr(), f"out{i}")
     for grid, launcher, args in calls:
         row = []
         for a in args:
@@ -203,6 +208,13 @@ for dtype in (torch.bfloat16, torch.float32):
                         f"lengths={kv is not None}"] = same_as_ordinary_path(
                     lambda: at.attention_forward(q, k, v, causal, D ** -0.5, kv_lengths=kv), [q, k, v, kv],
                     [at._DECODE_REPLAYS])
+# The backward: preprocess, then the autotuned dK/dV and dQ launches, replayed with the
+# configuration the autotuner ran (one case: each compiles three kernels for sm_90).
+q, k, v = (torch.randn(1, 64, 2, 64, generator=g).bfloat16().transpose(1, 2) for _ in range(3))
+o, lse = at.attention_forward(q, k, v, True, 0.125)
+do = torch.randn(o.shape, generator=g).bfloat16()
+results["attention bwd bf16 B1 H2 T64 D64 causal"] = same_as_ordinary_path(
+    lambda: at.attention_backward(do, q, k, v, o, lse, True, 0.125), [do, q, k, v, o, lse], [at._BWD_REPLAYS])
 print(json.dumps(results))
 """
 

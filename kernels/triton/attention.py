@@ -659,18 +659,25 @@ _TUNED = {(kind, hopper): _tuned(kind, kernel, hopper) for kind, kernel in _KERN
           for hopper in (False, True)}
 
 
-def _launch(kind, grid_of, args, configs=None, hopper=False, **constexprs):
+def _launch(kind, grid_of, args, configs=None, hopper=False, slots=None, **constexprs):
     """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
     through its autotuner (over the Hopper space if `hopper`) on a GPU, else with the
-    interpreter's one fixed config."""
+    interpreter's one fixed config. With `slots`, returns the launch's replay (see
+    _launch.launch; None when it cannot be formed): for an autotuned launch, of the
+    configuration the autotuner just ran, so repeat calls skip the autotuner's Python too."""
     config = (configs or {}).get(kind)
     tuned = _TUNED[kind, hopper]
     if config is None and tuned is not None:
         tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **constexprs)
-        return
+        if slots is None:
+            return None
+        chosen = tuned.best_config  # the config that call launched, with its options in its order
+        kwargs = {**constexprs, **chosen.all_kwargs()}
+        return _fast.replay(_KERNELS[kind], grid_of(kwargs["BLOCK_M"], kwargs["BLOCK_N"]), args, kwargs, slots)
     block_m, block_n, warps, stages = config or _INTERPRETER[kind]
-    _KERNELS[kind][grid_of(block_m, block_n)](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
-                                              num_warps=warps, num_stages=stages)
+    return _fast.launch(_KERNELS[kind], grid_of(block_m, block_n), args,
+                        dict(**constexprs, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages),
+                        slots)
 
 
 def empty_bthd(shape, dtype, device) -> torch.Tensor:
@@ -864,6 +871,12 @@ def _decode(q, k, v, o, lse, causal, qk_scale, splits=None, kv_lengths=None):
     return o, lse
 
 
+# (shapes, strides, causal, device, replay_key of the inputs) -> the recorded launches
+# (preprocess, dK/dV, dQ): a repeat backward (every training step) skips the binder and the
+# autotuners' Python (~90 us per call on the host path before).
+_BWD_REPLAYS = _fast.Replays()
+
+
 def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=None):
     """(dq, dk, dv) from the saved output o and base-2 logsumexp lse; `configs` as in the forward."""
     B, H, Tq, D = q.shape
@@ -875,25 +888,39 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         return dq, dk, dv
     if Tq == 0 or Tk == 0:  # nothing attends: every gradient is zero
         return dq.zero_(), dk.zero_(), dv.zero_()
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _checks.unit_last_dim(name, t)
     do, o = _unit_last(do), _unit_last(o)
     qk_scale = scale * math.log2(math.e)
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    # A replay exists only for strides that passed the checks below (they are in the key).
+    key = (q.shape, Tk, q.stride(), k.stride(), v.stride(), do.stride(), o.stride(), causal, q.device,
+           _fast.replay_key(q, k, v, do, o, lse)) if configs is None else None
+    plan = _BWD_REPLAYS.get(key) if key is not None else None
+    if plan is not None:
+        with _device_guard(q):
+            for replay in plan:
+                replay(q, k, v, do, o, lse, delta, dq, dk, dv, qk_scale, scale)
+        return dq, dk, dv
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.unit_last_dim(name, t)
+    slots = ({"q": q, "k": k, "v": v, "do": do, "o": o, "lse": lse, "delta": delta, "dq": dq, "dk": dk, "dv": dv,
+              "qk_scale": qk_scale, "scale": scale} if key is not None and _BWD_REPLAYS.wanted(key) else None)
     common = _head_dim_args(D, causal, configs)
     with _device_guard(q):
         pre_m = _pre_block_m(block_d(D))
-        _attn_bwd_preprocess_kernel[(_cdiv(Tq, pre_m), H, B)](
-            o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8, BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4)
+        replays = [_fast.launch(
+            _attn_bwd_preprocess_kernel, (_cdiv(Tq, pre_m), H, B), (o, do, delta, *_bhm(o), *_bhm(do), H, Tq, D // 8),
+            dict(BLOCK_D=block_d(D), BLOCK_M=pre_m, num_warps=4), slots)]
         strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv))
         args = (q, k, v, do, lse, delta, dk, dv, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq),
                 _bucket(Tk))
-        _launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, hopper=_hopper(q.device, args[:8], strides),
-                **common)
+        replays.append(_launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args,
+                               hopper=_hopper(q.device, args[:8], strides), slots=slots, **common))
         strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq))
         args = (q, k, v, do, lse, delta, dq, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        _launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:7], strides),
-                **common)
+        replays.append(_launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args,
+                               hopper=_hopper(q.device, args[:7], strides), slots=slots, **common))
+    if slots is not None and all(r is not None for r in replays):
+        _BWD_REPLAYS.put(key, replays)
     return dq, dk, dv
 
 
