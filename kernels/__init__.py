@@ -20,7 +20,8 @@ __all__ = [
 
 def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
     """softmax(x / temperature) along `dim`; temperature must be finite and > 0."""
-    (x,) = _autocast(torch.float32, x)
+    if _any_autocast():  # one cheap call in the common case
+        (x,) = _autocast(torch.float32, x)
     if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
         backend = _choose("softmax", backend, "x", x, lambda: x.shape[dim] if x.dim() and isinstance(dim, int)
                           and -x.dim() <= dim < x.dim() else None)
@@ -30,7 +31,8 @@ def softmax(x, temperature=1.0, dim=-1, *, backend="auto"):
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """Layer norm over the last dim; weight and bias may each be None."""
-    x, weight, bias = _autocast(torch.float32, x, weight, bias)
+    if _any_autocast():  # one cheap call in the common case
+        x, weight, bias = _autocast(torch.float32, x, weight, bias)
     if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
         backend = _choose("layer_norm", backend, "x", x, lambda: _last(x), (weight, bias))
     eps = _checks.layer_norm(x, weight, bias, eps, backend)
@@ -39,7 +41,8 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto"):
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """(layer_norm(x + residual), x + residual): a pre-LN block's residual add fused into its norm."""
-    x, residual, weight, bias = _autocast(torch.float32, x, residual, weight, bias)
+    if _any_autocast():  # one cheap call in the common case
+        x, residual, weight, bias = _autocast(torch.float32, x, residual, weight, bias)
     if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
         backend = _choose("add_layer_norm", backend, "x", x, lambda: _last(x), (residual, weight, bias))
     eps = _checks.add_layer_norm(x, residual, weight, bias, eps, backend)
@@ -61,7 +64,8 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
     Every backend takes them, any Tq (a prompt run into a static cache, too). Inference only:
     no gradient flows through such a call.
     """
-    q, k, v = _autocast(None, q, k, v)
+    if _any_autocast():  # one cheap call in the common case
+        q, k, v = _autocast(None, q, k, v)
     backend = _choose("attention", backend, "q", q, lambda: q.shape[2] if q.dim() == 4 else None, (k, v))
     scale = _checks.attention(q, k, v, causal, scale, backend)
     if kv_lengths is not None:
@@ -81,7 +85,8 @@ def supports_kv_lengths(backend: str) -> bool:
 
 def gelu_linear(x, weight, bias=None, *, approximate="tanh", backend="auto"):
     """gelu(x @ weight.T + bias), weight shaped (out_features, in_features) like nn.Linear."""
-    x, weight, bias = _autocast(None, x, weight, bias)
+    if _any_autocast():  # one cheap call in the common case
+        x, weight, bias = _autocast(None, x, weight, bias)
     if backend not in _CONCRETE or type(x) is not torch.Tensor:  # else nothing to resolve
         backend = _choose("gelu_linear", backend, "x", x, None, (weight, bias))
     _checks.gelu_linear(x, weight, bias, approximate, backend)
@@ -94,7 +99,8 @@ def linear_cross_entropy(x, weight, target, bias=None, *, temperature=1.0, ignor
     without materialising the (tokens, V) logits: x (..., C), weight (V, C), target x.shape[:-1]
     (integer class indices). The loss is float32 (float64 for float64 inputs); "mean" averages
     over the non-ignored tokens (NaN when all are ignored), "none" is shaped like target."""
-    x, weight, bias = _autocast(None, x, weight, bias)
+    if _any_autocast():  # one cheap call in the common case
+        x, weight, bias = _autocast(None, x, weight, bias)
     backend = _choose("linear_cross_entropy", backend, "x", x, None, (weight, bias))
     temperature = _checks.linear_cross_entropy(x, weight, target, bias, temperature, ignore_index, reduction,
                                                backend)
@@ -124,13 +130,15 @@ def _last(x):
     return x.shape[-1] if x.dim() else None
 
 
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
 def _autocast(dtype, *tensors):
-    """Under torch.autocast, follow PyTorch's own op policy: softmax and the norms run in
-    float32 (as F.softmax / F.layer_norm do), attention and the MLP matmul in the autocast
-    dtype (as SDPA / F.linear do). `dtype=None` means the autocast dtype. Outside autocast,
-    or for non-float inputs (left to the checks), tensors pass through untouched."""
-    if not torch._C._is_any_autocast_enabled():  # one cheap call in the common case
-        return tensors
+    """Under torch.autocast (callers test _any_autocast() first), follow PyTorch's own op
+    policy: softmax and the norms run in float32 (as F.softmax / F.layer_norm do), attention
+    and the MLP matmul in the autocast dtype (as SDPA / F.linear do). `dtype=None` means the
+    autocast dtype. Outside autocast for the tensors' device, or for non-float inputs (left to
+    the checks), tensors pass through untouched."""
     first = tensors[0]
     if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(
             "cuda" if first.is_cuda else first.device.type):
@@ -141,21 +149,26 @@ def _autocast(dtype, *tensors):
 
 
 def _run(op, backend, *args):
-    device = args[0].device
-    impl = _IMPL_CACHE.get((op, backend, device))
+    first = args[0]
+    # Keyed on the device type (all an implementation depends on) through two flags: no
+    # torch.device object is built on the common path. Other device types (meta) never hit.
+    key = (op, backend, first.is_cuda, first.is_cpu)
+    impl = _IMPL_CACHE.get(key)
     if impl is None:
+        device = first.device
         impl = implementation(op, backend, device)  # raises when the backend cannot run here
-        if not torch.compiler.is_compiling():
-            _IMPL_CACHE[(op, backend, device)] = impl
-    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(device.type):
+        if device.type in ("cpu", "cuda") and not torch.compiler.is_compiling():
+            _IMPL_CACHE[key] = impl
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(first.device.type):
+        device_type = first.device.type
         # Inputs are already in the policy's dtype: autocast must not re-cast the ops'
         # internals (the C++ ops' fp32 matmuls, the reference's F.linear).
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device_type, enabled=False):
             return impl(*args)
     return impl(*args)
 
 
-# Resolved (op, backend, device) -> implementation, and (op, backend, device, dtype) -> the
+# Resolved (op, backend, is_cuda, is_cpu) -> implementation, and (op, backend, device, dtype) -> the
 # concrete backend: per-call lookups instead of re-resolving (the host path is ~a microsecond
 # per op here). Only successes are cached; eager calls only.
 _IMPL_CACHE: dict = {}

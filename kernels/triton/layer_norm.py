@@ -853,10 +853,60 @@ def _inference(x, residual, weight, bias, eps):
     return forward(x, residual, weight, bias, eps, stats=False)  # (y, s, None, None): no statistics
 
 
+def _layer_norm_inference(x, weight, bias, eps):
+    return forward(x, None, weight, bias, eps, stats=False)
+
+
+# Eager calls that record a gradient: the op's formulas (_norm_grads) in a Function whose
+# outputs are only the differentiable ones (each output of a Python Function costs ~0.5 us to
+# wrap, and mean/rstd need no non-differentiable marking when they are saved, not returned).
+def _layer_norm_eager_forward(ctx, x, weight, bias, eps):
+    y, _, mean, rstd = forward(x, None, weight, bias, eps)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, mean, rstd)
+    return y
+
+
+def _layer_norm_eager_backward(ctx, dy):
+    dx, dw, db = _norm_grads(ctx, dy, None, 1)
+    return dx, dw, db, None
+
+
+def _add_layer_norm_eager_forward(ctx, x, residual, weight, bias, eps):
+    y, s, mean, rstd = forward(x, residual, weight, bias, eps)
+    ctx.set_materialize_grads(False)  # an unused y or s: its gradient arrives as None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(s, weight, mean, rstd)
+    return y, s
+
+
+def _add_layer_norm_eager_backward(ctx, dy, ds):
+    if dy is None:  # only s was used: its gradient goes straight to x and residual
+        return ds, ds, None, None, None
+    dsum, dw, db = _norm_grads(ctx, dy, ds, 2)
+    return dsum, dsum, dw, db, None
+
+
+# Named as _eager.fast_op names its Functions: autograd graphs read like the traced ones.
+_LayerNormEager = type("gptk_layer_norm_triton_eager", (torch.autograd.Function,), {
+    "forward": staticmethod(_layer_norm_eager_forward), "backward": staticmethod(_layer_norm_eager_backward)})
+_AddLayerNormEager = type("gptk_add_layer_norm_triton_eager", (torch.autograd.Function,), {
+    "forward": staticmethod(_add_layer_norm_eager_forward),
+    "backward": staticmethod(_add_layer_norm_eager_backward)})
+
+
+def _layer_norm_grad(x, weight, bias, eps):
+    return _LayerNormEager.apply(x, weight, bias, eps), None, None
+
+
+def _add_layer_norm_grad(x, residual, weight, bias, eps):
+    return (*_AddLayerNormEager.apply(x, residual, weight, bias, eps), None, None)
+
+
 _layer_norm_call = _launch.fast_op(layer_norm_op, _layer_norm_impl, _setup_context, _layer_norm_backward,
-                                   inference=lambda x, weight, bias, eps: _inference(x, None, weight, bias, eps))
+                                   inference=_layer_norm_inference, grad_impl=_layer_norm_grad)
 _add_layer_norm_call = _launch.fast_op(add_layer_norm_op, _add_layer_norm_impl, _setup_context,
-                                       _add_layer_norm_backward, inference=_inference)
+                                       _add_layer_norm_backward, inference=_inference, grad_impl=_add_layer_norm_grad)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
