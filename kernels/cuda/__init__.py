@@ -307,13 +307,14 @@ def _fake_sample(logits, seed, temperature, top_k, top_p):
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
 
 
-# Eager calls on plain tensors skip the dispatcher's autograd and autocast layers: they
-# redispatch straight to the device's C++ kernel (kernels/_eager.py); traced calls use the op.
-_KEYSETS = {}
+# Eager calls on plain tensors skip the dispatcher's autograd and autocast layers: they call
+# the device's C++ kernel through the library's own module (csrc/eager.cpp), with a C++
+# autograd node when a gradient is needed; traced calls use the op (kernels/_eager.py).
 _CALLS: dict = {}
 
 
 def _direct(overload):
+    """The boxed redispatch to the device's kernel: for a library without csrc/eager.cpp."""
     cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
     cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
     redispatch = overload.redispatch
