@@ -335,6 +335,17 @@ inline int max_smem_per_block() {
   return v;
 }
 
+// Opt `kernel` into `bytes` of dynamic shared memory when that is past the 48 KB every
+// kernel gets (callers size `bytes` within max_smem_per_block()). Its status is not checked
+// here on purpose: if the opt-in fails, the launch that follows fails for the same reason
+// and the entry point's cudaGetLastError reports it (as does the CPU emulator).
+template <typename K>
+void allow_dynamic_smem(K* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  }
+}
+
 // Shared memory a staged row of n elements takes: n + a phase, rounded to whole packs.
 template <typename T>
 constexpr int64_t staged_elems(int64_t n) {

@@ -701,12 +701,11 @@ void with_reg_threads(int64_t n, F&& f) {
 // registers: two blocks of a 100 KB row fit an SM, so one loads while the other computes).
 template <typename K256, typename K512, typename Launch>
 void launch_staged(int64_t n, size_t bytes, K256* k256, K512* k512, Launch&& launch) {
-  const int b = static_cast<int>(bytes);
   if (n <= kMaxRegRow) {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    allow_dynamic_smem(k256, bytes);
     launch(k256, 256);
   } else {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k512, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    allow_dynamic_smem(k512, bytes);
     launch(k512, 512);
   }
 }

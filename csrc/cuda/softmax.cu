@@ -361,12 +361,11 @@ void with_reg_threads(int64_t n, F&& f) {
 // a register block would hold (operands at different phases), LONG_THREADS beyond.
 template <int LONG_THREADS, typename K256, typename KLONG, typename Launch>
 void launch_staged(int64_t n, size_t bytes, K256* k256, KLONG* klong, Launch&& launch) {
-  const int b = static_cast<int>(bytes);
   if (n <= kMaxRegRow) {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(k256, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    allow_dynamic_smem(k256, bytes);
     launch(k256, 256);
   } else {
-    if (bytes > 48 * 1024) cudaFuncSetAttribute(klong, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    allow_dynamic_smem(klong, bytes);
     launch(klong, LONG_THREADS);
   }
 }
@@ -402,9 +401,7 @@ void forward_typed(const void* x, int64_t xs, void* y, int64_t ys, int64_t rows,
   const bool same = same_phase<T>(rows, {{x, xs}, {y, ys}});
   const FwdPlan plan = forward_plan<T>(n, same, max_smem_per_block());
   const auto staged = [&](auto kernel) {
-    if (plan.smem > 48 * 1024) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
-    }
+    allow_dynamic_smem(kernel, plan.smem);
     kernel<<<static_cast<unsigned int>(rows), plan.threads, plan.smem, st>>>(xp, xs, yp, ys, ni, c);
   };
   switch (plan.path) {
