@@ -14,6 +14,7 @@
 // gradients; every op's eager gradients are checked against fp64 there too).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <string>
@@ -72,7 +73,25 @@ GPTK_OP(sample_op, "gptk::sample_cuda", Tensor(const Tensor&, const Tensor&, dou
 
 OptTensor maybe(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
-variable_list list(const T3& t) { return {std::get<0>(t), std::get<1>(t), std::get<2>(t)}; }
+
+// The backward formulas call the kernels below autograd: their results carry no graph. Under
+// create_graph=True they come back through a DelayedError node that raises if reached, so a
+// double backward fails loudly instead of missing terms silently. (PyTorch's
+// @once_differentiable does so only when an incoming gradient needs a graph; a gradient
+// penalty differentiates through the op's inputs instead, which are not always saved:
+// linear_cross_entropy saves its gradients.) kernels/_eager.py once_differentiable does the
+// same for the Python Functions.
+variable_list once_differentiable(const variable_list& results) {
+  if (!at::GradMode::is_enabled()) return results;
+  variable_list fake;
+  fake.reserve(results.size());
+  for (const auto& r : results) fake.push_back(r.defined() ? r.detach().requires_grad_(true) : Tensor());
+  return torch::autograd::DelayedError(
+             "gptk: the backward of this op is not differentiable (its kernels run outside autograd); "
+             "double backward / create_graph through it is not supported",
+             static_cast<int64_t>(fake.size()))
+      .apply(std::move(fake));
+}
 
 // ---------------------------------------------------------------------------------------
 // Autograd: the formulas kernels/cuda/__init__.py registers on the ops (setup + backward).
@@ -91,7 +110,7 @@ struct SoftmaxFn : torch::autograd::Function<SoftmaxFn> {
     const Tensor y = ctx->get_saved_variables()[0];
     Tensor dx = softmax_bwd_op().redispatch(keyset(y), grads[0], y, ctx->saved_data["temperature"].toDouble(),
                                             ctx->saved_data["dim"].toInt());
-    return {dx, Tensor(), Tensor()};
+    return once_differentiable({dx, Tensor(), Tensor()});
   }
 };
 
@@ -108,7 +127,8 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
     const auto saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
     auto [dx, dw, db] = layer_norm_bwd_op().redispatch(keyset(x), grads[0], x, maybe(saved[1]), saved[2], saved[3]);
-    return {dx, saved[1].defined() ? dw : Tensor(), ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()};
+    return once_differentiable(
+        {dx, saved[1].defined() ? dw : Tensor(), ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()});
   }
 };
 
@@ -117,17 +137,21 @@ struct AddLayerNormFn : torch::autograd::Function<AddLayerNormFn> {
                                const OptTensor& bias, double eps) {
     auto [y, total, mean, rstd] = add_layer_norm_op().redispatch(keyset(x), x, residual, weight, bias, eps);
     ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);  // an unused y or x + residual: its gradient arrives undefined
     ctx->saved_data["has_bias"] = bias.has_value();
     ctx->save_for_backward({total, or_undefined(weight), mean, rstd});
     return {y, total, mean, rstd};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) {  // only x + residual was used: weight and bias get no gradient (None, as torch)
+      return once_differentiable({grads[1], grads[1], Tensor(), Tensor(), Tensor()});
+    }
     const auto saved = ctx->get_saved_variables();
     const Tensor& total = saved[0];
     auto [dx, dw, db] = add_layer_norm_bwd_op().redispatch(keyset(total), grads[0], maybe(grads[1]), total,
                                                            maybe(saved[1]), saved[2], saved[3]);
-    return {dx, dx, saved[1].defined() ? dw : Tensor(), ctx->saved_data["has_bias"].toBool() ? db : Tensor(),
-            Tensor()};
+    return once_differentiable({dx, dx, saved[1].defined() ? dw : Tensor(),
+                                            ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()});
   }
 };
 
@@ -156,7 +180,7 @@ struct AttentionFn : torch::autograd::Function<AttentionFn> {
     auto [dq, dk, dv] = attention_bwd_op().redispatch(keyset(s[0]), last_dim_contiguous(grads[0]), s[0], s[1], s[2],
                                                       s[3], s[4], ctx->saved_data["causal"].toBool(),
                                                       ctx->saved_data["scale"].toDouble());
-    return {dq, dk, dv, Tensor(), Tensor(), Tensor()};
+    return once_differentiable({dq, dk, dv, Tensor(), Tensor(), Tensor()});
   }
 };
 
@@ -174,7 +198,7 @@ struct GeluLinearFn : torch::autograd::Function<GeluLinearFn> {
     const auto s = ctx->get_saved_variables();
     const std::string approximate = ctx->saved_data["approximate"].toStringRef();
     auto [dx, dw, db] = gelu_linear_bwd_op().redispatch(keyset(s[0]), grads[0], s[0], s[1], s[2], approximate);
-    return {dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()};
+    return once_differentiable({dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor()});
   }
 };
 
@@ -208,7 +232,8 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     } else {
       dx = s[0].mul(grad), dw = s[1].mul(grad), db = s[2].mul(grad);
     }
-    return {dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return once_differentiable({dx, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(),
+                                            Tensor(), Tensor(), Tensor()});
   }
 };
 

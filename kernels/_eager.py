@@ -26,6 +26,31 @@ def eager(t) -> bool:
     return type(t) in _PLAIN and not _dispatch_modes() and _functorch_level() is None
 
 
+DOUBLE_BACKWARD = (b"gptk: the backward of this op is not differentiable (its kernels run outside autograd); "
+                   b"double backward / create_graph through it is not supported")
+
+
+def once_differentiable(backward):
+    """`backward` for an eager autograd.Function whose kernels run outside autograd: their
+    results carry no graph. Under create_graph=True the results come back through a node that
+    raises if reached, never as silently missing second-order terms. (PyTorch's
+    @once_differentiable does so only when an incoming gradient needs a graph; a gradient
+    penalty differentiates through the op's inputs instead, which are not always saved:
+    linear_cross_entropy saves its gradients.)"""
+    def wrapped(ctx, *grads):
+        if not torch.is_grad_enabled():  # the common case: no graph of the backward
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        single = not isinstance(results, tuple)
+        results = (results,) if single else results
+        fake = [None if r is None else r.detach().requires_grad_() for r in results]
+        out = torch._C._functions.DelayedError(DOUBLE_BACKWARD, len(fake))(*fake)
+        out = out if isinstance(out, tuple) else (out,)
+        return out[0] if single else out
+    return wrapped
+
+
 def fast_op(custom_op, impl, setup_context=None, backward=None, register_autograd=True, inference=None,
             grad_impl=None):
     """The callable a backend exposes for `custom_op` (whose body is `impl`): the op under
@@ -55,7 +80,7 @@ def fast_op(custom_op, impl, setup_context=None, backward=None, register_autogra
     op_name = getattr(custom_op, "_qualname", None) or custom_op.name()
     function = type(op_name.replace("::", "_").replace(".", "_") + "_eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward),
-        "backward": staticmethod(backward),
+        "backward": staticmethod(once_differentiable(backward)),
     })
     apply = grad_impl or function.apply
 

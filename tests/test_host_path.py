@@ -231,3 +231,47 @@ def test_replayed_launches_match_the_ordinary_path():
     aligned = [k for k in results if "misaligned" not in k and "strided" not in k]
     assert all(results[k]["replays"] >= 1 for k in aligned), [k for k in aligned if not results[k]["replays"]]
     assert not any(results[k]["replays"] for k in results if "misaligned" in k or "strided" in k)
+
+
+
+def _op_calls(backend, dtype=torch.float32):
+    """[(name, f(x), x)] for each differentiable op: x is the input the test differentiates;
+    the other arguments are fixed draws (the same values for every backend and dtype)."""
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    w, b, res, wf, bf, wv = r(16), r(16), r(3, 16), r(8, 16), r(8), r(20, 16)
+    target = torch.randint(0, 20, (3,), generator=g)
+    return [
+        ("softmax", lambda x: kernels.softmax(x, 0.7, backend=backend), r(3, 16)),
+        ("layer_norm", lambda x: kernels.layer_norm(x, w, b, backend=backend), r(3, 16)),
+        ("add_layer_norm", lambda x: kernels.add_layer_norm(x, res, w, b, backend=backend)[0], r(3, 16)),
+        ("attention", lambda q: kernels.attention(q, q, q, backend=backend), r(1, 2, 5, 16)),
+        ("gelu_linear", lambda x: kernels.gelu_linear(x, wf, bf, backend=backend), r(3, 16)),
+        ("linear_cross_entropy", lambda x: kernels.linear_cross_entropy(x, wv, target, backend=backend), r(3, 16)),
+    ]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_double_backward_fails_loudly(backend):
+    # The backward kernels run outside autograd: a second derivative (a gradient penalty
+    # differentiating the gradient again) must raise, not miss terms silently; the first
+    # derivative under create_graph=True stays exact.
+    for (name, f, x), (_, f_ref, x_ref) in zip(_op_calls(backend), _op_calls("torch", torch.float64)):
+        x, x_ref = x.requires_grad_(), x_ref.requires_grad_()
+        (grad,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
+        (grad_ref,) = torch.autograd.grad(f_ref(x_ref).sum(), x_ref)
+        torch.testing.assert_close(grad.double(), grad_ref, atol=1e-4, rtol=1e-4, msg=name)
+        with pytest.raises(RuntimeError, match="double backward"):
+            grad.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_add_layer_norm_sum_only_leaves_norm_params_without_grad(backend):
+    # Only x + residual used: weight and bias get None, as with PyTorch's ops (a zero
+    # gradient would still move them under AdamW's momentum and weight decay).
+    x, r = torch.randn(3, 16, requires_grad=True), torch.randn(3, 16)
+    w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    _, s = kernels.add_layer_norm(x, r, w, b, backend=backend)
+    s.sum().backward()
+    assert w.grad is None and b.grad is None
+    torch.testing.assert_close(x.grad, torch.ones_like(x))

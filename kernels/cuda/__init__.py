@@ -234,10 +234,13 @@ def _layer_norm_grad(ctx, dy, _dmean, _drstd):
 def _add_layer_norm_setup(ctx, inputs, output):
     _, _, weight, bias, _ = inputs
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.set_materialize_grads(False)  # an unused y or x + residual: its gradient arrives as None
     ctx.save_for_backward(output[1], weight, output[2], output[3])
 
 
 def _add_layer_norm_grad(ctx, dy, dsum, _dmean, _drstd):
+    if dy is None:  # only x + residual was used: weight and bias get no gradient (None, as torch)
+        return dsum, dsum, None, None, None
     total, weight, mean, rstd = ctx.saved_tensors
     dx, dw, db = _CALLS["add_layer_norm_backward"](dy, dsum, total, weight, mean, rstd)
     return dx, dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None

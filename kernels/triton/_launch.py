@@ -450,4 +450,4 @@ def peel(head, body_len, n_cols, VEC: tl.constexpr):
 
 
 # The eager/traced dispatch every backend shares (kernels/_eager.py).
-from .._eager import eager, fast_op  # noqa: E402,F401
+from .._eager import eager, fast_op, once_differentiable  # noqa: E402,F401

@@ -889,10 +889,11 @@ def _add_layer_norm_eager_backward(ctx, dy, ds):
 
 # Named as _eager.fast_op names its Functions: autograd graphs read like the traced ones.
 _LayerNormEager = type("gptk_layer_norm_triton_eager", (torch.autograd.Function,), {
-    "forward": staticmethod(_layer_norm_eager_forward), "backward": staticmethod(_layer_norm_eager_backward)})
+    "forward": staticmethod(_layer_norm_eager_forward),
+    "backward": staticmethod(_launch.once_differentiable(_layer_norm_eager_backward))})
 _AddLayerNormEager = type("gptk_add_layer_norm_triton_eager", (torch.autograd.Function,), {
     "forward": staticmethod(_add_layer_norm_eager_forward),
-    "backward": staticmethod(_add_layer_norm_eager_backward)})
+    "backward": staticmethod(_launch.once_differentiable(_add_layer_norm_eager_backward))})
 
 
 def _layer_norm_grad(x, weight, bias, eps):
