@@ -244,19 +244,18 @@ def sample_forward(logits: torch.Tensor, seed: torch.Tensor, temperature: float,
     return out
 
 
-# Every configuration the launcher can pick, for the sm_80/sm_90 compile test.
-def compile_cases():
-    cases = []
-    for dtype in ("fp32", "bf16"):  # fp16 loads like bf16: one 16-bit case
-        for n_cols in (1, 16, 33, 256, 600, 2000, 50257):  # each launch shape once
-            cfg = launch_config(n_cols)
-            for greedy, top_k, top_p in ((True, False, False), (False, False, False), (False, True, True)):
-                meta = {"GREEDY": greedy, "TOP_K": top_k, "TOP_P": top_p,
-                        "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-                cases.append((_sample_kernel, {"out_ptr": "*i64", "x_ptr": f"*{dtype}", "seed_ptr": "*i64",
-                              "n_rows": "i32", "n_cols": "i32", "row_stride": "i32", "scale_log2": "fp32",
-                              "top_k": "i32", "top_p": "fp32"}, meta, cfg["num_warps"]))
-    return cases
+# Every configuration the launcher can pick, for the sm_80/sm_90 compile test
+# (kernels/triton/compile_check.py records the launches these calls make): each dtype, each
+# width class and greedy, plain, top-k, top-p and both.
+def launch_cases():
+    from .compile_check import width_classes
+    seed = torch.empty(1, dtype=torch.int64, device="meta")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for n_cols in width_classes(2 * LONG_ROW_BLOCK):
+            logits = torch.empty(3, n_cols, dtype=dtype, device="meta")
+            for temperature, top_k, top_p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (1.0, 1, 1.0), (1.0, 0, 0.9),
+                                              (1.0, 1, 0.9)):
+                yield lambda x=logits, t=temperature, k=top_k, p=top_p: sample_forward(x, seed, t, k, p)
 
 
 # -----------------------------------------------------------------------------------------
