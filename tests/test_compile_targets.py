@@ -2,9 +2,10 @@
 without one: it must compile, fit shared memory, and not spill registers.
 
 The configurations come from the launchers themselves (kernels.triton.compile_check records
-what each module's launch_cases() launch as on each target, every autotune config included).
-The interpreter swaps @triton.jit for a Python shim, so the compiles run in a child process
-without TRITON_INTERPRET.
+what each module's launch_cases() launch as on each target, every autotune config included),
+and a wider sweep of inputs (tests/launch_sweep.py) must pick nothing outside them. The
+interpreter swaps @triton.jit for a Python shim, so both run in child processes without
+TRITON_INTERPRET.
 
 What compiles where: every configuration with GPTK_COMPILE_ALL=1, and by default on machines
 with at least FULL_MIN_CORES cores (the GPU machine: 16); elsewhere (CI's 2 cores)
@@ -53,6 +54,14 @@ def compile_every_config() -> bool:
 def _run(module):
     subset = [] if compile_every_config() else ["--covering"]
     return _child(["-m", "kernels.triton.compile_check", module, "--json", *subset], timeout=5400)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_launchers_pick_only_enumerated_configs(module):
+    r = _child([os.path.join("tests", "launch_sweep.py"), module], timeout=1200)[0]
+    assert r["launched"] and r["enumerated"], r
+    assert not r["missing"], (f"{module}: {len(r['missing'])} configurations launched over the sweep are "
+                              f"missing from launch_cases():\n" + "\n".join(r["missing"][:20]))
 
 
 @pytest.mark.parametrize("module", [pytest.param(m, marks=pytest.mark.xdist_group("triton_compile_attention"))
