@@ -227,18 +227,27 @@ def _cfg(bm, bn, bk, stages, warps, group_m=8):
 # strides multiples of 16, the common case, where Triton vectorises the tile loads and
 # pipelines them through shared memory (cp.async). Otherwise each element is its own
 # load held in registers, so those lists use 8 warps and 2 stages to stay spill-free.
-# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). Every
-# entry is compiled for sm_80 and sm_90 by the compile check (launch_cases()).
+# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). IEEE fp32
+# ("fp32 ieee": FMA, no tensor cores) holds each k-step's operands in registers: its
+# aligned 128x128 tile takes BLOCK_K 16 over 5 stages (the same 64 KiB in flight as TF32's
+# 32 x 3 stages), as 32 spills 8 bytes on sm_80 without the Z store (16 warps: more), and
+# its 64x64 tile 8 warps (4 spill 16 bytes on sm_90 with the Z store and no bias).
+# Every entry is compiled for sm_80 and sm_90 by the compile check (launch_cases()).
 CONFIGS = {
     "fwd": {
+        # The 64x64 tile on 8 warps: at 4, bf16 with the erf GELU and no Z store spills 8 bytes
+        # on sm_80 (the same tile and stages, so the same bytes in flight).
         ("16bit", True): [_cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
-                          _cfg(64, 64, 64, 4, 4)],
+                          _cfg(64, 64, 64, 4, 8)],
         ("16bit", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
         ("fp32", True): [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8),
                          _cfg(64, 64, 32, 3, 4)],
         ("fp32", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32 ieee", True): [_cfg(128, 128, 16, 5, 8), _cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8),
+                              _cfg(64, 64, 32, 3, 8)],
     },
 }
+CONFIGS["fwd"]["fp32 ieee", False] = CONFIGS["fwd"]["fp32", False]  # unaligned: TF32's list
 # Small tiles under the interpreter: several tiles and groups even at test shapes.
 INTERPRET_CONFIG = _cfg(32, 32, 32, 1, 4, group_m=2)
 # The dZ kernel (memory-bound, one fixed shape): 8192-element tiles, 32 per thread; 64 rows
@@ -252,8 +261,10 @@ _POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr")}
 _ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk")}
 
 
-def _kind(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "16bit"
+def _kind(dtype: torch.dtype, precision: str) -> str:
+    if dtype != torch.float32:
+        return "16bit"
+    return "fp32" if precision == "tf32" else "fp32 ieee"
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -270,8 +281,8 @@ def _aligned(direction: str, args: dict) -> bool:
                     for i in _ALIGN_INTS[direction]))
 
 
-def _configs_for(direction: str, dtype: torch.dtype, args: dict):
-    return CONFIGS[direction][(_kind(dtype), _aligned(direction, args))]
+def _configs_for(direction: str, dtype: torch.dtype, precision: str, args: dict):
+    return CONFIGS[direction][(_kind(dtype, precision), _aligned(direction, args))]
 
 
 def _tuned(kernel, direction, **kw):
@@ -279,11 +290,11 @@ def _tuned(kernel, direction, **kw):
         return triton.autotune(configs=[INTERPRET_CONFIG], key=[])(kernel)
 
     def prune(configs, named_args, **kwargs):
-        eligible = _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+        eligible = _configs_for(direction, named_args["w_ptr"].dtype, kwargs["INPUT_PRECISION"], named_args)
         return eligible if autotune_enabled() else eligible[:1]
 
     # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, layout, flags).
-    every = [c for lst in CONFIGS[direction].values() for c in lst]
+    every = list({id(c): c for lst in CONFIGS[direction].values() for c in lst}.values())
     key = ["M", "N", "K", *_ALIGN_INTS[direction][2:], "HAS_BIAS", "APPROX_TANH", "INPUT_PRECISION"]
     return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
 
