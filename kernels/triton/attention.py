@@ -533,16 +533,20 @@ _SPACE = {
     # (128, 64, 8, 3) spilled 64 B on sm_80 at D = 64 when the strides are multiples of 16
     "dq": {("16", "small"): [(128, 32, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
-           ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
+           # 32 queries: 64 x 32 on 8 warps spills 8 B on sm_80 at a padded D of 32 (non-causal);
+           # the key tile (the bytes streamed per step) stays 32 wide.
+           ("32", "small"): [(32, 32, 8, 2), (32, 32, 4, 2)],
            ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
            ("16", "huge"): [(32, 16, 8, 2), (16, 32, 8, 2)],
-           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 4, 1)]},
+           # the one-stage tile on 8 warps: on 4 it spills 8 B on sm_80 at a padded D (non-causal)
+           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
               ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
-              ("32", "small"): [(16, 64, 4, 2)],
+              ("32", "small"): [(16, 64, 8, 2)],  # 4 warps spill 8 B on sm_80 at a padded D = 64
               ("32", "large"): [(16, 16, 4, 2)],
-              ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
+              # 8 warps: (16, 32, 4, 2) spills 8 B on sm_80 at a padded D (bf16, non-causal)
+              ("16", "huge"): [(16, 32, 8, 2), (16, 64, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
 # sm_90 (Hopper), 16-bit inputs, every pointer and stride a multiple of 16 (what `_hopper`
