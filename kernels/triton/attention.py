@@ -529,24 +529,29 @@ _SPACE = {
              ("32", "small"): [(32, 32, 8, 2)],
              ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
              ("16", "huge"): [(32, 32, 8, 2), (16, 32, 8, 2)],
-             ("32", "huge"): [(16, 16, 8, 1)]},
+             # 2 stages: 1 spills 8 B on sm_80 at D = 256 (causal, sizes multiples of 16)
+             ("32", "huge"): [(16, 16, 8, 2)]},
     # (128, 64, 8, 3) spilled 64 B on sm_80 at D = 64 when the strides are multiples of 16
     "dq": {("16", "small"): [(128, 32, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
            # 32 queries: 64 x 32 on 8 warps spills 8 B on sm_80 at a padded D of 32 (non-causal);
            # the key tile (the bytes streamed per step) stays 32 wide.
            ("32", "small"): [(32, 32, 8, 2), (32, 32, 4, 2)],
-           ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
+           # 16 queries: 32 x 32 spills 184 B on sm_90 at D = 128 with every stride and size a
+           # multiple of 16 (the 32-key tile streamed per step unchanged)
+           ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
            ("16", "huge"): [(32, 16, 8, 2), (16, 32, 8, 2)],
            # the one-stage tile on 8 warps: on 4 it spills 8 B on sm_80 at a padded D (non-causal)
            ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
-              ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
+              # 8 warps: (16, 64, 4, 3) spills 8 B on sm_90 at a padded D = 128 (causal)
+              ("16", "large"): [(16, 64, 8, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
               ("32", "small"): [(16, 64, 8, 2)],  # 4 warps spill 8 B on sm_80 at a padded D = 64
               ("32", "large"): [(16, 16, 4, 2)],
-              # 8 warps: (16, 32, 4, 2) spills 8 B on sm_80 at a padded D (bf16, non-causal)
-              ("16", "huge"): [(16, 32, 8, 2), (16, 64, 8, 2)],
+              # 8 warps: (16, 32, 4, 2) spills 8 B on sm_80 at a padded D (bf16, non-causal);
+              # (16, 64, 8, 2 or 1) 8 B on sm_90 at a padded D (causal)
+              ("16", "huge"): [(16, 32, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
 # sm_90 (Hopper), 16-bit inputs, every pointer and stride a multiple of 16 (what `_hopper`
@@ -562,8 +567,9 @@ _HOPPER_SPACE = {
             "large": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
             "huge": [(128, 64, 8, 2), (64, 32, 4, 3)]},
     "dkdv": {"small": [(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)],
-             # 64 x 128 is spill-free with Triton 3.8 (255 registers) but spills 40 B with 3.6
-             "large": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 8, 3)]},
+             # 64 x 128 (2 or 1 stages) spills 8-16 B causal with Triton 3.8 when Tq, Tk and
+             # the head dim are multiples of 16 too (as launches specialise them; 40 B with 3.6)
+             "large": [(32, 128, 8, 2), (32, 128, 8, 3)]},
     "dq": {"small": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
            "large": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
            "huge": [(128, 32, 8, 2)]},
