@@ -407,7 +407,9 @@ def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     if cfg["single_pass"] and row_bytes > 32768:  # x, r, w, b loaded first: 64 KB rows spill
         cfg = {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_FWD_BLOCK}
     if cfg["single_pass"] and row_bytes >= 1024:
-        cfg.update(BLOCK_M=1, num_warps=max(1, min(16, row_bytes // 1024)))
+        # Up to 32 warps: a 32 KB row on 16 (64 bytes per thread) spills 8-24 B on sm_90 (16-bit,
+        # plain rows or a peeled one with a residual); on 32 every variant is spill-free.
+        cfg.update(BLOCK_M=1, num_warps=max(1, min(32, row_bytes // 1024)))
     if not cfg["single_pass"]:
         cfg["num_warps"] = 16  # 8 spill on sm_80 with 16-byte accesses
     return cfg
