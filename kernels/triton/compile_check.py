@@ -189,13 +189,16 @@ def launch_key(kernel, args, kwargs) -> tuple:
     return (kernel.__name__, constexprs, pointers, tuple(sorted(options.items())))
 
 
-def _specialise(value):
-    """(type, divisible by 16 / constexpr value) exactly as Triton's launcher specialises it."""
+def _specialise(value, specialise: bool = True, align: bool = True):
+    """(type, divisible by 16 / constexpr value) exactly as Triton's launcher specialises it;
+    `specialise`/`align` False for a parameter marked do_not_specialize(_on_alignment)."""
     try:
         from triton._C.libtriton import native_specialize_impl
         from triton.backends.nvidia.compiler import CUDABackend
-        return native_specialize_impl(CUDABackend, value, False, True, True)
+        return native_specialize_impl(CUDABackend, value, False, specialise, align)
     except ImportError:  # older Triton: the same rule, spelled out
+        if not specialise and isinstance(value, int) and not isinstance(value, bool):
+            return ("i32" if -2**31 <= value < 2**31 else "i64"), ""
         import torch
         if hasattr(value, "data_ptr"):
             dt = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
@@ -219,7 +222,9 @@ def launch_spec(kernel, args, kwargs) -> tuple[dict, dict, list, dict]:
         if i in kernel.constexprs:
             signature[name], constexprs[name] = "constexpr", v
             continue
-        ty, key = _specialise(v)
+        param = kernel.params[i]
+        ty, key = _specialise(v, not getattr(param, "do_not_specialize", False),
+                              not getattr(param, "do_not_specialize_on_alignment", False))
         if ty == "constexpr":
             signature[name], constexprs[name] = "constexpr", key
             continue
