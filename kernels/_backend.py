@@ -136,6 +136,10 @@ def autotune_enabled() -> bool:
 # compiles for sm_90 and launches nothing (host-path timing without a GPU).
 STUB_DRIVER = False
 
+# Set by kernels.triton.compile_check while it records launches on meta tensors: the compute
+# capability (80, 90) whose launch choices (attention's sm_90 tiles) to make for them; 0 off.
+META_ARCH = 0
+
 
 def _triton_unavailable_reason(device: torch.device) -> str | None:
     try:

@@ -1,8 +1,17 @@
-"""Every Triton kernel configuration compiles for real GPUs (sm_80, sm_90) without one:
-it must compile, fit shared memory, and not spill registers.
+"""Every Triton kernel configuration a launcher can pick compiles for real GPUs (sm_80, sm_90)
+without one: it must compile, fit shared memory, and not spill registers.
 
-The interpreter swaps @triton.jit for a Python shim, so the compile runs in a child
-process without TRITON_INTERPRET (kernels.triton.compile_check).
+The configurations come from the launchers themselves (kernels.triton.compile_check records
+what each module's launch_cases() launch as on each target, every autotune config included),
+and a wider sweep of inputs (tests/launch_sweep.py) must pick nothing outside them. The
+interpreter swaps @triton.jit for a Python shim, so both run in child processes without
+TRITON_INTERPRET.
+
+What compiles where: every configuration with GPTK_COMPILE_ALL=1, and by default on machines
+with at least FULL_MIN_CORES cores (the GPU machine: 16); elsewhere (CI's 2 cores)
+compile_check.covering()'s subset within compile_check.CI_COMPILES per module (`python -m
+kernels.triton.compile_check --list MODULE` prints both and which requirements the subset
+meets). The compiles spread over the machine's cores either way (GPTK_COMPILE_JOBS).
 """
 import functools
 import json
@@ -14,23 +23,45 @@ import pytest
 
 pytest.importorskip("triton")
 # Under pytest-xdist (--dist loadgroup) the tests sharing a module's compiles (_run) run on
-# one worker; attention's, the longest (~840 compiles), is its own group so that another
+# one worker; attention's, the longest (~850 compiles), is its own group so that another
 # worker takes the rest alongside it.
 pytestmark = pytest.mark.xdist_group("triton_compile")
 ATTENTION = "kernels.triton.attention"
 
-# One entry per op module; each exposes compile_cases() covering every launch config.
+# One entry per op module; each exposes launch_cases() reaching every launch config.
 MODULES = ["kernels.triton.softmax", "kernels.triton.layer_norm", "kernels.triton.gelu_linear",
            "kernels.triton.attention", "kernels.triton.linear_cross_entropy", "kernels.triton.sample"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FULL_MIN_CORES = 8
+
+
+def _child(args, timeout):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def compile_every_config() -> bool:
+    flag = os.environ.get("GPTK_COMPILE_ALL")
+    if flag is not None:
+        return flag not in ("", "0")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores >= FULL_MIN_CORES
 
 
 @functools.lru_cache(maxsize=None)  # one compile run per module, shared by the tests below
 def _run(module):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.triton.compile_check", module, "--json"],
-                          capture_output=True, text=True, env=env, timeout=2700)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    subset = [] if compile_every_config() else ["--covering"]
+    return _child(["-m", "kernels.triton.compile_check", module, "--json", *subset], timeout=5400)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_launchers_pick_only_enumerated_configs(module):
+    r = _child([os.path.join("tests", "launch_sweep.py"), module], timeout=1200)[0]
+    assert r["launched"] and r["enumerated"], r
+    assert not r["missing"], (f"{module}: {len(r['missing'])} configurations launched over the sweep are "
+                              f"missing from launch_cases():\n" + "\n".join(r["missing"][:20]))
 
 
 @pytest.mark.parametrize("module", [pytest.param(m, marks=pytest.mark.xdist_group("triton_compile_attention"))
@@ -38,7 +69,7 @@ def _run(module):
 def test_compiles_for_sm80_sm90_without_spills(module):
     from kernels.triton.compile_check import problems
     results = _run(module)
-    assert results, f"{module}.compile_cases() returned nothing"
+    assert results, f"{module}.launch_cases() launched nothing"
     assert {r["arch"] for r in results} == {80, 90}
     bad = problems(results)
     assert not bad, "\n".join(bad)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 
 import torch
@@ -528,20 +529,29 @@ _SPACE = {
              ("32", "small"): [(32, 32, 8, 2)],
              ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
              ("16", "huge"): [(32, 32, 8, 2), (16, 32, 8, 2)],
-             ("32", "huge"): [(16, 16, 8, 1)]},
+             # 2 stages: 1 spills 8 B on sm_80 at D = 256 (causal, sizes multiples of 16)
+             ("32", "huge"): [(16, 16, 8, 2)]},
     # (128, 64, 8, 3) spilled 64 B on sm_80 at D = 64 when the strides are multiples of 16
     "dq": {("16", "small"): [(128, 32, 8, 3), (64, 32, 4, 3)],
            ("16", "large"): [(32, 64, 8, 2), (32, 32, 8, 3)],
-           ("32", "small"): [(64, 32, 8, 2), (32, 32, 4, 2)],
-           ("32", "large"): [(32, 32, 8, 2), (32, 16, 8, 2)],
+           # 32 queries: 64 x 32 on 8 warps spills 8 B on sm_80 at a padded D of 32 (non-causal);
+           # the key tile (the bytes streamed per step) stays 32 wide.
+           ("32", "small"): [(32, 32, 8, 2), (32, 32, 4, 2)],
+           # 16 queries: 32 x 32 spills 184 B on sm_90 at D = 128 with every stride and size a
+           # multiple of 16 (the 32-key tile streamed per step unchanged)
+           ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
            ("16", "huge"): [(32, 16, 8, 2), (16, 32, 8, 2)],
-           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 4, 1)]},
+           # the one-stage tile on 8 warps: on 4 it spills 8 B on sm_80 at a padded D (non-causal)
+           ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
     "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
-              ("16", "large"): [(16, 64, 4, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
-              ("32", "small"): [(16, 64, 4, 2)],
+              # 8 warps: (16, 64, 4, 3) spills 8 B on sm_90 at a padded D = 128 (causal)
+              ("16", "large"): [(16, 64, 8, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
+              ("32", "small"): [(16, 64, 8, 2)],  # 4 warps spill 8 B on sm_80 at a padded D = 64
               ("32", "large"): [(16, 16, 4, 2)],
-              ("16", "huge"): [(16, 32, 4, 2), (16, 64, 8, 2)],
+              # 8 warps: (16, 32, 4, 2) spills 8 B on sm_80 at a padded D (bf16, non-causal);
+              # (16, 64, 8, 2 or 1) 8 B on sm_90 at a padded D (causal)
+              ("16", "huge"): [(16, 32, 8, 2)],
               ("32", "huge"): [(16, 16, 4, 2), (16, 32, 8, 2)]},
 }
 # sm_90 (Hopper), 16-bit inputs, every pointer and stride a multiple of 16 (what `_hopper`
@@ -557,8 +567,9 @@ _HOPPER_SPACE = {
             "large": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
             "huge": [(128, 64, 8, 2), (64, 32, 4, 3)]},
     "dkdv": {"small": [(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)],
-             # 64 x 128 is spill-free with Triton 3.8 (255 registers) but spills 40 B with 3.6
-             "large": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 8, 3)]},
+             # 64 x 128 (2 or 1 stages) spills 8-16 B causal with Triton 3.8 when Tq, Tk and
+             # the head dim are multiples of 16 too (as launches specialise them; 40 B with 3.6)
+             "large": [(32, 128, 8, 2), (32, 128, 8, 3)]},
     "dq": {"small": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
            "large": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
            "huge": [(128, 32, 8, 2)]},
@@ -614,13 +625,15 @@ def _arch(device: torch.device) -> int:
         return _capability(device.index if device.index is not None else torch.cuda.current_device())
     if _backend.STUB_DRIVER:  # compiling for a stand-in GPU (benchmarks.stub_driver)
         return triton.runtime.driver.active.get_current_target().arch
+    if device.type == "meta":  # the compile check recording one target's launches
+        return _backend.META_ARCH
     return 0
 
 
 def _hopper(device: torch.device, tensors, strides) -> bool:
     """Whether a launch takes the Hopper tiles: sm_90, every tensor's address 16-byte aligned
     and every stride a multiple of 16 elements, the specialisation Triton compiles those tiles
-    in (compile_cases: `divisible`)."""
+    in (the compile check compiles each launch as specialised)."""
     return (_arch(device) == 90 and all(t.data_ptr() % 16 == 0 for t in tensors)
             and all(s % 16 == 0 for s in strides))
 
@@ -712,7 +725,7 @@ def decode_tiling(tq: int, dtype, head_dim: int) -> tuple[int, int, int]:
     """(TQ, BLOCK_N, num_warps) of the GEMV decode kernel: TQ rows held (1, or
     DECODE_GEMV_TQ), and a key tile of DECODE_TILE_BYTES per K and V for one row (a TQ x
     BLOCK_N x BLOCK_D fp32 product lives in registers, so more rows mean fewer keys per tile,
-    and 8 warps: 4 spill at D=128 on sm_90). Spill-free for sm_80/sm_90 (compile_cases)."""
+    and 8 warps: 4 spill at D=128 on sm_90). Spill-free for sm_80/sm_90 (the compile check)."""
     tq_rows = 1 if tq == 1 else DECODE_GEMV_TQ
     size = 4 if dtype in (torch.float32, "fp32") else 2
     least = 8 if block_d(head_dim) == 256 else 16  # 16 keys x 4 rows x 256 spill
@@ -924,93 +937,38 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
     return dq, dk, dv
 
 
-# Every configuration the launchers and autotuners can pick, for the sm_80/sm_90 compile test.
-def _signature(names: str, dtype: str) -> dict:
-    """Argument types from a compact spec: t = tensor of `dtype`, f = fp32 tensor, i = i32, s = fp32,
-    l = int64 tensor (kv_lengths as gpt.KVCache makes them)."""
-    kinds = {"t": f"*{dtype}", "f": "*fp32", "i": "i32", "s": "fp32", "l": "*i64"}
-    return {name: kinds[kind] for name, kind in (item.split(":") for item in names.split())}
+# Every configuration the launchers and autotuners can pick, for the sm_80/sm_90 compile test
+# (kernels/triton/compile_check.py records the launches these calls make as on each target,
+# every config each autotuner may try included): each dtype, BLOCK_D with an exact and a
+# padded head dim (D is a runtime argument), causal or not, and each path: the tiled forward
+# and backward (on sm_90 the Hopper tiles when every address and stride is a multiple of 16,
+# the sm_80 tiles otherwise: a transposed q), flash-decoding (Tq 5..16) and the GEMV decode
+# (Tq <= 4) in one launch or with key splits, with and without kv_lengths.
+def launch_cases():
+    def t(*shape, dtype):
+        return torch.empty(*shape, dtype=dtype, device="meta")
 
-
-_ARGS = {
-    "fwd": (_attn_fwd_kernel, "q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f lengths_ptr:l " + " ".join(
-        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
-        + " H:i Tq:i Tk:i qk_scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
-    "split": (_attn_fwd_split_kernel, "q_ptr:t k_ptr:t v_ptr:t o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
-        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn")) for d in dims)
-        + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i TQ_BUCKET:i TK_BUCKET:i"),
-    "dkdv": (_attn_bwd_dkdv_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dk_ptr:t dv_ptr:t "
-             + " ".join(f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"),
-                                                             ("dk", "bhn"), ("dv", "bhn")) for d in dims)
-             + " H:i Tq:i Tk:i qk_scale:s scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
-    "dq": (_attn_bwd_dq_kernel, "q_ptr:t k_ptr:t v_ptr:t do_ptr:t lse_ptr:f delta_ptr:f dq_ptr:t " + " ".join(
-        f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("do", "bhm"), ("dq", "bhm"))
-        for d in dims) + " H:i Tq:i Tk:i qk_scale:s scale:s D8:i TQ_BUCKET:i TK_BUCKET:i"),
-}
-
-
-_DECODE_ARGS = ("q_ptr:t k_ptr:t v_ptr:t o_ptr:t lse_ptr:f o_part_ptr:f lse_part_ptr:f lengths_ptr:l " + " ".join(
-    f"stride_{t}{d}:i" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims)
-    + " H:i Tq:i Tk:i qk_scale:s D8:i chunk:i n_splits:i")
-
-
-def _lengths_case(signature: dict, meta: dict, has_lengths) -> tuple[dict, dict]:
-    """(signature, constexprs) of a kernel that takes kv_lengths (has_lengths True: an int64
-    pointer; False: None, which Triton compiles as a constexpr, as at launch) or not (None)."""
-    if has_lengths is None:
-        return signature, meta
-    if not has_lengths:
-        signature = {n: t for n, t in signature.items() if n != "lengths_ptr"}
-        meta = {**meta, "lengths_ptr": None}
-    return signature, {**meta, "HAS_LENGTHS": has_lengths}
-
-
-def compile_cases(block_ds=BLOCK_DS, dtypes=("fp32", "fp16", "bf16"), kinds=tuple(_ARGS)):
-    """Every (kernel, dtype, BLOCK_D, EVEN_D, tile) a launch can compile: D is a runtime
-    argument (not specialised), so a padded and an exact head dim per BLOCK_D cover every D.
-    The prefill tiles compile for sm_80 and sm_90 without divisibility (the binary whatever
-    the strides); the Hopper space, launched only on sm_90 with every pointer and stride a
-    multiple of 16, compiles for sm_90 with exactly that."""
-    cases = []
-    for dtype in dtypes:
-        for bd in block_ds:
-            for even in (True, False):
-                for kind in kinds:
-                    kernel, names = _ARGS[kind]
-                    for block_m, block_n, warps, stages in _SPACE[kind][_space_key(dtype, bd)]:
-                        # The causal build is the superset (the same loops plus the causal compare
-                        # in the masked tiles): compiling both would double a long test for no
-                        # signal. The forwards launch without kv_lengths (_masked_by_lengths).
-                        meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
-                                "BLOCK_N": block_n}
-                        has = False if kind in ("fwd", "split") else None  # see _masked_by_lengths
-                        cases.append((kernel, *_lengths_case(_signature(names, dtype), meta, has), warps, stages))
-                    if dtype == "fp32" or kind == "split":
-                        continue
-                    # What an aligned launch on sm_90 picks (`_hopper`), compiled as Triton
-                    # specialises it there: pointers and strides divisible by 16, for sm_90 only
-                    # (kv_lengths, a scalar per sequence, is not part of that condition).
-                    for block_m, block_n, warps, stages in configs_for(kind, dtype, bd, hopper=True):
-                        meta = {"BLOCK_D": bd, "EVEN_D": even, "CAUSAL": True, "BLOCK_M": block_m,
-                                "BLOCK_N": block_n}
-                        signature, case_meta = _lengths_case(_signature(names, dtype), meta,
-                                                             False if kind == "fwd" else None)
-                        divisible = [name for name in signature if name != "lengths_ptr"
-                                     and (name.endswith("_ptr") or name.startswith("stride_"))]
-                        cases.append((kernel, signature, case_meta, warps, stages, divisible, (90,)))
-            for tq_rows in (1, DECODE_GEMV_TQ):
-                _, block_n, warps = decode_tiling(tq_rows, dtype, bd)
-                meta = {"BLOCK_D": bd, "CAUSAL": True, "TQ": tq_rows, "BLOCK_N": block_n}
-                for has in (False, True):
-                    cases.append((_attn_decode_kernel, *_lengths_case(_signature(_DECODE_ARGS, dtype), meta, has),
-                                  warps, 1))
-            cases.append((_attn_bwd_preprocess_kernel, _signature(
-                "o_ptr:t do_ptr:t delta_ptr:f stride_ob:i stride_oh:i stride_om:i stride_dob:i stride_doh:i "
-                "stride_dom:i H:i Tq:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_M": _pre_block_m(bd)}, 4))
-            cases.append((_attn_combine_kernel, _signature(
-                "o_part_ptr:f lse_part_ptr:f o_ptr:t lse_ptr:f stride_ob:i stride_oh:i stride_om:i H:i Tq:i "
-                "n_splits:i D8:i", dtype), {"BLOCK_D": bd, "BLOCK_S": COMBINE_BLOCK_S}, 4))
-    return cases
+    many = 4 * _sm_count(torch.device("meta"))  # heads enough to fill the GPU: no key split
+    lengths = [torch.empty(1, dtype=dt, device="meta") for dt in (torch.int64, torch.int32)]
+    for dtype, bd, causal in itertools.product((torch.float32, torch.float16, torch.bfloat16), BLOCK_DS,
+                                               (True, False)):
+        # Exact and padded head dims; a padded one that is a multiple of 16 too where there is
+        # one (D = 48 at BLOCK_D 64): the sm_90 tiles need strides that are multiples of 16.
+        for D in (bd, bd - 8) + ((bd - 16,) if bd - 16 > bd // 2 else ()):
+            # (B, H, Tq, Tk): prefill; flash-decoding; GEMV decode of 1 and of 4 rows, in one
+            # launch and split over the keys.
+            for B, H, tq, tk in ((1, 2, 64, 64), (1, 2, 8, 4 * DECODE_UNIT), (1, many, 1, 64), (1, many, 3, 64),
+                                 (1, 1, 1, 4096), (1, 1, 4, 4096)):
+                q, k = t(B, H, tq, D, dtype=dtype), t(B, H, tk, D, dtype=dtype)
+                yield lambda q=q, k=k, c=causal: attention_forward(q, k, k, c, 0.5)
+                if tq <= DECODE_GEMV_TQ:
+                    for n in lengths:
+                        yield lambda q=q, k=k, c=causal, n=n: attention_forward(q, k, k, c, 0.5, kv_lengths=n)
+            lse = torch.empty(1, 2, 64, device="meta")
+            qt = t(1, 64, 2, D + 8, dtype=dtype)[..., :D].transpose(1, 2)  # head stride D + 8
+            for x in (t(1, 2, 64, D, dtype=dtype), qt):
+                yield lambda x=x, c=causal: attention_forward(x, x, x, c, 0.5)
+                yield lambda x=x, lse=lse, c=causal: attention_backward(x, x, x, x, x, lse, c, 0.5)
 
 
 # -----------------------------------------------------------------------------------------

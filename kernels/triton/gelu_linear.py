@@ -227,18 +227,27 @@ def _cfg(bm, bn, bk, stages, warps, group_m=8):
 # strides multiples of 16, the common case, where Triton vectorises the tile loads and
 # pipelines them through shared memory (cp.async). Otherwise each element is its own
 # load held in registers, so those lists use 8 warps and 2 stages to stay spill-free.
-# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). Every
-# entry is compiled for sm_80 and sm_90 by compile_cases().
+# fp32 tiles take half the BLOCK_K of 16-bit ones (twice the bytes per element). IEEE fp32
+# ("fp32 ieee": FMA, no tensor cores) holds each k-step's operands in registers: its
+# aligned 128x128 tile takes BLOCK_K 16 over 5 stages (the same 64 KiB in flight as TF32's
+# 32 x 3 stages), as 32 spills 8 bytes on sm_80 without the Z store (16 warps: more), and
+# its 64x64 tile 8 warps (4 spill 16 bytes on sm_90 with the Z store and no bias).
+# Every entry is compiled for sm_80 and sm_90 by the compile check (launch_cases()).
 CONFIGS = {
     "fwd": {
+        # The 64x64 tile on 8 warps: at 4, bf16 with the erf GELU and no Z store spills 8 bytes
+        # on sm_80 (the same tile and stages, so the same bytes in flight).
         ("16bit", True): [_cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
-                          _cfg(64, 64, 64, 4, 4)],
+                          _cfg(64, 64, 64, 4, 8)],
         ("16bit", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
         ("fp32", True): [_cfg(128, 128, 32, 3, 8), _cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8),
                          _cfg(64, 64, 32, 3, 4)],
         ("fp32", False): [_cfg(128, 64, 32, 2, 8), _cfg(64, 128, 32, 2, 8), _cfg(64, 64, 32, 2, 8)],
+        ("fp32 ieee", True): [_cfg(128, 128, 16, 5, 8), _cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8),
+                              _cfg(64, 64, 32, 3, 8)],
     },
 }
+CONFIGS["fwd"]["fp32 ieee", False] = CONFIGS["fwd"]["fp32", False]  # unaligned: TF32's list
 # Small tiles under the interpreter: several tiles and groups even at test shapes.
 INTERPRET_CONFIG = _cfg(32, 32, 32, 1, 4, group_m=2)
 # The dZ kernel (memory-bound, one fixed shape): 8192-element tiles, 32 per thread; 64 rows
@@ -252,8 +261,10 @@ _POINTERS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "z_ptr")}
 _ALIGN_INTS = {"fwd": ("N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk")}
 
 
-def _kind(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "16bit"
+def _kind(dtype: torch.dtype, precision: str) -> str:
+    if dtype != torch.float32:
+        return "16bit"
+    return "fp32" if precision == "tf32" else "fp32 ieee"
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -270,8 +281,8 @@ def _aligned(direction: str, args: dict) -> bool:
                     for i in _ALIGN_INTS[direction]))
 
 
-def _configs_for(direction: str, dtype: torch.dtype, args: dict):
-    return CONFIGS[direction][(_kind(dtype), _aligned(direction, args))]
+def _configs_for(direction: str, dtype: torch.dtype, precision: str, args: dict):
+    return CONFIGS[direction][(_kind(dtype, precision), _aligned(direction, args))]
 
 
 def _tuned(kernel, direction, **kw):
@@ -279,11 +290,11 @@ def _tuned(kernel, direction, **kw):
         return triton.autotune(configs=[INTERPRET_CONFIG], key=[])(kernel)
 
     def prune(configs, named_args, **kwargs):
-        eligible = _configs_for(direction, named_args["w_ptr"].dtype, named_args)
+        eligible = _configs_for(direction, named_args["w_ptr"].dtype, kwargs["INPUT_PRECISION"], named_args)
         return eligible if autotune_enabled() else eligible[:1]
 
     # The autotuner adds every tensor argument's dtype to this key: (M, N, K, dtype, layout, flags).
-    every = [c for lst in CONFIGS[direction].values() for c in lst]
+    every = list({id(c): c for lst in CONFIGS[direction].values() for c in lst}.values())
     key = ["M", "N", "K", *_ALIGN_INTS[direction][2:], "HAS_BIAS", "APPROX_TANH", "INPUT_PRECISION"]
     return triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
 
@@ -350,40 +361,32 @@ def gelu_linear_backward(dy, x, weight, z, has_bias: bool, approximate: str):
     return dx.view(x.shape), dw, db
 
 
-def _compile_signature(kernel, dtype):
-    p = f"*{dtype}"
-    if kernel is _gelu_linear_fwd_kernel:
-        return {"x_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p, "z_ptr": p, "M": "i32", "N": "i32", "K": "i32",
-                "stride_xm": "i32", "stride_wn": "i32"}
-    return {"dy_ptr": p, "z_ptr": p, "dz_ptr": p, "dbp_ptr": "*fp32", "M": "i32", "N": "i32", "stride_dym": "i32"}
+# Every configuration the launchers and the autotuner can pick, for the sm_80/sm_90 compile
+# test (kernels/triton/compile_check.py records the launches these calls make, each config
+# the autotuner may try included): fp16, bf16, fp32 as TF32 and as IEEE fp32; operands
+# aligned (16-byte pointers, N, K and strides multiples of 16) or not; every epilogue (bias,
+# Z stored, GELU form); and the backward's dZ kernel with and without a bias.
+def launch_cases():
+    import functools
 
+    from .compile_check import matmul_tf32
 
-# Every autotune configuration, for the sm_80/sm_90 compile test: each list in CONFIGS
-# with the heaviest epilogue (bias, Z stored) and both GELU forms, for fp16, bf16, fp32 as
-# TF32 and as IEEE fp32. Aligned lists compile with Triton's
-# launch-time specialisation of aligned arguments (divisibility by 16; M left odd, as
-# B * T often is), unaligned lists with none. Unit inner strides are the constant 1, as
-# Triton specialises them for contiguous tensors.
-def compile_cases():
-    cases = []
-    variants = (("fp16", "ieee"), ("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "ieee"))
-    for (dtype, precision), tanh in itertools.product(variants, (True, False)):
-        kind = "fp32" if dtype == "fp32" else "16bit"
-        signature = _compile_signature(_gelu_linear_fwd_kernel, dtype)
-        flags = {"HAS_BIAS": True, "APPROX_TANH": tanh, "INPUT_PRECISION": precision, "STORE_Z": True,
-                 "stride_xk": 1, "stride_wk": 1}
-        for aligned in (True, False):
-            divisible = [a for a in _POINTERS["fwd"] + _ALIGN_INTS["fwd"] if a in signature] if aligned else []
-            for cfg in CONFIGS["fwd"][(kind, aligned)]:
-                cases.append((_gelu_linear_fwd_kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps,
-                              cfg.num_stages, divisible))
-        if precision == "ieee":  # the dZ kernel has no matmul: one case per dtype and form
-            dz_meta = {"BLOCK_M": DZ_CONFIG["BLOCK_M"], "BLOCK_N": DZ_CONFIG["BLOCK_N"]}
-            for has_bias in (True, False):
-                cases.append((_gelu_linear_dz_kernel, _compile_signature(_gelu_linear_dz_kernel, dtype),
-                              {"HAS_BIAS": has_bias, "APPROX_TANH": tanh, "stride_dyn": 1, **dz_meta},
-                              DZ_CONFIG["num_warps"]))
-    return cases
+    def t(*shape, dtype):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    def forward(x, w, b, approximate, save, tf32):
+        with matmul_tf32(tf32):
+            gelu_linear_forward(x, w, b, approximate, save)
+
+    for dtype, tf32 in ((torch.float16, False), (torch.bfloat16, False), (torch.float32, True),
+                        (torch.float32, False)):
+        for (m, k, n), bias, approximate, save in itertools.product(((40, 64, 96), (40, 63, 95)), (False, True),
+                                                                    ("tanh", "none"), (False, True)):
+            x, w, b = t(m, k, dtype=dtype), t(n, k, dtype=dtype), t(n, dtype=dtype) if bias else None
+            yield functools.partial(forward, x, w, b, approximate, save, tf32)
+            if save and not tf32:
+                yield lambda x=x, w=w, bias=bias, a=approximate, m=m, n=n, dtype=dtype: gelu_linear_backward(
+                    t(m, n, dtype=dtype), x, w, t(m, n, dtype=dtype), bias, a)
 
 
 # -----------------------------------------------------------------------------------------

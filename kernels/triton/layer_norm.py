@@ -407,7 +407,9 @@ def forward_config(n_cols: int, elem_size: int = 2) -> dict:
     if cfg["single_pass"] and row_bytes > 32768:  # x, r, w, b loaded first: 64 KB rows spill
         cfg = {"single_pass": False, "BLOCK_M": 1, "BLOCK_N": LONG_FWD_BLOCK}
     if cfg["single_pass"] and row_bytes >= 1024:
-        cfg.update(BLOCK_M=1, num_warps=max(1, min(16, row_bytes // 1024)))
+        # Up to 32 warps: a 32 KB row on 16 (64 bytes per thread) spills 8-24 B on sm_90 (16-bit,
+        # plain rows or a peeled one with a residual); on 32 every variant is spill-free.
+        cfg.update(BLOCK_M=1, num_warps=max(1, min(32, row_bytes // 1024)))
     if not cfg["single_pass"]:
         cfg["num_warps"] = 16  # 8 spill on sm_80 with 16-byte accesses
     return cfg
@@ -641,88 +643,29 @@ def backward(dy, x, weight, mean, rstd, ds, need_dw: bool, need_db: bool):
     return dx, dw, db
 
 
-# Every configuration the launchers can pick, for the sm_80/sm_90 compile test: each block
-# shape of each kernel, per dtype, with every flag on (flags only ever remove work, so this
-# is the most registers that shape needs), plus every flag combination at each kernel's
-# widest shape (the most registers that kernel needs).
-def _sig(kernel, dtype):
-    """Runtime-argument types: fp32 statistics and partials, `dtype` rows, i32 ints."""
-    fp32_ptrs = ("mean_ptr", "rstd_ptr", "pw_ptr", "pb_ptr", "c1_ptr", "c2_ptr")
-    sig = {}
-    for name in kernel.arg_names:
-        if name.endswith("_ptr"):
-            sig[name] = "*fp32" if name in fp32_ptrs else f"*{dtype}"
-        elif name in ("eps", "inv_n_cols"):
-            sig[name] = "fp32"
-        elif not name.isupper():
-            sig[name] = "i32"
-    return sig
+# Every configuration the launchers can pick, for the sm_80/sm_90 compile test
+# (kernels/triton/compile_check.py records the launches these calls make): each dtype,
+# width class, alignment class and flag combination, statistics stored or not.
+def launch_cases():
+    import itertools
 
-
-def _flag_sets(*names, valid=lambda f: True):
-    sets = [{}]
-    for name in names:
-        sets = [dict(f, **{name: v}) for f in sets for v in (False, True)]
-    return [f for f in sets if valid(f)]
-
-
-def _code_path(meta):
-    return tuple(sorted((k, v) for k, v in meta.items() if not k.startswith("BLOCK_")))
-
-
-def compile_cases():
-    fwd_flags = _flag_sets("HAS_RES", "HAS_W", "HAS_B", "STORE_STATS")
-    bwd_flags = _flag_sets("HAS_W", "COMPUTE_DW", "COMPUTE_DB", "HAS_DS",
-                           valid=lambda f: f["HAS_W"] or not f["COMPUTE_DW"])
-    reduce_flags = _flag_sets("COMPUTE_DW", "COMPUTE_DB", valid=lambda f: any(f.values()))
-    flags = {_ln_fwd_kernel: fwd_flags, _ln_fwd_long_kernel: fwd_flags, _ln_bwd_kernel: bwd_flags,
-             _ln_bwd_row_means_kernel: _flag_sets("HAS_W"), _ln_bwd_reduce_kernel: reduce_flags}
-    cases = []
-    for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
-        vec = _launch.VEC_BYTES // size
-        # Alignment code paths: the forward's split rows with a peel and the backward's aligned
-        # rows at every shape; the others below.
-        peeled = {"VEC": vec, "SPLIT": True, "HEAD": 1, "HAS_PEEL": True}
-        other_fwd = ({"VEC": vec, "SPLIT": True, "HEAD": 0, "HAS_PEEL": False},
-                     {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False})
-        # (kernel, flag sets, launch config) for every hidden size 1, 2, 4, ..., MAX_HIDDEN.
-        shapes = {}
-        for n_cols in (2 ** k for k in range(MAX_HIDDEN.bit_length())):
-            cfg = forward_config(n_cols, size)
-            if cfg["single_pass"]:  # the launcher peels only single-row tiles
-                shapes.setdefault(_ln_fwd_kernel, []).append(
-                    ({**(peeled if cfg["BLOCK_M"] == 1 else other_fwd[1]), "BLOCK_M": cfg["BLOCK_M"],
-                      "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"] if cfg["BLOCK_M"] == 1 else plain_warps(cfg)))
-            else:
-                shapes.setdefault(_ln_fwd_long_kernel, []).append(({"BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"]))
-            cfg = backward_config(n_cols, size)
-            meta = {"ROW_MEANS_GIVEN": not cfg["single_pass"], "VEC": vec, "ALIGNED": True,
-                    "PREFETCH": cfg["prefetch"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-            shapes.setdefault(_ln_bwd_kernel, []).append((meta, cfg["num_warps"]))
-            if not cfg["single_pass"]:
-                shapes.setdefault(_ln_bwd_row_means_kernel, []).append(({"BLOCK_N": cfg["means_block"]},
-                                                                        cfg["means_warps"]))
-        # The other alignment paths address memory differently but hold no more values: every
-        # flag, at the widest shape of each path.
-        extra = [(_ln_fwd_kernel, {**shapes[_ln_fwd_kernel][-1][0], **a}, shapes[_ln_fwd_kernel][-1][1])
-                 for a in other_fwd]
-        for rows_given in (False, True):
-            meta, warps = [m for m in shapes[_ln_bwd_kernel] if m[0]["ROW_MEANS_GIVEN"] == rows_given][-1]
-            extra.append((_ln_bwd_kernel, {**meta, "ALIGNED": False}, warps))
-        cases += [(k, _sig(k, dtype), {**flags[k][-1], **meta}, warps) for k, meta, warps in extra]
-        block_p, block_n = REDUCE_BLOCK
-        shapes[_ln_bwd_reduce_kernel] = [({"BLOCK_P": block_p, "BLOCK_N": block_n}, 4)]
-        for kernel, kernel_shapes in shapes.items():
-            sig = _sig(kernel, dtype)
-            unique = list({repr(s): s for s in kernel_shapes}.values())
-            every_flag = flags[kernel][-1]
-            cases += [(kernel, sig, {**every_flag, **meta}, warps) for meta, warps in unique]
-            for path in {_code_path(meta) for meta, _ in unique}:
-                widest_meta, widest_warps = max((s for s in unique if _code_path(s[0]) == path),
-                                                 key=lambda s: s[0].get("BLOCK_M", 1) * s[0]["BLOCK_N"])
-                cases += [(kernel, sig, {**f, **widest_meta}, widest_warps) for f in flags[kernel][:-1]]
-    # Pointers 16-byte aligned, as PyTorch allocates and _launch.aligned_base passes them.
-    return [(*case, 3, [n for n in case[1] if n.endswith("_ptr")]) for case in cases]
+    from .compile_check import row_views, width_classes
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for n_cols, n_rows in itertools.product(width_classes(MAX_HIDDEN), (1, 3)):  # one row: any stride splits
+            views = row_views(n_rows, n_cols, dtype)
+            w = torch.empty(n_cols, dtype=dtype, device="meta")
+            stats = torch.empty(n_rows, dtype=torch.float32, device="meta")
+            for x in views:
+                for res, has_w, has_b, keep in itertools.product((None, views[0]), (None, w), (None, w),
+                                                                 (False, True)):
+                    yield lambda x=x, r=res, wt=has_w, b=has_b, k=keep: forward(x, r, wt, b, 1e-5, stats=k)
+                for dy in views[:2]:
+                    for has_w, need_dw, need_db, ds in itertools.product((None, w), (False, True), (False, True),
+                                                                        (None, views[0])):
+                        if need_dw and has_w is None:
+                            continue  # no weight, no weight gradient
+                        yield lambda x=x, dy=dy, wt=has_w, dw=need_dw, db=need_db, ds=ds: backward(
+                            dy, x, wt, stats, stats, ds, dw, db)
 
 
 # The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):

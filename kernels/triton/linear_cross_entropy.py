@@ -362,32 +362,30 @@ def backward_none(grad, x, weight, bias, target, temperature, ignore_index):
     return dx.view(x.shape), dw, (db if db is not None else x.new_empty((0,)))
 
 
-# Every autotune configuration and the gradient kernel, for the sm_80/sm_90 compile test:
-# fp16, bf16, fp32 as TF32 and as IEEE, the heaviest epilogue (bias, Z stored); aligned lists
-# with Triton's divisibility specialisation, unaligned ones with none.
-def compile_cases():
-    cases = []
-    variants = (("fp16", "ieee"), ("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "ieee"))
-    for dtype, precision in variants:
-        p = f"*{dtype}"
-        kind = "fp32" if dtype == "fp32" else "16bit"
-        signature = {"x_ptr": p, "w_ptr": p, "b_ptr": p, "t_ptr": "*i64", "z_ptr": p, "max_ptr": "*fp32",
-                     "sum_ptr": "*fp32", "zt_ptr": "*fp32", "M": "i32", "V": "i32", "K": "i32", "stride_xm": "i32",
-                     "stride_wv": "i32", "stride_z": "i32", "n_vtiles": "i32", "inv_temp": "fp32"}
-        flags = {"HAS_BIAS": True, "STORE_Z": True, "INPUT_PRECISION": precision, "stride_xk": 1, "stride_wk": 1}
-        for aligned in (True, False):
-            divisible = [a for a in _POINTERS + _ALIGN_INTS if a in signature] if aligned else []
-            for cfg in CONFIGS[(kind, aligned)]:
-                cases.append((_lce_logits_kernel, signature, {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
-                              divisible))
-        if precision == "ieee":
-            grad_sig = {"z_ptr": p, "lse_ptr": "*fp32", "t_ptr": "*i64", "scale_ptr": "*fp32", "dbp_ptr": "*fp32",
-                        "M": "i32", "V": "i32", "stride_z": "i32", "ignore_index": "i64", "inv_temp": "fp32"}
-            meta = {"BLOCK_M": GRAD_CONFIG["BLOCK_M"], "BLOCK_N": GRAD_CONFIG["BLOCK_N"]}
-            for per_token, has_bias in itertools.product((True, False), (True, False)):
-                cases.append((_lce_grad_kernel, grad_sig, {"PER_TOKEN": per_token, "HAS_BIAS": has_bias, **meta},
-                              GRAD_CONFIG["num_warps"]))
-    return cases
+# Every configuration the launchers and the autotuner can pick, for the sm_80/sm_90 compile
+# test (kernels/triton/compile_check.py records the launches these calls make, each config
+# the autotuner may try included): fp16, bf16, fp32 as TF32 and as IEEE; C a multiple of 16
+# (aligned) or not; with and without a bias; the loss alone (no Z stored), the gradient
+# formed in the forward, and reduction "none"'s backward (per-token scales). Small CPU
+# tensors: the launcher checks the targets' values.
+def launch_cases():
+    import functools
+
+    from .compile_check import matmul_tf32
+
+    def run(x, w, b, target, tf32):
+        with matmul_tf32(tf32):
+            forward(x, w, b, target, 1.0, -100, "mean", False)
+            forward(x, w, b, target, 1.0, -100, "mean", True)
+            backward_none(torch.ones(5), x, w, b, target, 1.0, -100)
+
+    for dtype, tf32 in ((torch.float16, False), (torch.bfloat16, False), (torch.float32, True),
+                        (torch.float32, False)):
+        for c, bias in itertools.product((64, 63), (False, True)):
+            # V = 300: several vocabulary tiles, as in real use (n_vtiles == 1 would compile as a constant)
+            x, w = torch.zeros(5, c, dtype=dtype), torch.zeros(300, c, dtype=dtype)
+            b = torch.zeros(300, dtype=dtype) if bias else None
+            yield functools.partial(run, x, w, b, torch.zeros(5, dtype=torch.int64), tf32)
 
 
 # -----------------------------------------------------------------------------------------

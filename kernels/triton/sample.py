@@ -119,7 +119,9 @@ def _threshold(x_ptr, rows64, row_stride, active, n_cols, lo, up, floor, target,
     return lo, w_lo
 
 
-@triton.jit
+# top_k is never specialised: at top_k = 1 Triton would compile a constant-1 variant, which
+# spilled 8 B (sm_90 fp32 64x16, sm_80 fp32/bf16 4096), for no gain over the general one.
+@triton.jit(do_not_specialize=["top_k"])
 def _sample_kernel(out_ptr, x_ptr, seed_ptr, n_rows, n_cols, row_stride, scale_log2, top_k, top_p,
                    GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -214,10 +216,18 @@ def launch_config(n_cols: int, interpreter: bool = False) -> dict:
         return {"BLOCK_M": max(1, min(INTERPRETER_MAX_ROWS, INTERPRETER_ROW_ELEMS // block_n)),
                 "BLOCK_N": block_n, "num_warps": 4}
     if block_n == 2048:
-        return {"BLOCK_M": 1, "BLOCK_N": 2048, "num_warps": 4}
+        # 16 warps, as the long rows' tile: the same 2048 elements in flight per program as 4
+        # warps, which leave 8 bytes on the stack on sm_90 (fp32 top-p), as do 2 and 8.
+        return {"BLOCK_M": 1, "BLOCK_N": 2048, "num_warps": 16}
     if block_n > 256:
-        return {"BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 2}
-    return {"BLOCK_M": SHORT_ROW_ELEMS // block_n, "BLOCK_N": block_n, "num_warps": 4}
+        # 16 warps too: the 1024 tile leaves 8 bytes on the stack at 1, 2, 4 and 8 (2: sm_90,
+        # fp32 top-p); the same 1024 elements per program either way.
+        return {"BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 16}
+    # 4 warps, except where ptxas left bytes on the stack (compile check): one-column rows
+    # (1024 per program; 16 B on sm_80 with top-p) take 8, and the 4 x 256 tile (16 B on sm_80
+    # with top-k; 8 warps spill on sm_90, 2 on both) takes 16.
+    warps = {1: 8, 256: 16}.get(block_n, 4)
+    return {"BLOCK_M": SHORT_ROW_ELEMS // block_n, "BLOCK_N": block_n, "num_warps": warps}
 
 
 def draw_seed(generator, device) -> torch.Tensor:
@@ -244,19 +254,19 @@ def sample_forward(logits: torch.Tensor, seed: torch.Tensor, temperature: float,
     return out
 
 
-# Every configuration the launcher can pick, for the sm_80/sm_90 compile test.
-def compile_cases():
-    cases = []
-    for dtype in ("fp32", "bf16"):  # fp16 loads like bf16: one 16-bit case
-        for n_cols in (1, 16, 33, 256, 600, 2000, 50257):  # each launch shape once
-            cfg = launch_config(n_cols)
-            for greedy, top_k, top_p in ((True, False, False), (False, False, False), (False, True, True)):
-                meta = {"GREEDY": greedy, "TOP_K": top_k, "TOP_P": top_p,
-                        "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-                cases.append((_sample_kernel, {"out_ptr": "*i64", "x_ptr": f"*{dtype}", "seed_ptr": "*i64",
-                              "n_rows": "i32", "n_cols": "i32", "row_stride": "i32", "scale_log2": "fp32",
-                              "top_k": "i32", "top_p": "fp32"}, meta, cfg["num_warps"]))
-    return cases
+# Every configuration the launcher can pick, for the sm_80/sm_90 compile test
+# (kernels/triton/compile_check.py records the launches these calls make): each dtype, each
+# width class and greedy, plain, top-k, top-p and both.
+def launch_cases():
+    from .compile_check import width_classes
+    seed = torch.empty(1, dtype=torch.int64, device="meta")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for n_cols in width_classes(2 * LONG_ROW_BLOCK):
+            logits = torch.empty(3, n_cols, dtype=dtype, device="meta")
+            # top_k is not specialised (top_k = 1 and 50 launch one binary): 1 stands for any
+            for temperature, top_k, top_p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (1.0, 1, 1.0), (1.0, 0, 0.9),
+                                              (1.0, 1, 0.9)):
+                yield lambda x=logits, t=temperature, k=top_k, p=top_p: sample_forward(x, seed, t, k, p)
 
 
 # -----------------------------------------------------------------------------------------

@@ -318,47 +318,19 @@ def softmax_backward(dy: torch.Tensor, y: torch.Tensor, temperature: float, dim:
     return dx
 
 
-def _signature(kernel, dtype):
-    """Runtime-argument types of a softmax kernel: pointers of `dtype`, fp32 scales, i32 ints."""
-    sig = {}
-    for name in kernel.arg_names:
-        if name.endswith("_ptr"):
-            sig[name] = f"*{dtype}"
-        elif name in ("scale_log2", "inv_temperature"):
-            sig[name] = "fp32"
-        elif name.isupper():
-            continue
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-# Every configuration the launchers can pick, for the sm_80/sm_90 compile test.
-def compile_cases():
-    cases = []
-    for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
-        vec = _launch.VEC_BYTES // size
-        for aligned in (True, False):
-            # Peeled, non-congruent rows (the most code) at every width, aligned at the widest.
-            for n_cols in ((_launch.MAX_ROW_BLOCK,) if aligned else (1, 33, 1000, 4097, _launch.MAX_ROW_BLOCK)):
-                cfg = launch_config(n_cols, size)
-                meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
-                cases.append((_softmax_fwd_kernel, _signature(_softmax_fwd_kernel, dtype),
-                              {**meta, "Y_ALIGNED": aligned, "HAS_PEEL": not aligned}, cfg["num_warps"]))
-                cases.append((_softmax_bwd_kernel, _signature(_softmax_bwd_kernel, dtype),
-                              {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned, "HAS_PEEL": not aligned},
-                              cfg["num_warps"]))
-            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, congruent=aligned)
-            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
-            cases.append((_softmax_fwd_long_kernel, _signature(_softmax_fwd_long_kernel, dtype),
-                          {**meta, "Y_ALIGNED": aligned}, cfg["num_warps"]))
-            cfg = launch_config(_launch.MAX_ROW_BLOCK + 1, size, backward=True, congruent=aligned)
-            meta = {"BLOCK_N": cfg["BLOCK_N"], "VEC": vec}
-            cases.append((_softmax_bwd_long_kernel, _signature(_softmax_bwd_long_kernel, dtype),
-                          {**meta, "DX_ALIGNED": aligned, "DY_ALIGNED": aligned}, cfg["num_warps"]))
-    # Pointers 16-byte aligned, as launched: _launch.aligned_base rounds every row tensor's
-    # base down to 16 bytes (always possible in a PyTorch allocation).
-    return [(*case, 3, [n for n in case[1] if n.endswith("_ptr")]) for case in cases]
+# Every configuration the launchers can pick, for the sm_80/sm_90 compile test
+# (kernels/triton/compile_check.py records the launches these calls make): each dtype, each
+# width class, one row or several, and each alignment class of x, y and dy.
+def launch_cases():
+    from .compile_check import row_views, width_classes
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for n_cols in width_classes(_launch.MAX_ROW_BLOCK) + [2 * _launch.MAX_ROW_BLOCK]:
+            for n_rows in (1, 3):
+                views = row_views(n_rows, n_cols, dtype)
+                for x in views:
+                    yield lambda x=x: softmax_forward(x, 1.0, -1)
+                    for dy in views:
+                        yield lambda x=x, dy=dy: softmax_backward(dy, x, 1.0, -1)
 
 
 # The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
