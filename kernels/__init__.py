@@ -7,6 +7,7 @@ shared docs api.md for the contract; README.md for the backends table.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from . import _checks
 from ._backend import (BACKENDS, OPS, available_backends, choose, implementation, missing_ops,
@@ -150,6 +151,8 @@ def _autocast(dtype, *tensors):
 
 def _run(op, backend, *args):
     first = args[0]
+    if _forward_ad._current_level >= 0 and backend != "torch" and op != "sample":  # else one global read
+        _refuse_tangents(op, backend, args)
     # Keyed on the device type (all an implementation depends on) through two flags: no
     # torch.device object is built on the common path. Other device types (meta) never hit.
     key = (op, backend, first.is_cuda, first.is_cpu)
@@ -166,6 +169,15 @@ def _run(op, backend, *args):
         with torch.autocast(device_type, enabled=False):
             return impl(*args)
     return impl(*args)
+
+
+def _refuse_tangents(op, backend, args):
+    """Our kernels have no forward-mode formula: a dual input's tangent would be dropped
+    silently (the output carries none), so such a call raises. backend='torch' supports it."""
+    for a in args:
+        if isinstance(a, torch.Tensor) and _forward_ad.unpack_dual(a).tangent is not None:
+            raise NotImplementedError(f"{op} on backend={backend!r} does not support forward-mode AD (a dual "
+                                      f"tensor's tangent would be lost); use backend='torch'")
 
 
 # Resolved (op, backend, is_cuda, is_cpu) -> implementation, and (op, backend, device, dtype) -> the

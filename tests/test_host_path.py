@@ -275,3 +275,18 @@ def test_add_layer_norm_sum_only_leaves_norm_params_without_grad(backend):
     s.sum().backward()
     assert w.grad is None and b.grad is None
     torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_forward_mode_ad_is_refused(backend):
+    # No forward-mode formulas: a dual input must raise, not lose its tangent silently.
+    import torch.autograd.forward_ad as fwAD
+    for name, f, x in _op_calls(backend):
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, torch.randn_like(x))
+            with pytest.raises(NotImplementedError, match="forward-mode AD"):
+                f(dual)
+    with fwAD.dual_level():  # the reference backend supports it
+        x = torch.randn(3, 16)
+        y = kernels.softmax(fwAD.make_dual(x, torch.ones_like(x)), 0.7, backend="torch")
+        assert fwAD.unpack_dual(y).tangent is not None
