@@ -14,11 +14,17 @@
 // gradients; every op's eager gradients are checked against fp64 there too).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 // The autograd nodes' names read gptk::eager::<Op>Fn in autograd graphs (node.name()).
 namespace gptk::eager {
@@ -237,6 +243,120 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
   }
 };
 
+// ---------------------------------------------------------------------------------------
+// A C++ autograd node whose backward is a Python function: the triton backend's eager
+// gradient path. Its kernels launch from Python, so its formulas stay there; what moves here
+// is the graph bookkeeping a Python autograd.Function does per forward (~5 us: the ctx object,
+// argument unpacking, output wrapping). kernels/_eager.py PythonNode uses it when this
+// library is loaded or loads without a build, else the Function.
+//
+// backward(needs_input_grad, saved, grads) -> one gradient or None per input, like a
+// Function's; it runs with the GIL held and grad mode off, and its results pass through
+// once_differentiable as the C++ nodes' do.
+// ---------------------------------------------------------------------------------------
+std::vector<std::pair<std::string, py::object>>& python_backwards() {
+  // Registered once per op at import and never freed: no Python object dies after the
+  // interpreter (a node may outlive it).
+  static auto* registry = new std::vector<std::pair<std::string, py::object>>();
+  return *registry;
+}
+
+struct PythonBackward : torch::autograd::Node {
+  explicit PythonBackward(size_t index) : index(index) {}
+
+  variable_list apply(variable_list&& grads) override {
+    const auto n_inputs = num_outputs();
+    bool any = false;
+    for (const auto& g : grads) any = any || g.defined();
+    if (!any) return variable_list(n_inputs);  // zero in, zero out: what the formulas give
+    variable_list unpacked;
+    unpacked.reserve(saved.size());
+    for (const auto& s : saved) unpacked.push_back(s.unpack());  // raises on an in-place change
+    variable_list results;
+    {
+      at::AutoGradMode no_grad(false);  // the formulas build no graph (once_differentiable below)
+      py::gil_scoped_acquire gil;
+      try {
+        py::tuple needs(n_inputs);
+        for (size_t i = 0; i < n_inputs; ++i) needs[i] = py::bool_(task_should_compute_output(i));
+        py::object out = python_backwards()[index].second(needs, unpacked, grads);
+        for (const auto& r : out.cast<py::sequence>()) {
+          results.push_back(r.is_none() ? Tensor() : r.cast<Tensor>());
+        }
+      } catch (py::error_already_set& e) {  // keep the Python exception's type and message
+        e.restore();
+        python_error err;
+        err.persist();
+        throw std::move(err);
+      }
+    }
+    TORCH_CHECK(results.size() == n_inputs, name(), " returned ", results.size(), " gradients, expected ",
+                n_inputs);
+    return once_differentiable(results);
+  }
+
+  std::string name() const override { return python_backwards()[index].first; }
+
+  void release_variables() override {
+    for (auto& s : saved) s.reset_data();
+  }
+
+  size_t index;
+  std::vector<torch::autograd::SavedVariable> saved;
+};
+
+// Node pointers are std::shared_ptr before torch 2.13 and c10::intrusive_ptr after: the
+// pointer type an Edge holds says which (a dependent type, so only one branch is compiled).
+using NodePtr = decltype(torch::autograd::Edge::function);
+template <class P>
+P make_python_backward(size_t index) {
+  if constexpr (std::is_same_v<P, std::shared_ptr<torch::autograd::Node>>) {
+    return P(new PythonBackward(index));
+  } else {
+    return c10::make_intrusive<std::conditional_t<std::is_same_v<P, P>, PythonBackward, void>>(index);
+  }
+}
+
+// `n_outputs` contiguous tensors shaped like `like`, then, when stats_rows >= 0, an fp32
+// (stats_rows, 2) statistics buffer: an eager forward's outputs, allocated here, not from
+// Python, to save ~1 us per tensor (Python's argument parsing).
+std::vector<Tensor> empty_outputs(const Tensor& like, int64_t n_outputs, int64_t stats_rows) {
+  std::vector<Tensor> out;
+  out.reserve(n_outputs + 1);
+  for (int64_t i = 0; i < n_outputs; ++i) out.push_back(at::empty(like.sizes(), like.options()));
+  if (stats_rows >= 0) out.push_back(at::empty({stats_rows, 2}, like.options().dtype(at::kFloat)));
+  return out;
+}
+
+// Make `outputs` (fresh tensors that kernels run outside autograd have just written) the
+// outputs of a PythonBackward node over `inputs` that saves `saved`. After the kernels, as a
+// Function saves: saved-tensor hooks see computed values (non-reentrant checkpointing stops
+// its recomputation once the last tensor is saved). Outputs among `saved` are saved through a
+// detached alias: same storage and version counter, no reference from the node to itself.
+void attach(int64_t index, const std::vector<Tensor>& outputs, const std::vector<OptTensor>& inputs,
+            const std::vector<OptTensor>& saved) {
+  TORCH_CHECK(index >= 0 && static_cast<size_t>(index) < python_backwards().size(), "unknown backward ", index);
+  NodePtr node = make_python_backward<NodePtr>(static_cast<size_t>(index));
+  torch::autograd::edge_list edges;
+  edges.reserve(inputs.size());
+  for (const auto& t : inputs) {
+    edges.push_back(t.has_value() && t->requires_grad() ? torch::autograd::impl::gradient_edge(*t)
+                                                        : torch::autograd::Edge());
+  }
+  node->set_next_edges(std::move(edges));
+  auto* raw = static_cast<PythonBackward*>(node.get());
+  raw->saved.reserve(saved.size());
+  for (const auto& t : saved) {
+    bool is_output = false;
+    for (const auto& o : outputs) is_output = is_output || (t.has_value() && t->is_same(o));
+    raw->saved.emplace_back(!t.has_value() ? Tensor() : is_output ? t->detach() : *t, /*is_output=*/false);
+  }
+  for (const auto& o : outputs) {
+    TORCH_CHECK(!o.requires_grad() && !o.is_view(), "attach: outputs must be fresh tensors");
+    torch::autograd::set_history(o, node);
+  }
+}
+
 // m.def with the GIL released while the C++ runs (arguments are converted before, the
 // result after, with the GIL held).
 template <class F, class... Extra>
@@ -313,6 +433,13 @@ PYBIND11_MODULE(gptk_eager, m) {
                                             const Tensor& target, double temperature, int64_t ignore_index) {
     return lce_bwd_op().redispatch(keyset(x), grad, x, w, b, target, temperature, ignore_index);
   });
+  m.def("register_backward", [](std::string name, py::object fn) {
+    python_backwards().emplace_back(std::move(name), std::move(fn));
+    return static_cast<int64_t>(python_backwards().size() - 1);
+  });
+  // GIL held: they are short, and releasing it costs more than it saves.
+  m.def("empty_outputs", &empty_outputs);
+  m.def("attach", &attach);
   def(m, "sample", [](const Tensor& logits, const Tensor& seed, double t, int64_t top_k, double top_p) {
     return sample_op().redispatch(keyset(logits), logits, seed, t, top_k, top_p);
   });

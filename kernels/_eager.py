@@ -99,3 +99,41 @@ def fast_op(custom_op, impl, setup_context=None, backward=None, register_autogra
     if register_autograd:
         custom_op.register_autograd(backward, setup_context=setup_context)
     return call
+
+
+# -----------------------------------------------------------------------------------------
+# Eager gradients of ops whose kernels launch from Python (the triton backend).
+# -----------------------------------------------------------------------------------------
+UNRESOLVED = object()
+
+
+class PythonNode:
+    """An autograd node for one op's eager gradient path, whose kernels run outside autograd.
+    `empty_outputs(like, n_outputs, stats_rows)` allocates the forward's outputs in C++:
+    `n_outputs` contiguous tensors shaped like `like`, then, when stats_rows >= 0, an fp32
+    (stats_rows, 2) statistics buffer (~1 us cheaper per tensor than Python's allocations).
+    After the kernels, `attach(outputs, inputs, saved)` makes `outputs` those of a C++ node
+    (csrc/eager.cpp PythonBackward) over `inputs` that saves `saved`; in backward it calls
+    `backward(needs_input_grad, saved, grads)`, which returns one gradient or None per input.
+    Together ~7 us less per forward than an autograd.Function with Python allocations (no
+    ctx object, no argument or output wrapping in Python).
+
+    `attach` is UNRESOLVED until `resolve()`, then the bound C++ call, or None when the C++
+    library is not loaded and would need a build to load (the caller then uses its
+    autograd.Function, with the same formulas): the triton backend never starts a build."""
+    __slots__ = ("name", "backward", "attach", "empty_outputs")
+
+    def __init__(self, name: str, backward):
+        self.name, self.backward, self.attach, self.empty_outputs = name, backward, UNRESOLVED, None
+
+    def resolve(self):
+        import functools
+
+        from . import cuda
+        module = cuda.eager_module_if_built()
+        if module is None or not hasattr(module, "attach"):  # not built, or an older build
+            self.attach = None
+        else:
+            self.empty_outputs = module.empty_outputs
+            self.attach = functools.partial(module.attach, module.register_backward(self.name, self.backward))
+        return self.attach

@@ -72,7 +72,7 @@ def layer_norm_calls(rng):
             for n_rows in (1, 5):
                 views = _row_tensors(n_rows, n_cols, dtype, rng)
                 w = torch.empty(n_cols, dtype=dtype, device=META)
-                stats = torch.empty(n_rows, dtype=torch.float32, device=META)
+                stats = torch.empty((n_rows, 2), dtype=torch.float32, device=META)
                 for x in views:
                     for res, has_w, has_b, keep in itertools.product((None, rng.choice(views)), (None, w), (None, w),
                                                                      (False, True)):
@@ -83,7 +83,7 @@ def layer_norm_calls(rng):
                         if need_dw and has_w is None:
                             continue
                         yield lambda x=x, dy=dy, wt=has_w, dw=need_dw, db=need_db, ds=ds: op.backward(
-                            dy, x, wt, stats, stats, ds, dw, db)
+                            dy, x, wt, stats, ds, dw, db)
 
 
 def attention_calls(rng):

@@ -182,10 +182,10 @@ for dtype in (torch.bfloat16, torch.float32):
                                           [ln._FWD_REPLAYS])
         results[f"add_layer_norm {tag}"] = same_as_ordinary_path(
             lambda: ln.forward(x, r, w, b, 1e-5), [x, r, w, b], [ln._FWD_REPLAYS])
-        _, s, mean, rstd = ln.forward(x, r, w, b, 1e-5)
+        _, s, stats = ln.forward(x, r, w, b, 1e-5)
         for need in ((True, True), (True, False), (False, False)):
             results[f"layer_norm bwd need={need} {tag}"] = same_as_ordinary_path(
-                lambda: ln.backward(dy, s, w, mean, rstd, dy, *need), [dy, s, w, mean, rstd],
+                lambda: ln.backward(dy, s, w, stats, dy, *need), [dy, s, w, stats],
                 [ln._BWD_REPLAYS])
 from kernels.triton import gelu_linear as gl
 for dtype in (torch.bfloat16, torch.float32):
@@ -290,3 +290,193 @@ def test_forward_mode_ad_is_refused(backend):
         x = torch.randn(3, 16)
         y = kernels.softmax(fwAD.make_dual(x, torch.ones_like(x)), 0.7, backend="torch")
         assert fwAD.unpack_dual(y).tangent is not None
+
+
+# -----------------------------------------------------------------------------------------
+# The triton layer norms' eager gradient node: a C++ node with a Python backward
+# (kernels/_eager.PythonNode, csrc/eager.cpp PythonBackward) when the C++ library loads
+# without a build, else an autograd.Function with the same formulas. Both paths, always.
+# -----------------------------------------------------------------------------------------
+from helpers import DEVICE  # noqa: E402
+
+
+def _triton_here():
+    return "triton" in kernels.available_backends(DEVICE)
+
+
+@pytest.fixture(params=["cpp node", "function"])
+def triton_grad_path(request, monkeypatch):
+    if not _triton_here():
+        pytest.skip("triton backend not usable here")
+    import kernels.triton.layer_norm as ln
+    from kernels import _eager
+    nodes = (ln._LAYER_NORM_NODE, ln._ADD_LAYER_NORM_NODE)
+    if request.param == "cpp node":
+        from kernels import cuda
+        reason = cuda.unavailable_reason("cpu")  # builds the library if needed, as the cuda tests do
+        assert reason is None, reason  # not a skip: the node path would go untested silently
+        for node in nodes:
+            monkeypatch.setattr(node, "attach", _eager.UNRESOLVED)
+    else:
+        for node in nodes:
+            monkeypatch.setattr(node, "attach", None)
+    return request.param
+
+
+def _is_python_function(grad_fn) -> bool:
+    return isinstance(grad_fn, torch.autograd.function.BackwardCFunction)
+
+
+def _norm_case(dtype=torch.float32, shape=(3, 5, 24)):
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return r(*shape), r(*shape), r(shape[-1]), r(shape[-1])
+
+
+def _layout(t, layout):
+    """`t` (a leaf) as the op sees it: contiguous, a column slice, or a transposed copy."""
+    if layout == "sliced":  # rows with a gap between them: unit last stride, not contiguous
+        return torch.cat([t, t], -1)[..., : t.shape[-1]]
+    if layout == "transposed":  # last-dim stride != 1: the launcher copies the rows
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    return t
+
+
+@pytest.mark.parametrize("with_w,with_b,x_grad,layout", [(True, True, True, "contiguous"),
+                                                         (False, True, True, "sliced"),
+                                                         (True, False, False, "contiguous"),
+                                                         (False, False, True, "transposed")])
+def test_triton_norm_gradients_on_either_node(triton_grad_path, with_w, with_b, x_grad, layout):
+    x64, r64, w64, b64 = _norm_case()
+    w64, b64 = (w64 if with_w else None), (b64 if with_b else None)
+    leaves = lambda ts: [None if t is None else t.float().to(DEVICE).requires_grad_() for t in ts]  # noqa: E731
+    for add in (False, True):
+        x_leaf, r, w, b = leaves((x64, r64, w64, b64))
+        x_leaf.requires_grad_(x_grad)
+        x = _layout(x_leaf, layout)
+        xr, rr, wr, br = (None if t is None else t.clone().requires_grad_() for t in (x64, r64, w64, b64))
+        xr.requires_grad_(x_grad)
+        if add:
+            y, s = kernels.add_layer_norm(x, r, w, b, backend="triton")
+            sr = xr + rr
+            yr = torch.nn.functional.layer_norm(sr, (24,), wr, br)
+            outs, refs = (y, s), (yr, sr)
+        else:
+            y = kernels.layer_norm(x, w, b, backend="triton")
+            yr = torch.nn.functional.layer_norm(xr, (24,), wr, br)
+            outs, refs = (y,), (yr,)
+        assert _is_python_function(y.grad_fn) == (triton_grad_path == "function"), type(y.grad_fn)
+        assert "eager" in y.grad_fn.name(), y.grad_fn.name()
+        assert x.is_contiguous() == (layout == "contiguous")
+        wanted = [t for t in ((x_leaf, r) if add else (x_leaf,)) + (w, b) if t is not None and t.requires_grad]
+        wanted_ref = [t for t in ((xr, rr) if add else (xr,)) + (wr, br) if t is not None and t.requires_grad]
+        seeds = [torch.randn_like(o) for o in outs]
+        got = torch.autograd.grad(outs, wanted, seeds)
+        ref = torch.autograd.grad(refs, wanted_ref, [sd.double().cpu() for sd in seeds])
+        for a, e in zip(got, ref):
+            torch.testing.assert_close(a.double().cpu(), e, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_norm_node_keeps_autograd_contracts(triton_grad_path):
+    x64, r64, w64, b64 = _norm_case()
+    x, r, w, b = (t.float().to(DEVICE).requires_grad_() for t in (x64, r64, w64, b64))
+    # A second backward through a freed graph raises; retain_graph keeps it.
+    y = kernels.layer_norm(x, w, b, backend="triton")
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        y.sum().backward()
+    # A saved tensor changed in place after the forward is caught at backward.
+    y, s = kernels.add_layer_norm(x.detach(), r, w, b, backend="triton")
+    s.add_(1.0)  # s is saved (y = layer_norm(s)): its version moved on
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    # Saved-tensor hooks (what activation offloading and checkpointing use) see every save.
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        y = kernels.layer_norm(x, w, b, backend="triton")
+    assert len(packed) == 3, len(packed)  # x, weight, the statistics
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    # Checkpointing recomputes the forward in backward: the same gradient.
+    from torch.utils.checkpoint import checkpoint
+    yc = checkpoint(lambda t: kernels.layer_norm(t, w, b, backend="triton"), x, use_reentrant=False)
+    (gc,) = torch.autograd.grad(yc.sum(), x)
+    torch.testing.assert_close(gc, gx)
+    # Anomaly mode and a tensor hook on the output.
+    with torch.autograd.detect_anomaly():
+        y = kernels.layer_norm(x, w, b, backend="triton")
+        seen = []
+        y.register_hook(lambda g: seen.append(g.shape))
+        y.sum().backward()
+    assert seen == [y.shape]
+
+
+def test_triton_norm_node_frees_its_graph(triton_grad_path):
+    # The node saves s (an output) through a detached alias: no reference cycle, so the
+    # outputs' storage goes when the caller drops them.
+    import gc
+
+    from torch.multiprocessing.reductions import StorageWeakRef
+    x, r, w, b = (t.float().to(DEVICE).requires_grad_() for t in _norm_case())
+    y, s = kernels.add_layer_norm(x, r, w, b, backend="triton")
+    refs = [StorageWeakRef(t.untyped_storage()) for t in (y, s)]
+    del y, s
+    gc.collect()  # the Triton interpreter leaves Python cycles; a C++ one no collection frees
+    assert all(ref.expired() for ref in refs)
+
+
+def test_triton_norm_node_backward_errors_keep_their_type(triton_grad_path, monkeypatch):
+    import kernels.triton.layer_norm as ln
+
+    def broken(*args):
+        raise ValueError("a backward that fails")
+    monkeypatch.setattr(ln, "_layer_norm_backward_call", broken)
+    x, _, w, b = (t.float().to(DEVICE).requires_grad_() for t in _norm_case())
+    y = kernels.layer_norm(x, w, b, backend="triton")
+    with pytest.raises(ValueError, match="a backward that fails"):
+        y.sum().backward()
+
+
+def test_python_node_from_threads():
+    # The C++ node from 4 threads at once, each running forward and backward: it takes the
+    # GIL for its Python formula. (Stand-in kernels: torch ops outside autograd. The Triton
+    # interpreter itself is not thread-safe.)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernels import _eager, cuda
+    assert cuda.unavailable_reason("cpu") is None, cuda.unavailable_reason("cpu")
+    node = _eager.PythonNode("gptk_test_cube", lambda needs, saved, grads: (3 * saved[0] ** 2 * grads[0],))
+    assert node.resolve() is not None
+
+    def cube(x):
+        (y,) = node.empty_outputs(x, 1, -1)
+        with torch.no_grad():
+            torch.pow(x, 3, out=y)
+        node.attach((y,), (x,), (x,))
+        return y
+
+    def run(i):
+        x = torch.linspace(-1, 1, 50, dtype=torch.float64).add(i).requires_grad_()
+        for _ in range(20):
+            (gx,) = torch.autograd.grad(cube(x).sum(), x)
+        return gx
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(16)))
+    for i, gx in enumerate(results):
+        torch.testing.assert_close(gx, 3 * torch.linspace(-1, 1, 50, dtype=torch.float64).add(i) ** 2)
+
+
+def test_triton_never_builds_the_cpp_library(monkeypatch):
+    # Without a built library the triton backend records its Function, never starting a build.
+    from kernels import _eager, cuda
+    from kernels.cuda import _build
+    monkeypatch.setitem(cuda._STATE, "loaded", False)
+    monkeypatch.setitem(cuda._STATE, "error", None)
+    monkeypatch.setattr(_build, "ready_library", lambda: None)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the triton backend started a C++ build")
+    monkeypatch.setattr(_build, "jit_build", no_build)
+    node = _eager.PythonNode("gptk_test_node", lambda needs, saved, grads: (None,))
+    assert node.resolve() is None

@@ -403,10 +403,10 @@ def test_triton_opcheck():
     torch.library.opcheck(ln.layer_norm_op, (randn(3, 2, 5).requires_grad_(), None, None, 1e-3))
     torch.library.opcheck(ln.add_layer_norm_op, (x, r, w, b, 1e-5))
     torch.library.opcheck(ln.add_layer_norm_op, (x, r, None, b, 1e-5))
-    y, mean, rstd = ln.layer_norm_op(x.detach(), w.detach(), b.detach(), 1e-5)
+    y, stats = ln.layer_norm_op(x.detach(), w.detach(), b.detach(), 1e-5)
     for ds in (None, randn(4, 37)):
         for need in ((True, True), (False, True), (False, False)):
-            torch.library.opcheck(ln.layer_norm_backward_op, (randn(4, 37), x.detach(), w.detach(), mean, rstd,
+            torch.library.opcheck(ln.layer_norm_backward_op, (randn(4, 37), x.detach(), w.detach(), stats,
                                                               ds, *need))
 
 

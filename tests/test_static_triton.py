@@ -168,9 +168,9 @@ def _broken_variants():
     layer_norm.backward_config = lambda n, e=2: dict(orig(n, e), num_warps=8, BLOCK_M=2)
     try:
         t = functools.partial(meta, dtype=torch.bfloat16)
-        st = meta(16384, dtype=torch.float32)
+        st = meta(16384, 2, dtype=torch.float32)
         k, grid, args, kw = recorded([layer_norm._ln_bwd_kernel, layer_norm._ln_bwd_reduce_kernel],
-                                     lambda: layer_norm.backward(t(16384, 4096), t(16384, 4096), t(4096), st, st,
+                                     lambda: layer_norm.backward(t(16384, 4096), t(16384, 4096), t(4096), st,
                                                                  None, True, True))
     finally:
         layer_norm.backward_config = orig

@@ -21,6 +21,7 @@ import torch
 
 from . import _build
 
+_EAGER = None  # the library's gptk_eager module, once loaded (None: not loaded or an older build)
 _STATE = {"loaded": False, "error": None, "with_cuda": False, "why_no_cuda": None, "path": None,
           "eager_module": False}
 
@@ -69,6 +70,18 @@ def _require() -> None:
     error = _loaded_or_error()
     if error:
         raise RuntimeError(f"the C++/CUDA extension failed to build: {error}")
+
+
+def eager_module_if_built():
+    """The library's Python module (gptk_eager) when the library is loaded, or loads without
+    compiling (setup.py's prebuilt copy, or the build cache's for these sources); else None.
+    The triton backend asks: it records its eager gradients with gptk_eager's C++ node when
+    it can, and must never start a build."""
+    if not _STATE["loaded"]:
+        if _STATE["error"] is not None or _build.ready_library() is None:
+            return None
+        _load()
+    return _EAGER
 
 
 def library_info() -> dict:
@@ -344,7 +357,8 @@ def _eager_module(path: str):
 
 def _register(path: str) -> None:
     from .._eager import fast_op
-    eager = _eager_module(path)
+    global _EAGER
+    eager = _EAGER = _eager_module(path)
     _STATE["eager_module"] = eager is not None
     for op, fake, fake_backward, setup, grad in _REGISTRATIONS:
         name = f"gptk::{op}_cuda"

@@ -192,6 +192,22 @@ def first_error_line(log: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
+def cached_library(with_cuda: bool) -> str:
+    """Where jit_build keeps the finished library for these sources (it may not exist yet)."""
+    return os.path.join(build_root(), f"gptk_{'cuda' if with_cuda else 'cpu'}_{source_hash(with_cuda)}.so")
+
+
+def ready_library() -> str | None:
+    """The library load() would take without compiling, if there is one."""
+    with_cuda, _ = want_cuda()
+    path = prebuilt_library(with_cuda)
+    if path is None and os.path.isdir(CSRC):
+        if with_cuda:
+            _prepare_cuda_env()  # what jit_build hashes with
+        path = cached_library(with_cuda)
+    return path if path is not None and os.path.isfile(path) else None
+
+
 def jit_build(with_cuda: bool, verbose: bool = False) -> str:
     """Build (or find already built) the library for these sources; returns its path, loaded.
 
@@ -206,7 +222,7 @@ def jit_build(with_cuda: bool, verbose: bool = False) -> str:
     if with_cuda:
         _prepare_cuda_env()
     variant = "cuda" if with_cuda else "cpu"
-    final = os.path.join(build_root(), f"gptk_{variant}_{source_hash(with_cuda)}.so")
+    final = cached_library(with_cuda)
     if os.path.isfile(final):
         torch.ops.load_library(final)
         return final

@@ -312,6 +312,8 @@ def empty_rows_like(t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch
     moved_shape = t.movedim(dim, -1).shape
     buf = torch.empty(moved_shape, dtype=t.dtype, device=t.device)
     rows = buf.view(-1, moved_shape[-1]) if buf.numel() else buf.new_empty((0, moved_shape[-1]))
+    if dim == -1 or dim == t.dim() - 1:
+        return buf, rows  # not a view: a fresh output (autograd nodes may only own fresh ones)
     return buf.movedim(-1, dim), rows
 
 

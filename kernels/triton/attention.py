@@ -696,7 +696,7 @@ def _launch(kind, grid_of, args, configs=None, hopper=False, slots=None, **const
 def empty_bthd(shape, dtype, device) -> torch.Tensor:
     """A (B, H, T, D) tensor laid out as (B, T, H, D): the layout of every output here."""
     B, H, T, D = shape
-    return torch.empty((B, T, H, D), dtype=dtype, device=device).transpose(1, 2)
+    return torch.empty(B, T, H, D, dtype=dtype, device=device).transpose(1, 2)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -778,7 +778,7 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     o = empty_bthd(q.shape, q.dtype, q.device)
-    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
     if Tk == 0:  # non-causal with no keys: the empty sum, as the reference gives
@@ -809,8 +809,8 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
             return o, lse
         chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = _cdiv(Tk, chunk)
-        o_part = torch.empty((B * H, n_splits, Tq, D), dtype=torch.float32, device=q.device)
-        lse_part = torch.empty((B * H, n_splits, Tq), dtype=torch.float32, device=q.device)
+        o_part = torch.empty(B * H, n_splits, Tq, D, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(B * H, n_splits, Tq, dtype=torch.float32, device=q.device)
         args = (q, k, v, o_part, lse_part, kv_lengths, *_bhm(q), *_bhm(k), *_bhm(v), H, Tq, Tk, qk_scale, D // 8,
                 chunk, n_splits, _bucket(Tq), _bucket(Tk))
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
@@ -903,7 +903,7 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         return dq.zero_(), dk.zero_(), dv.zero_()
     do, o = _unit_last(do), _unit_last(o)
     qk_scale = scale * math.log2(math.e)
-    delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    delta = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     # A replay exists only for strides that passed the checks below (they are in the key).
     key = (q.shape, Tk, q.stride(), k.stride(), v.stride(), do.stride(), o.stride(), causal, q.device,
            _fast.replay_key(q, k, v, do, o, lse)) if configs is None else None

@@ -238,7 +238,7 @@ def sample_forward(logits: torch.Tensor, seed: torch.Tensor, temperature: float,
                    top_p: float) -> torch.Tensor:
     """Next tokens (B,) int64; top_k <= 0 means none, top_p >= 1 means none."""
     n_rows, n_cols = logits.shape
-    out = torch.empty((n_rows,), dtype=torch.int64, device=logits.device)
+    out = torch.empty(n_rows, dtype=torch.int64, device=logits.device)
     if n_rows == 0:
         return out
     x = logits if logits.stride(-1) == 1 or n_cols == 1 else logits.contiguous()
