@@ -66,6 +66,22 @@ def test_kernel_meets_static_checks(case):
             assert r["loads"].get("16", 0) > 0 and r["stores"].get("16", 0) > 0, r["line"]
 
 
+MISALIGNED_CASES = {f"{op} fwd 16384x1023 {t}" for op in ("layer_norm", "add_layer_norm")
+                    for t in ("bfloat16", "float32")}
+
+
+@pytest.mark.parametrize("case", sorted(MISALIGNED_CASES))
+def test_misaligned_layer_norm_rows_move_in_16_byte_vectors(case):
+    # Rows of an odd width start at every phase: each is split at x's alignment, its body
+    # (x, r, y, s, and w and b read from their copies at x's phase) in 16-byte accesses, the
+    # head and tail in a tagged peel; without the split every access was narrow.
+    results = [r for r in _report() if r["case"] == case]
+    assert results
+    for r in results:
+        assert r["constexprs"]["SPLIT"] and not r["problems"], f"{r['line']}\n" + "\n".join(r["problems"])
+        assert r["loads"].get("16", 0) >= 3 and r["stores"].get("16", 0) >= 1, r["line"]
+
+
 def test_softmax_on_chip_rows_take_one_exp_per_element():
     # Rows held in registers: one MUFU.EX2 per element (plus the peel's, computed redundantly
     # per thread); streamed rows: one per element per pass, two passes.

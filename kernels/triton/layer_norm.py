@@ -36,10 +36,12 @@ shift)): a constant row gives exactly mean = x, var = 0, y = b and finite gradie
 sum and the sum of squares of the shifted row in the same pass (var = E[d^2] - E[d]^2,
 exact for a constant row). NaN or inf in a row makes the whole row NaN, as in torch.
 
-Rows move in 16-byte vectors when every row tensor's rows share one alignment (the usual
-case: contiguous tensors of any width, and slices starting at the same offset): the forward
-peels each row's head and tail, the backward needs rows 16-byte aligned and a whole number
-of vectors wide. Other layouts take plain masked accesses (correct, narrower).
+Rows move in 16-byte vectors. The forward splits each row at x's alignment as softmax does
+(a head and tail peeled, any width and row start, in single-row programs); r, y and s move
+in 16-byte vectors where their rows are congruent with x's (contiguous tensors of any
+width), w and b always (read from copies at each of the VEC phases when x's rows start at
+varying phases). The backward needs rows 16-byte aligned and a whole number of vectors
+wide. Other layouts take plain masked accesses (correct, narrower).
 
 Input rows may have any row stride; only the last dim must be unit-stride. `as_rows`
 copies only a tensor whose rows cannot be expressed that way (e.g. a transposed x, or
@@ -68,73 +70,97 @@ MAX_HIDDEN = NORM_MAX_HIDDEN["triton"]
 
 @_launch.jit
 def _ln_fwd_kernel(y_ptr, s_ptr, stats_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, n_cols,
-                   y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride, eps,
+                   y_off, y_row_stride, s_off, s_row_stride, x_off, x_row_stride, r_off, r_row_stride,
+                   w_off, b_off, wb_phase_stride, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_STATS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
-                   SPLIT: tl.constexpr, HEAD: tl.constexpr, HAS_PEEL: tl.constexpr):
+                   SPLIT: tl.constexpr, ALIGNED: tl.constexpr, R_ALIGNED: tl.constexpr, OUT_ALIGNED: tl.constexpr):
     """BLOCK_M whole rows per program held on chip: read x (and r) once, write y (and s).
     Bytes: 2 M N e, or 4 M N e with the residual; plus 8 bytes per row (mean, rstd) when
     STORE_STATS (a gradient will be needed).
 
     Every load is issued first (weight, bias, the rows, their first elements), then s is
     stored, then one fused (sum, sum of squares) reduction of the rows shifted by their first
-    element gives mean and variance. With SPLIT every row tensor's rows start HEAD elements
-    before a 16-byte boundary (the launcher checks it): the body from there moves in 16-byte
-    vectors and the head and tail in one peel (HAS_PEEL); without SPLIT (rows of mixed
-    alignment) the whole row is one masked access, vectorised where Triton can prove it."""
+    element gives mean and variance.
+    SPLIT (single-row programs whose rows may start anywhere, e.g. odd widths or x[:, 1:]):
+    each row splits at x's alignment, as in softmax: the body moves in 16-byte vectors, the
+    head and tail in one peel; r, y and s bodies are 16-byte aligned where their rows are
+    congruent with x's (R_ALIGNED, OUT_ALIGNED), and w and b always: the launcher passes
+    them congruent with x's rows, or VEC copies of each at every phase (row `phase` of the
+    copies starts at phase * wb_phase_stride, congruent with x's rows of that phase).
+    Otherwise ALIGNED: every row starts on a 16-byte boundary and is whole vectors wide (the
+    launcher checks it); neither: plain masked rows (multi-row tiles of odd layouts, where a
+    peel per row spills)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
+    r_body = r_off + rows64 * r_row_stride
+    y_body = y_off + rows64 * y_row_stride
+    s_body = s_off + rows64 * s_row_stride
     if SPLIT:
-        body_len = (n_cols - HEAD) // VEC * VEC
-        x_body = tl.multiple_of(x_off + rows64 * x_row_stride + HEAD, VEC)
-        r_body = tl.multiple_of(r_off + rows64 * r_row_stride + HEAD, VEC)
-        y_body = tl.multiple_of(y_off + rows64 * y_row_stride + HEAD, VEC)
-        s_body = tl.multiple_of(s_off + rows64 * s_row_stride + HEAD, VEC)
+        x_start, head, x_body, body_len = _launch.row_split(rows, x_off, x_row_stride, n_cols, VEC)
+        phase = x_start % VEC
+        w_row = w_off + phase * wb_phase_stride  # x's row phase: the w/b copy congruent with it
+        b_row = b_off + phase * wb_phase_stride
+        w_cols = tl.multiple_of(w_row + head, VEC)[:, None] + cols[None, :]
+        b_cols = tl.multiple_of(b_row + head, VEC)[:, None] + cols[None, :]
+        r_body, y_body, s_body = r_body + head, y_body + head, s_body + head
+        mask = row_ok[:, None] & (cols[None, :] < body_len[:, None])
+        wmask = cols[None, :] < body_len[:, None]
     else:
+        x_start = x_off + rows64 * x_row_stride
+        x_body = x_start
         body_len = n_cols
-        x_body = x_off + rows64 * x_row_stride
-        r_body = r_off + rows64 * r_row_stride
-        y_body = y_off + rows64 * y_row_stride
-        s_body = s_off + rows64 * s_row_stride
-    col_ok = cols < body_len
-    mask = row_ok[:, None] & col_ok[None, :]
+        if ALIGNED:
+            x_body = tl.multiple_of(x_body, VEC)
+            body_len = tl.multiple_of(n_cols // VEC * VEC, VEC)
+        # w and b as given (w_off, b_off unused), one row broadcast over the tile's rows.
+        w_cols, b_cols = cols, cols
+        wmask = cols < body_len
+        mask = row_ok[:, None] & wmask[None, :]
+    if R_ALIGNED:
+        r_body = tl.multiple_of(r_body, VEC)
+    if OUT_ALIGNED:
+        y_body, s_body = tl.multiple_of(y_body, VEC), tl.multiple_of(s_body, VEC)
     if HAS_W:
-        w = tl.load(w_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + w_cols, mask=wmask, other=0.0).to(tl.float32)
     if HAS_B:
-        b = tl.load(b_ptr + HEAD + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + b_cols, mask=wmask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + x_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         r = tl.load(r_ptr + r_body[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     # The first element of each row (x + r rounded when fused): the shift.
-    x0 = tl.load(x_ptr + x_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    x0 = tl.load(x_ptr + x_start, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
     if HAS_RES:
-        r0 = tl.load(r_ptr + r_body - HEAD, mask=row_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    if HAS_PEEL:
-        pcols, pok = _launch.peel(HEAD, body_len, n_cols, VEC)
-        pmask = row_ok[:, None] & pok[None, :]
+        r0 = tl.load(r_ptr + r_off + rows64 * r_row_stride, mask=row_ok, other=0.0,
+                     eviction_policy="evict_first").to(tl.float32)
+    if SPLIT:
+        pcols, pok = _launch.peel(head[:, None], body_len[:, None], n_cols, VEC)
+        pmask = row_ok[:, None] & pok
         if HAS_W:
-            pw = tl.load(w_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            pw = tl.load(w_ptr + w_row[:, None] + pcols, mask=pok, other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
         if HAS_B:
-            pb = tl.load(b_ptr + pcols, mask=pok, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        xp = tl.load(x_ptr + (x_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+            pb = tl.load(b_ptr + b_row[:, None] + pcols, mask=pok, other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+        xp = tl.load(x_ptr + x_start[:, None] + pcols, mask=pmask, other=0.0,
                      eviction_policy="evict_first").to(tl.float32)
         if HAS_RES:
-            rp = tl.load(r_ptr + (r_body - HEAD)[:, None] + pcols[None, :], mask=pmask, other=0.0,
+            rp = tl.load(r_ptr + (r_body - head)[:, None] + pcols, mask=pmask, other=0.0,
                          eviction_policy="evict_first").to(tl.float32)
     if HAS_RES:
         s = (x + r).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + s_body[:, None] + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)  # normalize what is returned as s
         x0 = (x0 + r0).to(s_ptr.dtype.element_ty).to(tl.float32)
-        if HAS_PEEL:
+        if SPLIT:
             sp = (xp + rp).to(s_ptr.dtype.element_ty)
-            tl.store(s_ptr + (s_body - HEAD)[:, None] + pcols[None, :], sp, mask=pmask, eviction_policy="evict_first")
+            tl.store(s_ptr + (s_body - head)[:, None] + pcols, sp, mask=pmask, eviction_policy="evict_first")
             xp = sp.to(tl.float32)
     d = tl.where(mask, x - x0[:, None], 0.0)
     sum_d, sum_dd = tl.sum(d, axis=1), tl.sum(d * d, axis=1)
-    if HAS_PEEL:
+    if SPLIT:
         dp = tl.where(pmask, xp - x0[:, None], 0.0)
         sum_d += tl.sum(dp, axis=1)
         sum_dd += tl.sum(dp * dp, axis=1)
@@ -146,17 +172,17 @@ def _ln_fwd_kernel(y_ptr, s_ptr, stats_ptr, x_ptr, r_ptr, w_ptr, b_ptr, n_rows, 
     rstd = tl.rsqrt(tl.where(var < 0.0, 0.0, var) + eps)
     y = (d - mean_d[:, None]) * rstd[:, None]
     if HAS_W:
-        y = y * w[None, :]
+        y = y * w
     if HAS_B:
-        y = y + b[None, :]
+        y = y + b
     tl.store(y_ptr + y_body[:, None] + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-    if HAS_PEEL:
+    if SPLIT:
         yp = (dp - mean_d[:, None]) * rstd[:, None]
         if HAS_W:
-            yp = yp * pw[None, :]
+            yp = yp * pw
         if HAS_B:
-            yp = yp + pb[None, :]
-        tl.store(y_ptr + (y_body - HEAD)[:, None] + pcols[None, :], yp.to(y_ptr.dtype.element_ty), mask=pmask,
+            yp = yp + pb
+        tl.store(y_ptr + (y_body - head)[:, None] + pcols, yp.to(y_ptr.dtype.element_ty), mask=pmask,
                  eviction_policy="evict_first")
     if STORE_STATS:
         # stats (n_rows, 2): (mean, rstd) pairs, so one address serves both
@@ -390,11 +416,26 @@ LONG_BWD_ROW_MEANS_BLOCK = 4096  # chunk of the wide-row c1/c2 kernel
 LONG_BWD_TILE = (1, 1024)        # (BLOCK_M, BLOCK_N) of the column-tiled wide-row backward
 BWD_TILE_ELEMS = 2048            # row tile of the backward for rows under 512 bytes
 BWD_PROGRAMS_PER_SM = 4          # backward programs (and rows of dw/db partials) per SM
-REDUCE_BLOCK = (32, 16)          # (BLOCK_P, BLOCK_N) of the partials reduce: N / 16 programs
+# The partials reduce: one program per REDUCE_COLS columns (two fp32 16-byte vectors: N / 8
+# programs, 128 at hidden 1024), summing all P partial rows of its columns in fixed order,
+# in tiles of REDUCE_P rows: P = 4 x 132 = 528 on an H100 is one round trip of 16 KB per
+# program (32 x 16 tiles took 17 dependent round trips on N / 16 programs). One tile for
+# every P (fewer rows are masked off, more loop): one configuration to compile.
+REDUCE_COLS = 8
+REDUCE_P = 1024
+REDUCE_WARPS = 8
 # The Triton interpreter pays ~20 ms per program of this kernel (it re-patches
 # triton.language on every tl.sum): 65536 columns took 3 minutes as N / 16 programs. The
-# same code over wider column blocks; the compiled kernel keeps REDUCE_BLOCK.
+# same code over wider column blocks; the compiled kernel keeps reduce_config's tiles.
 INTERPRETER_REDUCE_BLOCK = (32, 1024)
+
+
+def reduce_config() -> dict:
+    """Tile of the partials reduce."""
+    if _backend.triton_interpreting():
+        block_p, block_n = INTERPRETER_REDUCE_BLOCK
+        return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": 4}
+    return {"BLOCK_P": REDUCE_P, "BLOCK_N": REDUCE_COLS, "num_warps": REDUCE_WARPS}
 
 
 @functools.lru_cache(maxsize=None)
@@ -492,18 +533,40 @@ def _stats_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(rows, 2, dtype=torch.float32, device=x.device)  # sizes as varargs: ~0.6 us cheaper
 
 
-def row_split(vec: int, n_rows: int, n_cols: int, *layouts) -> dict:
-    """Constexprs of the 16-byte split shared by several row tensors, given as (tensor, row
-    stride): SPLIT when every row of every tensor starts the same number of elements past a
-    16-byte boundary (HEAD elements before the next one), else a plain masked row; HAS_PEEL
-    when a head or a tail remains."""
-    phases = {(t.data_ptr() // t.element_size()) % vec for t, _ in layouts}
-    uniform = all(n_rows <= 1 or stride % vec == 0 for _, stride in layouts)
-    uniform = uniform and all(t.data_ptr() % t.element_size() == 0 for t, _ in layouts)
-    if len(phases) != 1 or not uniform:
-        return {"VEC": vec, "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
-    head = min((vec - phases.pop()) % vec, n_cols)
-    return {"VEC": vec, "SPLIT": True, "HEAD": head, "HAS_PEEL": head > 0 or (n_cols - head) % vec != 0}
+def forward_split(vec: int, cfg: dict, n_rows: int, n_cols: int, x_layout, r_layout, out_layouts,
+                  w_layouts) -> dict:
+    """Constexprs of the forward's 16-byte access for row tensors given as (off, row stride,
+    n_rows) of their aligned bases (_launch.aligned_base): ALIGNED when every x row starts on
+    a 16-byte boundary and is whole vectors wide; else SPLIT (single-row programs: each row
+    split at x's alignment), or plain masked rows in multi-row tiles, where a peel per row
+    spills, and in 32 KB rows (32 warps, 64 registers a thread: the split's per-row
+    addressing spills 8-64 B there on sm_80/sm_90). R_ALIGNED / OUT_ALIGNED: r's / every one of `out_layouts`' (y's, s's) rows
+    congruent with x's.
+    PHASE_COPIES: w and b (their offsets `w_layouts`) are not congruent with every x row, so
+    the kernel reads copies of them at each phase (wb_phase_copies)."""
+    peel = _launch.has_peel(vec, n_cols, x_layout)
+    split = peel and cfg["BLOCK_M"] == 1 and cfg["num_warps"] < 32
+    aligned_rows = not peel or split
+    return {"VEC": vec, "SPLIT": split, "ALIGNED": not peel,
+            "R_ALIGNED": aligned_rows and _launch.congruent(vec, x_layout, r_layout),
+            "OUT_ALIGNED": aligned_rows and _launch.congruent(vec, x_layout, *out_layouts),
+            "PHASE_COPIES": split and not all(_launch.congruent(vec, x_layout, (off, 0, n_rows))
+                                              for off in w_layouts)}
+
+
+def wb_phase_copies(params, vec: int, n_cols: int):
+    """VEC copies of each of `params` (weight, bias; None stays None) in one buffer, copy q
+    starting at element q * stride with stride = 1 (mod VEC): 16-byte aligned storage, so
+    copy q starts q elements past a 16-byte boundary, congruent with x rows of phase q.
+    Returns (tensors to pass, stride). O(VEC N) bytes, one copy kernel: only for rows that
+    start at varying phases (odd widths) or off w's phase."""
+    stride = -(-n_cols // vec) * vec + 1
+    present = [p for p in params if p is not None]
+    buf = present[0].new_empty((len(present), vec * stride))
+    buf.as_strided((len(present), vec, n_cols), (vec * stride, stride, 1)).copy_(
+        torch.stack(present)[:, None, :].expand(len(present), vec, n_cols))
+    copies = iter(buf)
+    return [next(copies) if p is not None else None for p in params], stride
 
 
 # (shape, device, replay_key of the inputs) -> the recorded forward launch (_launch.launch).
@@ -531,9 +594,13 @@ def forward(x, residual, weight, bias, eps, stats: bool = True, out=None):
            None if residual is None else (residual.dtype, residual.is_contiguous(), residual.data_ptr() & 15),
            None if weight is None else (weight.dtype, weight.is_contiguous(), weight.data_ptr() & 15),
            None if bias is None else (bias.dtype, bias.is_contiguous(), bias.data_ptr() & 15))
-    replay = _FWD_REPLAYS.get(key)
-    if replay is not None:
-        replay(y, s, stats, x, residual, weight, bias, eps)
+    entry = _FWD_REPLAYS.get(key)
+    if entry is not None:
+        replay, phase_copies = entry
+        w_c = b_c = None
+        if phase_copies:  # made again each call: w and b may have changed since
+            (w_c, b_c), _ = wb_phase_copies((weight, bias), _launch.vec(x), x.shape[-1])
+        replay(y, s, stats, x, residual, weight, bias, w_c, b_c, eps)
         return y, s, stats
     if x.numel() == 0:
         if want_stats:
@@ -549,21 +616,33 @@ def forward(x, residual, weight, bias, eps, stats: bool = True, out=None):
              "STORE_STATS": want_stats}
     stats_arg = stats if want_stats else y_rows  # never written without stats
     cfg = forward_config(n_cols, x.element_size())
-    slots = {"y": y, "s": s, "stats": stats, "x": x, "r": residual, "w": weight, "b": bias,
-             "eps": eps} if _FWD_REPLAYS.wanted(key) else None
+    slots = {"y": y, "s": s, "stats": stats, "x": x, "r": residual, "w": weight, "b": bias, "w_c": None,
+             "b_c": None, "eps": eps} if _FWD_REPLAYS.wanted(key) else None
+    phase_copies = False
     if cfg["single_pass"]:
-        (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o) = (_launch.aligned_base(t) for t in
-                                                          (y_rows, s_rows, x_rows, r_rows))
-        layouts = ((y_rows, n_cols), (x_rows, x_stride)) + (((s_rows, n_cols), (r_rows, r_stride))
-                                                            if residual is not None else ())
-        split = row_split(_launch.vec(x), n_rows, n_cols, *layouts)
-        if split["HAS_PEEL"] and cfg["BLOCK_M"] > 1:  # a peel per row of a 2-D tile spills: plain rows
-            split = {"VEC": split["VEC"], "SPLIT": False, "HEAD": 0, "HAS_PEEL": False}
-        num_warps = cfg["num_warps"] if split["SPLIT"] else plain_warps(cfg)
+        (y_b, y_o), (s_b, s_o), (x_b, x_o), (r_b, r_o), (w_b, w_o), (b_b, b_o) = (
+            _launch.aligned_base(t) for t in (y_rows, s_rows, x_rows, r_rows, w_arg, b_arg))
+        vec = _launch.vec(x)
+        split = forward_split(vec, cfg, n_rows, n_cols, (x_o, x_stride, n_rows),
+                              (r_o, r_stride, n_rows) if residual is not None else (x_o, x_stride, n_rows),
+                              ((y_o, n_cols, n_rows), (s_o, n_cols, n_rows)),
+                              [o for o, p in ((w_o, weight), (b_o, bias)) if p is not None])
+        phase_stride = 0
+        if not split["SPLIT"]:  # w and b read as given
+            w_b, b_b, w_o, b_o = w_arg, b_arg, 0, 0
+        phase_copies = split.pop("PHASE_COPIES")
+        if phase_copies:  # slots of the replay, made again on each call
+            (w_c, b_c), phase_stride = wb_phase_copies((w_arg if weight is not None else None,
+                                                        b_arg if bias is not None else None), vec, n_cols)
+            w_b, b_b, w_o, b_o = (w_c if w_c is not None else x_rows), (b_c if b_c is not None else x_rows), 0, 0
+            if slots is not None:
+                slots["w_c"], slots["b_c"] = w_c, b_c
+        plain = not (split["SPLIT"] or split["ALIGNED"])
+        num_warps = plain_warps(cfg) if plain else cfg["num_warps"]
         replay = _launch.launch(
             _ln_fwd_kernel, (-(-n_rows // cfg["BLOCK_M"]),),
-            (y_b, s_b, stats_arg, x_b, r_b, w_arg, b_arg, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
-             x_o, x_stride, r_o, r_stride, eps),
+            (y_b, s_b, stats_arg, x_b, r_b, w_b, b_b, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
+             x_o, x_stride, r_o, r_stride, w_o, b_o, phase_stride, eps),
             dict(**flags, **split, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=num_warps),
             slots)
     else:
@@ -573,7 +652,8 @@ def forward(x, residual, weight, bias, eps, stats: bool = True, out=None):
             (y_rows, s_rows, stats_arg, x_rows, r_rows, w_arg, b_arg, n_cols, n_cols, n_cols, x_stride,
              r_stride, eps),
             dict(**flags, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"]), slots)
-    _FWD_REPLAYS.put(key, replay)
+    if replay is not None:
+        _FWD_REPLAYS.put(key, (replay, phase_copies))
     return y, s, stats
 
 
@@ -642,11 +722,12 @@ def backward(dy, x, weight, stats, ds, need_dw: bool, need_db: bool):
              ALIGNED=aligned, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
              **LAUNCH_OPTIONS["_ln_bwd_kernel"]), slots))
     if need_dw or need_db:
-        block_p, block_n = INTERPRETER_REDUCE_BLOCK if _backend.triton_interpreting() else REDUCE_BLOCK
+        rcfg = reduce_config()
         replays.append(_launch.launch(
-            _ln_bwd_reduce_kernel, (-(-n_cols // block_n),),
+            _ln_bwd_reduce_kernel, (-(-n_cols // rcfg["BLOCK_N"]),),
             (dw if need_dw else db, db if need_db else dw, pw, pb, parts, n_cols),
-            dict(COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4), slots))
+            dict(COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_P=rcfg["BLOCK_P"], BLOCK_N=rcfg["BLOCK_N"],
+                 num_warps=rcfg["num_warps"]), slots))
     if all(r is not None for r in replays):
         _BWD_REPLAYS.put(key, (parts, cfg, replays))
     return dx, dw, db
@@ -665,7 +746,8 @@ def launch_cases():
             w = torch.empty(n_cols, dtype=dtype, device="meta")
             stats = torch.empty((n_rows, 2), dtype=torch.float32, device="meta")
             for x in views:
-                for res, has_w, has_b, keep in itertools.product((None, views[0]), (None, w), (None, w),
+                # Every residual layout: r's rows congruent with x's or not (R_ALIGNED).
+                for res, has_w, has_b, keep in itertools.product((None, *views), (None, w), (None, w),
                                                                  (False, True)):
                     yield lambda x=x, r=res, wt=has_w, b=has_b, k=keep: forward(x, r, wt, b, 1e-5, stats=k)
                 for dy in views[:2]:
@@ -679,8 +761,11 @@ def launch_cases():
 
 # The benchmark shapes of issue 14 for the static SASS checks (tests/test_static_triton.py):
 # (label, a call of the real launcher on meta tensors, allowed tagged accesses per kernel:
-# the peel of each row tensor and the per-row scalars: first elements, mean, rstd, c1, c2).
+# the peel of each row tensor and the per-row scalars: first elements, mean, rstd, c1, c2),
+# and a forward whose rows start at every phase (an odd width: each row split at x's
+# alignment, w and b read from their phase copies).
 STATIC_SHAPES = ((16384, 1024), (16384, 4096))
+STATIC_MISALIGNED_FORWARD = (16384, 1023)
 
 
 def static_cases():
@@ -689,7 +774,9 @@ def static_cases():
         vec = _launch.VEC_BYTES // dtype.itemsize
         # The partials reduce reads P x N fp32 (P = 4 x 132 rows: ~4% of the backward's
         # bytes) and writes dw, db: not row data; only its local memory is checked.
-        allowed = {"_ln_fwd_kernel": _launch.peel_allowance(vec, 4, scalars=4), "_ln_bwd_kernel": 4,
+        # Forward: the peels of x, r, y, s, w and b (those of w and b counted twice: fp32 rows
+        # split at every phase take up to 5 scalar accesses per peel), and x0, r0, mean, rstd.
+        allowed = {"_ln_fwd_kernel": _launch.peel_allowance(vec, 8, scalars=4), "_ln_bwd_kernel": 4,
                    "_ln_bwd_reduce_kernel": "exempt: P x N fp32 partials, ~4% of the backward's bytes"}
         for n_rows, n_cols in STATIC_SHAPES:
             def t(shape=(n_rows, n_cols), dtype=dtype):
@@ -707,6 +794,13 @@ def static_cases():
                 (f"add_layer_norm bwd {name}", lambda t=t, w=w, stats=stats: backward(
                     t(), t(), w(), stats(), t(), True, True), allowed),
             ]
+        n_rows, n_cols = STATIC_MISALIGNED_FORWARD
+        t = functools.partial(torch.empty, dtype=dtype, device="meta")
+        name = f"{n_rows}x{n_cols} {str(dtype)[6:]}"
+        cases += [(f"layer_norm fwd {name}", lambda t=t: forward(t(n_rows, n_cols), None, t(n_cols), t(n_cols), 1e-5),
+                   allowed),
+                  (f"add_layer_norm fwd {name}", lambda t=t: forward(t(n_rows, n_cols), t(n_rows, n_cols), t(n_cols),
+                                                                      t(n_cols), 1e-5), allowed)]
     return cases
 
 
