@@ -254,24 +254,42 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
 // Function's; it runs with the GIL held and grad mode off, and its results pass through
 // once_differentiable as the C++ nodes' do.
 // ---------------------------------------------------------------------------------------
-std::vector<std::pair<std::string, py::object>>& python_backwards() {
-  // Registered once per op at import and never freed: no Python object dies after the
-  // interpreter (a node may outlive it).
-  static auto* registry = new std::vector<std::pair<std::string, py::object>>();
+// One registered backward: its node's name, its Python formula, and the outputs whose
+// gradients need the saved tensors (empty: all of them).
+struct PythonFormula {
+  std::string name;
+  py::object fn;
+  std::vector<int64_t> saved_for;
+};
+
+std::vector<const PythonFormula*>& python_formulas() {
+  // Registered once per op and never freed: no Python object dies after the interpreter (a
+  // node may outlive it), and a node's pointer stays valid while the list grows. Read
+  // without the GIL only for the immutable name.
+  static auto* registry = new std::vector<const PythonFormula*>();
   return *registry;
 }
 
 struct PythonBackward : torch::autograd::Node {
-  explicit PythonBackward(size_t index) : index(index) {}
+  explicit PythonBackward(const PythonFormula* formula) : formula(formula) {}
 
   variable_list apply(variable_list&& grads) override {
     const auto n_inputs = num_outputs();
     bool any = false;
     for (const auto& g : grads) any = any || g.defined();
     if (!any) return variable_list(n_inputs);  // zero in, zero out: what the formulas give
+    // Unpacked only when a gradient that reads them arrived (as ctx.saved_tensors is read
+    // only by a formula that needs it): add_layer_norm's s alone passes straight through,
+    // so changing s in place or freeing y's graph first must not fail it.
+    bool need_saved = formula->saved_for.empty();
+    for (auto i : formula->saved_for) {
+      need_saved = need_saved || i < 0 || static_cast<size_t>(i) >= grads.size() || grads[i].defined();
+    }
     variable_list unpacked;
-    unpacked.reserve(saved.size());
-    for (const auto& s : saved) unpacked.push_back(s.unpack());  // raises on an in-place change
+    if (need_saved) {
+      unpacked.reserve(saved.size());
+      for (const auto& s : saved) unpacked.push_back(s.unpack());  // raises on an in-place change
+    }
     variable_list results;
     {
       at::AutoGradMode no_grad(false);  // the formulas build no graph (once_differentiable below)
@@ -279,7 +297,8 @@ struct PythonBackward : torch::autograd::Node {
       try {
         py::tuple needs(n_inputs);
         for (size_t i = 0; i < n_inputs; ++i) needs[i] = py::bool_(task_should_compute_output(i));
-        py::object out = python_backwards()[index].second(needs, unpacked, grads);
+        py::object saved_arg = need_saved ? py::cast(unpacked) : py::none();
+        py::object out = formula->fn(needs, saved_arg, grads);
         for (const auto& r : out.cast<py::sequence>()) {
           results.push_back(r.is_none() ? Tensor() : r.cast<Tensor>());
         }
@@ -295,25 +314,25 @@ struct PythonBackward : torch::autograd::Node {
     return once_differentiable(results);
   }
 
-  std::string name() const override { return python_backwards()[index].first; }
+  std::string name() const override { return formula->name; }
 
   void release_variables() override {
     for (auto& s : saved) s.reset_data();
   }
 
-  size_t index;
+  const PythonFormula* formula;
   std::vector<torch::autograd::SavedVariable> saved;
 };
 
-// Node pointers are std::shared_ptr before torch 2.13 and c10::intrusive_ptr after: the
+// Node pointers are std::shared_ptr in torch 2.4-2.11 and c10::intrusive_ptr in 2.14: the
 // pointer type an Edge holds says which (a dependent type, so only one branch is compiled).
 using NodePtr = decltype(torch::autograd::Edge::function);
 template <class P>
-P make_python_backward(size_t index) {
+P make_python_backward(const PythonFormula* formula) {
   if constexpr (std::is_same_v<P, std::shared_ptr<torch::autograd::Node>>) {
-    return P(new PythonBackward(index));
+    return P(new PythonBackward(formula));
   } else {
-    return c10::make_intrusive<std::conditional_t<std::is_same_v<P, P>, PythonBackward, void>>(index);
+    return c10::make_intrusive<std::conditional_t<std::is_same_v<P, P>, PythonBackward, void>>(formula);
   }
 }
 
@@ -335,8 +354,8 @@ std::vector<Tensor> empty_outputs(const Tensor& like, int64_t n_outputs, int64_t
 // detached alias: same storage and version counter, no reference from the node to itself.
 void attach(int64_t index, const std::vector<Tensor>& outputs, const std::vector<OptTensor>& inputs,
             const std::vector<OptTensor>& saved) {
-  TORCH_CHECK(index >= 0 && static_cast<size_t>(index) < python_backwards().size(), "unknown backward ", index);
-  NodePtr node = make_python_backward<NodePtr>(static_cast<size_t>(index));
+  TORCH_CHECK(index >= 0 && static_cast<size_t>(index) < python_formulas().size(), "unknown backward ", index);
+  NodePtr node = make_python_backward<NodePtr>(python_formulas()[index]);
   torch::autograd::edge_list edges;
   edges.reserve(inputs.size());
   for (const auto& t : inputs) {
@@ -433,10 +452,11 @@ PYBIND11_MODULE(gptk_eager, m) {
                                             const Tensor& target, double temperature, int64_t ignore_index) {
     return lce_bwd_op().redispatch(keyset(x), grad, x, w, b, target, temperature, ignore_index);
   });
-  m.def("register_backward", [](std::string name, py::object fn) {
-    python_backwards().emplace_back(std::move(name), std::move(fn));
-    return static_cast<int64_t>(python_backwards().size() - 1);
-  });
+  // saved_for: the outputs whose gradients need the saved tensors (empty: all of them).
+  m.def("register_backward", [](std::string name, py::object fn, std::vector<int64_t> saved_for) {
+    python_formulas().push_back(new PythonFormula{std::move(name), std::move(fn), std::move(saved_for)});
+    return static_cast<int64_t>(python_formulas().size() - 1);
+  }, py::arg("name"), py::arg("fn"), py::arg("saved_for") = std::vector<int64_t>());
   // GIL held: they are short, and releasing it costs more than it saves.
   m.def("empty_outputs", &empty_outputs);
   m.def("attach", &attach);

@@ -411,6 +411,60 @@ def test_triton_norm_node_keeps_autograd_contracts(triton_grad_path):
     assert seen == [y.shape]
 
 
+def test_triton_norm_node_reads_saved_tensors_only_when_needed(triton_grad_path):
+    # s's gradient alone passes straight through add_layer_norm: as with x + r then
+    # F.layer_norm, changing s in place or freeing y's graph first must not fail it.
+    x, r, w, b = (t.float().to(DEVICE).requires_grad_() for t in _norm_case())
+    y, s = kernels.add_layer_norm(x, r, w, b, backend="triton")
+    s.mul_(2)
+    s.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+    x.grad = None
+    y, s = kernels.add_layer_norm(x, r, w, b, backend="triton")
+    y.pow(2).sum().backward()
+    (s * 3).sum().backward()  # y's part of the graph is freed; s's still runs
+
+
+def test_triton_norm_forward_records_no_graph_inside(triton_grad_path, monkeypatch):
+    # As in a Function's forward, copies the launcher makes (a transposed x's rows) record
+    # no graph of their own.
+    import kernels.triton.layer_norm as ln
+    seen = []
+    real = ln._launch.launch
+
+    def spy(kernel, grid, args, kwargs, slots=None):
+        seen.extend(a.grad_fn for a in args if isinstance(a, torch.Tensor))  # as launched
+        return real(kernel, grid, args, kwargs, slots)
+    monkeypatch.setattr(ln._launch, "launch", spy)
+    x, r, w, b = (t.float().to(DEVICE).requires_grad_() for t in _norm_case(shape=(24, 24)))
+    for xx in (x.t(), x):
+        kernels.add_layer_norm(xx, r, w, b, backend="triton")  # the forward's launches only
+    assert seen and all(fn is None for fn in seen), seen
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_eager_calls_under_compiled_autograd(backend):
+    # An eager forward whose backward runs under compiled autograd: the C++ nodes (the cuda
+    # backend's, the triton layer norms') have no compiled-autograd form, so the op's
+    # Function records the gradient while the flag is on; the same gradients either way.
+    x, r, w, b = (t.float().requires_grad_() for t in _norm_case())
+    wf = torch.randn(8, 24, requires_grad=True)
+    calls = [lambda: kernels.layer_norm(x, w, b, backend=backend),
+             lambda: kernels.add_layer_norm(x, r, w, b, backend=backend)[0],
+             lambda: kernels.gelu_linear(x, wf, None, backend=backend)]
+    for f in calls:
+        expected = torch.autograd.grad(f().pow(2).sum(), (x, wf, w), allow_unused=True, materialize_grads=True)
+        for t in (x, wf, w):
+            t.grad = None
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(compiled_autograd=True):
+            loss = f().pow(2).sum()
+            torch.compile(lambda l: l.backward(), backend="eager")(loss)
+        torch._dynamo.reset()
+        for got, want in zip((x.grad, wf.grad, w.grad), expected):
+            torch.testing.assert_close(got if got is not None else torch.zeros_like(want), want)
+
+
 def test_triton_norm_node_frees_its_graph(triton_grad_path):
     # The node saves s (an output) through a detached alias: no reference cycle, so the
     # outputs' storage goes when the caller drops them.

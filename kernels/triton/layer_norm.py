@@ -962,7 +962,12 @@ def _add_layer_norm_node_backward(needs, saved, grads):
 
 
 _LAYER_NORM_NODE = _eager.PythonNode("gptk_layer_norm_triton_eager", _layer_norm_node_backward)
-_ADD_LAYER_NORM_NODE = _eager.PythonNode("gptk_add_layer_norm_triton_eager", _add_layer_norm_node_backward)
+# s's gradient alone passes straight through: the saved tensors are read only for y's.
+_ADD_LAYER_NORM_NODE = _eager.PythonNode("gptk_add_layer_norm_triton_eager", _add_layer_norm_node_backward,
+                                         saved_for=(0,))
+
+
+_set_grad_enabled = torch._C._set_grad_enabled  # callers hold grad mode on: they record a node
 
 
 def _rows_of(x):
@@ -978,7 +983,11 @@ def _layer_norm_grad(x, weight, bias, eps):
     if attach is None:
         return _LayerNormEager.apply(x, weight, bias, eps), None
     y, stats = node.empty_outputs(x, 1, _rows_of(x))
-    forward(x, None, weight, bias, eps, out=(y, None, stats))
+    _set_grad_enabled(False)  # as in a Function's forward: a copy of x's rows records nothing
+    try:
+        forward(x, None, weight, bias, eps, out=(y, None, stats))
+    finally:
+        _set_grad_enabled(True)
     attach((y,), (x, weight, bias), (x, weight, stats))
     return y, None
 
@@ -991,7 +1000,11 @@ def _add_layer_norm_grad(x, residual, weight, bias, eps):
     if attach is None:
         return (*_AddLayerNormEager.apply(x, residual, weight, bias, eps), None)
     y, s, stats = node.empty_outputs(x, 2, _rows_of(x))
-    forward(x, residual, weight, bias, eps, out=(y, s, stats))
+    _set_grad_enabled(False)  # as in a Function's forward: copies of rows record nothing
+    try:
+        forward(x, residual, weight, bias, eps, out=(y, s, stats))
+    finally:
+        _set_grad_enabled(True)
     attach((y, s), (x, residual, weight, bias), (s, weight, stats))
     return y, s, None
 
