@@ -179,6 +179,26 @@ def test_non_contiguous_gradients(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_repeat_calls_follow_weight_updates(backend):
+    # Rows of an odd width start at every 16-byte phase: the triton forward reads w and b
+    # from per-call phase copies, which its replayed launch (from the second call on, on a
+    # GPU: the interpreter forms no replays; tests/test_host_path.py checks the replay's
+    # arguments on kernels compiled for sm_90) must make again from the current values, as
+    # an optimizer step changes them in place.
+    x, r = randn(5, 1023, scale=2.0), randn(5, 1023)
+    w, b = _params(1023, torch.float32, "weight+bias")
+    for step in range(4):
+        y = kernels.layer_norm(x, w, b, backend=backend)
+        y2, s2 = kernels.add_layer_norm(x, r, w, b, backend=backend)
+        ref = F.layer_norm(x.double(), (1023,), w.double(), b.double())
+        assert_close(y, ref, torch.float32, msg=f"step {step}")
+        assert_close(y2, F.layer_norm(s2.double(), (1023,), w.double(), b.double()), torch.float32)
+        with torch.no_grad():
+            w.mul_(1.5).add_(0.25)
+            b.sub_(0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_weight_and_bias(backend):
     x = randn(4, 300, scale=2.0).requires_grad_()
     w_strided = (randn(300, 2) + 1.0)[:, 0].requires_grad_()  # columns of a matrix: stride 2

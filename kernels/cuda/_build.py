@@ -202,8 +202,8 @@ def ready_library() -> str | None:
     with_cuda, _ = want_cuda()
     path = prebuilt_library(with_cuda)
     if path is None and os.path.isdir(CSRC):
-        if with_cuda:
-            _prepare_cuda_env()  # what jit_build hashes with
+        # No _prepare_cuda_env() here: asking must not change the caller's environment, and the
+        # hash does not depend on it (it sets TORCH_CUDA_ARCH_LIST to what arch_list() reads).
         path = cached_library(with_cuda)
     return path if path is not None and os.path.isfile(path) else None
 

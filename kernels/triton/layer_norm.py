@@ -528,9 +528,12 @@ def _unit_stride(p: torch.Tensor) -> torch.Tensor:
 def _stats_like(x: torch.Tensor) -> torch.Tensor:
     """The statistics buffer, fp32 (rows, 2): each row's (mean, rstd). Only the
     backward reads it. One buffer, not two: an allocation is ~1.5 us of the host path."""
+    return torch.empty(_rows_of(x), 2, dtype=torch.float32, device=x.device)  # int sizes: ~0.6 us cheaper
+
+
+def _rows_of(x: torch.Tensor) -> int:
     n_cols = x.shape[-1]
-    rows = x.numel() // n_cols if n_cols else math.prod(x.shape[:-1])
-    return torch.empty(rows, 2, dtype=torch.float32, device=x.device)  # sizes as varargs: ~0.6 us cheaper
+    return x.numel() // n_cols if n_cols else math.prod(x.shape[:-1])
 
 
 def forward_split(vec: int, cfg: dict, n_rows: int, n_cols: int, x_layout, r_layout, out_layouts,
@@ -540,8 +543,8 @@ def forward_split(vec: int, cfg: dict, n_rows: int, n_cols: int, x_layout, r_lay
     a 16-byte boundary and is whole vectors wide; else SPLIT (single-row programs: each row
     split at x's alignment), or plain masked rows in multi-row tiles, where a peel per row
     spills, and in 32 KB rows (32 warps, 64 registers a thread: the split's per-row
-    addressing spills 8-64 B there on sm_80/sm_90). R_ALIGNED / OUT_ALIGNED: r's / every one of `out_layouts`' (y's, s's) rows
-    congruent with x's.
+    addressing spills 8-64 B there on sm_80/sm_90). R_ALIGNED / OUT_ALIGNED: r's / every one
+    of `out_layouts`' (y's, s's) rows congruent with x's.
     PHASE_COPIES: w and b (their offsets `w_layouts`) are not congruent with every x row, so
     the kernel reads copies of them at each phase (wb_phase_copies)."""
     peel = _launch.has_peel(vec, n_cols, x_layout)
@@ -968,11 +971,6 @@ _ADD_LAYER_NORM_NODE = _eager.PythonNode("gptk_add_layer_norm_triton_eager", _ad
 
 
 _set_grad_enabled = torch._C._set_grad_enabled  # callers hold grad mode on: they record a node
-
-
-def _rows_of(x):
-    n_cols = x.shape[-1]
-    return x.numel() // n_cols if n_cols else math.prod(x.shape[:-1])
 
 
 def _layer_norm_grad(x, weight, bias, eps):
