@@ -197,6 +197,27 @@ def test_kv_lengths_equal_slicing_each_sequence(backend):
         assert_close(out, kernels.attention(q, k[:, :, :33], v[:, :, :33], backend=backend), torch.float32)
 
 
+# Lengths a caller should not pass but the kernels must survive: 0, shorter than the queries
+# (causal rows before the first key see nothing), past the cache (clamped to Tk), negative.
+# A row that sees no key is 0, as PyTorch's SDPA gives it (the explicit softmax's NaN rows);
+# the rest match the reference.
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("Tq", [3, 16, 40])
+def test_kv_lengths_shorter_than_the_queries(backend, Tq, causal):
+    Tk = 70
+    q, k, v = _qkv(4, 2, Tq, Tk, 24, torch.float32)
+    lengths = torch.tensor([0, Tq // 2 + 1, Tk + 50, -3], device=DEVICE)
+    with torch.no_grad():
+        out = kernels.attention(q, k, v, causal=causal, kv_lengths=lengths, backend=backend)
+    ref64 = reference.attention_explicit(q.double(), k.double(), v.double(), causal, kv_lengths=lengths)
+    unseen = ref64.isnan()
+    assert unseen.any() and (~unseen).any()
+    assert torch.equal(out[unseen], torch.zeros_like(out[unseen])), "a row that sees no key must be 0"
+    same = reference.attention_explicit(q, k, v, causal, kv_lengths=lengths)
+    assert_within_torch_error(out[~unseen], same[~unseen], ref64[~unseen], 2, what=f"Tq={Tq}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_lengths_op_is_forward_only(backend):
     """kernels.attention refuses kv_lengths with a gradient (test_decode_graph.py); the bare op

@@ -135,6 +135,24 @@ def test_attention_kv_lengths(tq, causal, dtype):
     assert torch.isfinite(lse).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("tq", [3, 40])
+def test_attention_kv_lengths_shorter_than_the_queries(tq, dtype):
+    """Lengths 0, under tq (causal rows before the first key see none), past the cache and
+    negative: a row that sees no key is 0 (PyTorch's SDPA), the rest match the reference;
+    fp16 tq 40 runs the tensor-core forward, whose blocks mix rows with and without keys."""
+    b, tk, d = 4, 70, 32
+    q, k, v = (_randn(b, 1, t, d, dtype=dtype) for t in (tq, tk, tk))
+    lengths = torch.tensor([0, tq // 2 + 1, tk + 50, -3], dtype=torch.int32)
+    out, lse = cuda_emu.attention_with_lengths(q, k, v, lengths, True)
+    ref64 = reference.attention_explicit(q.double(), k.double(), v.double(), True, kv_lengths=lengths)
+    unseen = ref64.isnan()
+    assert unseen.any() and (~unseen).any()
+    assert torch.equal(out[unseen], torch.zeros_like(out[unseen])), "a row that sees no key must be 0"
+    same = reference.attention_explicit(q, k, v, True, kv_lengths=lengths)
+    assert_within_torch_error(out[~unseen], same[~unseen], ref64[~unseen], 2, what=f"out {dtype}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_attention_backward_is_deterministic(dtype):
     q, k, v = (_randn(1, 2, 80, 64, dtype=dtype) for _ in range(3))
