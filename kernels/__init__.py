@@ -61,8 +61,9 @@ def attention(q, k, v, *, causal=True, scale=None, kv_lengths=None, backend="aut
     (position kv_lengths[b] - Tq + i). A static KV cache read whole with its lengths on the
     device keeps every shape fixed from step to step, which is what a CUDA graph of a decode
     step needs. Values must lie in [Tq, Tk] when causal, [1, Tk] otherwise (not checked on the
-    host: that would synchronise; the kernels clamp them to Tk, never reading past the cache).
-    Every backend takes them, any Tq (a prompt run into a static cache, too). Inference only:
+    host: that would synchronise; the kernels clamp them to [0, Tk], never reading outside the
+    cache, and a query row that sees no key comes out 0, as SDPA gives it). Every backend
+    takes them, any Tq (a prompt run into a static cache, too). Inference only:
     no gradient flows through such a call.
     """
     if _any_autocast():  # one cheap call in the common case

@@ -34,8 +34,9 @@ def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
 
 def length_mask(kv_lengths, tq: int, tk: int, causal: bool) -> torch.Tensor:
     """(B, 1, Tq, Tk) boolean mask: key j is visible to query i of sequence b when
-    j < kv_lengths[b] (and, causal, j <= kv_lengths[b] - Tq + i)."""
-    lengths = kv_lengths.view(-1, 1, 1, 1).long()
+    j < kv_lengths[b] (and, causal, j <= kv_lengths[b] - Tq + i), a length past the cache
+    taken as tk, as the kernels clamp it."""
+    lengths = kv_lengths.view(-1, 1, 1, 1).long().clamp(max=tk)
     keys = torch.arange(tk, device=kv_lengths.device).view(1, 1, 1, tk)
     mask = keys < lengths
     if causal:

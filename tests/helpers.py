@@ -71,3 +71,16 @@ def assert_within_torch_error(ours, torch_same_dtype, ref64, factor, slack=1e-6,
     torch_err = max_err(torch_same_dtype, ref64)
     assert ours_err <= factor * torch_err + slack, (
         f"{what}: error {ours_err:.3e} > {factor} x torch's {torch_err:.3e} (+{slack:g})")
+
+
+def assert_lengths_attention(out, q, k, v, lengths, causal, what=""):
+    """Attention with kv_lengths against the fp64 reference, rows that see no key included:
+    those (the explicit softmax's NaN rows) must be exactly 0, as SDPA gives them; the rest
+    within 2x PyTorch's own error (FlashAttention's forward rule)."""
+    from kernels import reference
+    ref64 = reference.attention_explicit(q.double(), k.double(), v.double(), causal, kv_lengths=lengths)
+    unseen = ref64.isnan()
+    assert (~unseen).any()
+    assert torch.equal(out[unseen], torch.zeros_like(out[unseen])), f"{what}: a row that sees no key must be 0"
+    same = reference.attention_explicit(q, k, v, causal, kv_lengths=lengths)
+    assert_within_torch_error(out[~unseen], same[~unseen], ref64[~unseen], 2, what=what)

@@ -13,8 +13,8 @@ import torch
 import gpt
 import kernels
 from kernels import reference
-from helpers import (DEVICE, INTERPRET, TOL, assert_close, assert_within_torch_error, backends_here,
-                     needs_gpu, randn)
+from helpers import (DEVICE, INTERPRET, TOL, assert_close, assert_lengths_attention, assert_within_torch_error,
+                     backends_here, needs_gpu, randn)
 
 BACKENDS = [b for b in backends_here() if "attention" not in kernels.missing_ops(b, ("attention",))]
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no compiled backend implements attention here")
@@ -195,6 +195,22 @@ def test_kv_lengths_equal_slicing_each_sequence(backend):
         same = torch.full((1,), 33, dtype=torch.long, device=DEVICE).expand(4)
         out = kernels.attention(q, k, v, kv_lengths=same, backend=backend)
         assert_close(out, kernels.attention(q, k[:, :, :33], v[:, :, :33], backend=backend), torch.float32)
+
+
+# Lengths a caller should not pass but the kernels must survive: 0, shorter than the queries
+# (causal rows before the first key see nothing), past the cache (clamped to Tk), negative.
+# A row that sees no key is 0, as PyTorch's SDPA gives it (the explicit softmax's NaN rows);
+# the rest match the reference.
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("Tq", [3, 16, 40])
+def test_kv_lengths_shorter_than_the_queries(backend, Tq, causal):
+    Tk = 70
+    q, k, v = _qkv(4, 2, Tq, Tk, 24, torch.float32)
+    lengths = torch.tensor([0, Tq // 2 + 1, Tk + 50, -3], device=DEVICE)
+    with torch.no_grad():
+        out = kernels.attention(q, k, v, causal=causal, kv_lengths=lengths, backend=backend)
+    assert_lengths_attention(out, q, k, v, lengths, causal, what=f"Tq={Tq}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

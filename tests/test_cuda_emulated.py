@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import cuda_emu
-from helpers import DTYPES, TOL, assert_close, assert_within_torch_error
+from helpers import DTYPES, TOL, assert_close, assert_lengths_attention, assert_within_torch_error
 from kernels import reference
 
 pytestmark = pytest.mark.skipif(cuda_emu.unavailable_reason() is not None,
@@ -133,6 +133,19 @@ def test_attention_kv_lengths(tq, causal, dtype):
     same = reference.attention_explicit(q, k, v, causal, kv_lengths=lengths)
     assert_within_torch_error(out, same, ref64, 2, what=f"out {dtype}")
     assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("tq", [3, 40])
+def test_attention_kv_lengths_shorter_than_the_queries(tq, dtype):
+    """Lengths 0, under tq (causal rows before the first key see none), past the cache and
+    negative: a row that sees no key is 0 (PyTorch's SDPA), the rest match the reference;
+    fp16 tq 40 runs the tensor-core forward, whose blocks mix rows with and without keys."""
+    b, tk, d = 4, 70, 32
+    q, k, v = (_randn(b, 1, t, d, dtype=dtype) for t in (tq, tk, tk))
+    lengths = torch.tensor([0, tq // 2 + 1, tk + 50, -3], dtype=torch.int32)
+    out, lse = cuda_emu.attention_with_lengths(q, k, v, lengths, True)
+    assert_lengths_attention(out, q, k, v, lengths, True, what=f"out {dtype}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

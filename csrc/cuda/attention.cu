@@ -598,7 +598,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_fwd_mma(AttentionArgs a) 
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o2);
   }
-  const float inv_lo = n_end > 0 ? 1.0f / l_lo : 0.0f, inv_hi = n_end > 0 ? 1.0f / l_hi : 0.0f;
+  // A row that saw no key (kv_lengths[b] < Tq: rows before the first key, in a block whose
+  // later rows have some) has l = 0 and o = 0: it stays 0, as torch gives it; NaN stays NaN.
+  const float inv_lo = l_lo != 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi != 0.0f ? 1.0f / l_hi : 0.0f;
   T* out = static_cast<T*>(a.out) + bh * a.tq * d;
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) {

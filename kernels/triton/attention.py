@@ -5,8 +5,8 @@ Queries are aligned to the END of the keys: query i sits at absolute position
 shift + i with shift = Tk - Tq, and with causal=True it sees keys j <= shift + i.
 With kv_lengths (inference on a static KV cache) sequence b has kv_lengths[b] keys
 instead of Tk, read on the device by the GEMV decode kernel (Tq <= 4): the same launches
-serve every step of a CUDA graph. More query rows with kv_lengths (a prompt into a static
-cache) are written out with PyTorch's ops for now (_masked_by_lengths).
+serve every step of a CUDA graph; more query rows (flash-decoding, or a prompt run into a
+static cache through the tiled forward) read them the same way.
 
 What it fuses: the eager path writes and re-reads the (Tq, Tk) score and probability
 matrices (4 B H Tq Tk bytes each in fp32). Here K/V tiles stream through on-chip memory
@@ -76,11 +76,19 @@ def _head(H):
 def _keys(Tk, lengths_ptr, b, HAS_LENGTHS: tl.constexpr):
     """Keys sequence b attends to: its kv_lengths entry, read on the device (a captured CUDA
     graph replays it with new lengths; the grid and key split depend only on Tk), at most Tk
-    so a bad length cannot read past the cache; Tk without lengths."""
+    and at least 0 so a bad length cannot read outside it; Tk without lengths."""
     if HAS_LENGTHS:
-        return tl.minimum(tl.load(lengths_ptr + b).to(tl.int32), Tk)
+        return tl.maximum(tl.minimum(tl.load(lengths_ptr + b).to(tl.int32), Tk), 0)
     else:
         return Tk
+
+
+@triton.jit
+def _nonzero(l):
+    """The softmax denominator to divide by: 1 for a row that saw no key (its sum is 0, and so
+    is its accumulator; kv_lengths[b] < Tq, or a bad length), so the row comes out 0, as
+    PyTorch's SDPA gives it, with lse -inf; NaN stays NaN."""
+    return tl.where(l == 0.0, 1.0, l)
 
 
 @triton.jit
@@ -208,11 +216,13 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
+    if HAS_LENGTHS:  # rows before a short length's first key: no unmasked tiles, none at negative keys
+        full_hi = tl.maximum(full_hi, 0)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
                                qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
                                qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
-    o = acc / l_i[:, None]
+    o = acc / _nonzero(l_i)[:, None]
     _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, D, BLOCK_D, EVEN_D)
     tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
@@ -321,8 +331,7 @@ def _attn_decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, o_part_ptr, lse_par
         tl.store(lse_part_ptr + part * Tq + offs_m, tl.where(seen, m_i + tl.log2(l_safe), -float("inf")),
                  mask=row_ok)
     else:
-        # Every row sees at least one key here (Tk, a valid length, >= 1; causal rows see key 0 on).
-        _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / l_i[:, None], D,
+        _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o / _nonzero(l_i)[:, None], D,
                     BLOCK_D, False)
         tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
@@ -343,6 +352,7 @@ def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, st
         lse_s = tl.load(lse_row + (s0 + offs_s) * Tq, mask=s0 + offs_s < n_splits, other=-float("inf"))
         run_max = tl.maximum(run_max, lse_s)
     top = tl.max(run_max, axis=0)
+    top = tl.where(top == -float("inf"), 0.0, top)  # no split saw a key: weights 0, o = 0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     total = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, n_splits, BLOCK_S):
@@ -354,7 +364,8 @@ def _attn_combine_kernel(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, stride_ob, st
         acc += tl.sum(w[:, None] * o_s, axis=0)
         total += w
     l = tl.sum(total, axis=0)
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d, (acc / l).to(o_ptr.dtype.element_ty),
+    o = acc / _nonzero(l)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + m * stride_om + offs_d, o.to(o_ptr.dtype.element_ty),
              mask=offs_d < D)
     tl.store(lse_ptr + bh * Tq + m, top + tl.log2(l))
 
@@ -524,7 +535,9 @@ _SPACE = {
             # (32, 32, 8, 2) spills 8 B on sm_80 when the strides are multiples of 16
             ("16", "huge"): [(64, 16, 8, 2)],
             ("32", "huge"): [(16, 16, 4, 2)]},  # (16, 32, 8, 2) and (16, 16, 8, 2) spill
-    "dkdv": {("16", "small"): [(16, 128, 8, 3), (16, 64, 4, 3)],  # 32-query tiles spill at D=8 on sm_80
+    # 32-query tiles spill at D = 8 on sm_80; 16 x 128 on 8 warps with 2-3 stages spills 8-16 B
+    # on sm_80 at a padded D = 24 (causal): ptxas holds it to 128 registers
+    "dkdv": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 1)],
              ("16", "large"): [(64, 32, 8, 3), (32, 32, 8, 3)],
              ("32", "small"): [(32, 32, 8, 2)],
              ("32", "large"): [(16, 32, 8, 2), (32, 16, 8, 2)],
@@ -544,7 +557,9 @@ _SPACE = {
            # the one-stage tile on 8 warps: on 4 it spills 8 B on sm_80 at a padded D (non-causal)
            ("32", "huge"): [(16, 16, 4, 2), (16, 16, 8, 1)]},
     # flash-decoding: BLOCK_M holds all DECODE_MAX_TQ query rows; only the key tile is tuned
-    "split": {("16", "small"): [(16, 64, 4, 3), (16, 128, 8, 3), (16, 128, 8, 2)],
+    # 16 x 64 on 4 warps (2-4 stages) or 8 spills 8 B on sm_90 at a padded D = 8 (causal):
+    # ptxas stops at 96 or 80 registers there
+    "split": {("16", "small"): [(16, 128, 8, 3), (16, 128, 8, 2)],
               # 8 warps: (16, 64, 4, 3) spills 8 B on sm_90 at a padded D = 128 (causal)
               ("16", "large"): [(16, 64, 8, 3), (16, 64, 8, 4), (16, 32, 4, 3)],
               ("32", "small"): [(16, 64, 8, 2)],  # 4 warps spill 8 B on sm_80 at a padded D = 64
@@ -574,6 +589,16 @@ _HOPPER_SPACE = {
            "large": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
            "huge": [(128, 32, 8, 2)]},
 }
+# kv_lengths builds (a prompt into a static cache, flash-decoding over one) hold the length
+# read on the device in a register where the others read Tk from the parameter bank: at these
+# classes the tiles above then spill 8-16 B on sm_80 or sm_90 (fp32 64 x 32: 16 B at padded
+# D; 16-bit 64 x 64 x 4 warps and 128 x 128 at D = 32-64, non-causal, sm_80; split fp32 16 x 64
+# on 8 warps, padded D = 32). These replace them; the other classes keep their lists.
+_LENGTHS_SPACE = {
+    "fwd": {("16", "small"): [(128, 64, 8, 3), (64, 32, 4, 3)],
+            ("32", "small"): [(32, 32, 4, 2)]},
+    "split": {("32", "small"): [(16, 64, 4, 2)]},
+}
 # Under the interpreter (no driver, no autotuning): one fixed, deliberately unequal tiling,
 # so the causal tile bounds are exercised with BLOCK_M != BLOCK_N.
 _INTERPRETER = {"fwd": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1), "dq": (64, 32, 4, 1), "split": (16, 32, 4, 1)}
@@ -601,15 +626,18 @@ def _space_key(dtype, head_dim: int) -> tuple[str, str]:
     return ("32" if name == "fp32" else "16", "small" if padded <= 64 else "large" if padded <= 128 else "huge")
 
 
-def configs_for(kind: str, dtype, head_dim: int, hopper: bool = False) -> list[tuple[int, int, int, int]]:
+def configs_for(kind: str, dtype, head_dim: int, hopper: bool = False,
+                lengths: bool = False) -> list[tuple[int, int, int, int]]:
     """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch of `kind` may use for head dim D,
     in order of preference (the first is the one used with autotuning off); `hopper`: on sm_90
-    with every pointer and stride a multiple of 16 (`_hopper`)."""
+    with every pointer and stride a multiple of 16 (`_hopper`); `lengths`: with kv_lengths."""
     if INTERPRETING:
         return [_INTERPRETER[kind]]
     width, size = _space_key(dtype, head_dim)
     if hopper and width == "16" and size in _HOPPER_SPACE.get(kind, {}):
         return _HOPPER_SPACE[kind][size]
+    if lengths and (width, size) in _LENGTHS_SPACE.get(kind, {}):
+        return _LENGTHS_SPACE[kind][width, size]
     return _SPACE[kind][width, size]
 
 
@@ -651,10 +679,12 @@ def _tuned(kind: str, kernel, hopper: bool):
         return None
     every = {c for space in _SPACE[kind].values() for c in space}
     every |= {c for space in _HOPPER_SPACE.get(kind, {}).values() for c in space}
+    every |= {c for space in _LENGTHS_SPACE.get(kind, {}).values() for c in space}
     table = {c: _as_config(c) for c in sorted(every)}
 
     def prune(configs, named_args, **kwargs):
-        eligible = [table[c] for c in configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"], hopper)]
+        eligible = [table[c] for c in configs_for(kind, named_args["q_ptr"].dtype, 8 * named_args["D8"], hopper,
+                                                  named_args.get("lengths_ptr") is not None)]
         return eligible if autotune_enabled() else eligible[:1]
 
     key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
@@ -791,8 +821,6 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
     if split is None and Tq <= DECODE_GEMV_TQ:
         with _device_guard(q):
             return _decode(q, k, v, o, lse, causal, qk_scale, kv_lengths=kv_lengths)
-    if kv_lengths is not None:
-        return _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths)
     n_splits = decode_splits(Tq, Tk, B * H, q.device)
     if split is not None:
         n_splits = max(n_splits, 2) if split else 0
@@ -816,20 +844,6 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         _launch("split", lambda bm, bn: (n_splits, H, B), args, **common)
         _attn_combine_kernel[(Tq, H, B)](o_part, lse_part, o, lse, *_bhm(o), H, Tq, n_splits, D // 8,
                                          BLOCK_D=block_d(D), BLOCK_S=COMBINE_BLOCK_S, num_warps=4)
-    return o, lse
-
-
-def _masked_by_lengths(q, k, v, o, lse, causal, scale, kv_lengths):
-    """kv_lengths with more than DECODE_GEMV_TQ query rows (a prompt run into a static cache,
-    once per generate call): written out in fp32 with PyTorch's ops. The prefill and split
-    kernels' kv_lengths builds spill at some tiles on sm_80 (the compile check), so no
-    launcher picks them until their tiles are fixed; the decode step (Tq <= DECODE_GEMV_TQ)
-    runs the GEMV kernel with the lengths read on the device."""
-    from ..reference import length_mask
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
-    scores = scores.masked_fill(~length_mask(kv_lengths, q.shape[2], k.shape[2], causal), float("-inf"))
-    lse.copy_(torch.logsumexp(scores, dim=-1) * math.log2(math.e))
-    o.copy_(torch.softmax(scores, dim=-1) @ v.float())
     return o, lse
 
 
@@ -943,7 +957,7 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
 # padded head dim (D is a runtime argument), causal or not, and each path: the tiled forward
 # and backward (on sm_90 the Hopper tiles when every address and stride is a multiple of 16,
 # the sm_80 tiles otherwise: a transposed q), flash-decoding (Tq 5..16) and the GEMV decode
-# (Tq <= 4) in one launch or with key splits, with and without kv_lengths.
+# (Tq <= 4) in one launch or with key splits, each with and without kv_lengths.
 def launch_cases():
     def t(*shape, dtype):
         return torch.empty(*shape, dtype=dtype, device="meta")
@@ -961,8 +975,7 @@ def launch_cases():
                                  (1, 1, 1, 4096), (1, 1, 4, 4096)):
                 q, k = t(B, H, tq, D, dtype=dtype), t(B, H, tk, D, dtype=dtype)
                 yield lambda q=q, k=k, c=causal: attention_forward(q, k, k, c, 0.5)
-                if tq <= DECODE_GEMV_TQ:
-                    for n in lengths:
+                for n in lengths:
                         yield lambda q=q, k=k, c=causal, n=n: attention_forward(q, k, k, c, 0.5, kv_lengths=n)
             lse = torch.empty(1, 2, 64, device="meta")
             qt = t(1, 64, 2, D + 8, dtype=dtype)[..., :D].transpose(1, 2)  # head stride D + 8
