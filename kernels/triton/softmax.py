@@ -218,6 +218,16 @@ def launch_config(n_cols: int, elem_size: int = 2, backward: bool = False, congr
     takes 16 warps whatever the dtype (8 warps of 16-bit rows spill on sm_90), and chunks of
     64 bytes per thread and input (16384 16-bit or 8192 fp32 values)."""
     cfg = _launch.row_config(n_cols, LONG_CHUNK)
+    if cfg["single_pass"] and cfg["BLOCK_N"] * elem_size <= 16:
+        # Rows of at most one 16-byte vector: 32 per program. At 64 the misaligned (peeled)
+        # builds spill 8-16 B (16-bit forward on sm_80, backward on sm_90): ptxas held them
+        # to 64 / 96 registers.
+        cfg["BLOCK_M"] = 32
+    if cfg["single_pass"] and not backward and cfg["BLOCK_N"] == 8192:
+        # 8 warps, not 16: at 16 ptxas held the bf16 peeled build to 40 registers on sm_80 (three
+        # programs per SM) and spilled 8 B. On 8 warps the builds take 46-97 registers: 2-5
+        # programs of one row per SM, 32-80 KB of 16-bit loads in flight (was 48 KB).
+        cfg["num_warps"] = 8
     if not cfg["single_pass"]:
         cfg["num_warps"] = 16 if backward else LONG_CHUNK * elem_size // (64 * 32)
         if backward:  # 64 bytes per thread and input, as in the forward
