@@ -464,6 +464,15 @@ def plain_warps(cfg: dict) -> int:
     return min(16, 2 * cfg["num_warps"]) if cfg["BLOCK_M"] > 1 else cfg["num_warps"]
 
 
+def split_warps(cfg: dict, row_bytes: int) -> int:
+    """Warps for a forward row split at x's alignment (SPLIT): 2 KB and 16 KB rows get twice
+    forward_config's (16 bytes per thread and tensor, not 32). With those, ptxas held three
+    split builds to 56-64 registers and spilled 8-24 B (fp32 and 16-bit 2 KB rows on 2 warps,
+    sm_90; fp32 16 KB rows with a residual and a weight on 16 warps, sm_80: the compile
+    check); every split build compiles spill-free with these."""
+    return 2 * cfg["num_warps"] if row_bytes in (2048, 16384) else cfg["num_warps"]
+
+
 def _bwd_warps(tile_elems: int) -> int:
     # ~8 values per thread keeps the backward near 80 registers (compile test), so
     # several programs share an SM; 16 warps is the most a program may have.
@@ -641,7 +650,8 @@ def forward(x, residual, weight, bias, eps, stats: bool = True, out=None):
             if slots is not None:
                 slots["w_c"], slots["b_c"] = w_c, b_c
         plain = not (split["SPLIT"] or split["ALIGNED"])
-        num_warps = plain_warps(cfg) if plain else cfg["num_warps"]
+        num_warps = (plain_warps(cfg) if plain else split_warps(cfg, cfg["BLOCK_N"] * x.element_size())
+                     if split["SPLIT"] else cfg["num_warps"])
         replay = _launch.launch(
             _ln_fwd_kernel, (-(-n_rows // cfg["BLOCK_M"]),),
             (y_b, s_b, stats_arg, x_b, r_b, w_b, b_b, n_rows, n_cols, y_o, n_cols, s_o, n_cols,
