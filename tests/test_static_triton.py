@@ -181,7 +181,7 @@ def _broken_variants():
     out.append({"variant": "spills", **analyse(k, args, dict(kw, num_warps=2), 8, grid)})
     # 4. Too few warps: layer-norm backward at 4096 (bf16), 8 warps, 2 rows per tile.
     orig = layer_norm.backward_config
-    layer_norm.backward_config = lambda n, e=2: dict(orig(n, e), num_warps=8, BLOCK_M=2)
+    layer_norm.backward_config = lambda n, e=2, a=True: dict(orig(n, e, a), num_warps=8, BLOCK_M=2)
     try:
         t = functools.partial(meta, dtype=torch.bfloat16)
         st = meta(16384, 2, dtype=torch.float32)

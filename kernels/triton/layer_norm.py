@@ -480,7 +480,7 @@ def _bwd_warps(tile_elems: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def backward_config(n_cols: int, elem_size: int = 2) -> dict:
+def backward_config(n_cols: int, elem_size: int = 2, aligned: bool = True) -> dict:
     """Row tiles on chip up to BWD_MAX_ROW_BLOCK, else the wide-row path. A row of 512 bytes
     or more is spread over as many warps (up to 16) as give each thread one 16-byte vector
     of it, so the weight's layout is the tile's column slice (no shuffle through shared
@@ -489,7 +489,13 @@ def backward_config(n_cols: int, elem_size: int = 2) -> dict:
     programs of 4 warps at 1024 wide, 40 KB in flight per SM), except at 8 KB, where two
     rows would need 16 warps and spill on sm_80: one row of two vectors per thread on 8
     warps instead (2 programs per SM, 48 KB); fp32 rows one. These prefetch the next tile.
-    Shorter rows: ~BWD_TILE_ELEMS per tile, no prefetch (it costs them a stack slot)."""
+    Shorter rows: ~BWD_TILE_ELEMS per tile, no prefetch (it costs them a stack slot).
+
+    Not aligned (a row start or the width off the 16-byte grid): every element carries its
+    own mask bit, and ptxas spilled 8-16 B in 2-D tiles (the full compile check): 16-bit
+    rows of 256-1024 then take one row per tile (two spilled even on twice the warps), and
+    the short-row tiles (64 rows of 16-32 columns spilled) twice the warps, as the forward's
+    plain path does."""
     block_n = _launch.row_block(n_cols)
     row_bytes = block_n * elem_size
     if block_n <= BWD_MAX_ROW_BLOCK and row_bytes >= 512:
@@ -497,21 +503,30 @@ def backward_config(n_cols: int, elem_size: int = 2) -> dict:
         prefetch = True
         if elem_size == 2 and warps == 16:  # 8 warps, two vectors per thread: no room to prefetch
             warps, prefetch = 8, False
+        if elem_size == 2 and warps == 8:  # 4 KB rows: prefetching spilled 8 B on sm_80 (bf16)
+            prefetch = False
         vectors = row_bytes // (warps * 32 * _launch.VEC_BYTES)
         # Two rows at 8 warps spill on sm_80 (2048-wide bf16): two rows only on 4 warps or fewer,
         # and then no prefetch (it spilled 16 B on sm_80).
         block_m = 2 if elem_size == 2 and vectors == 1 and warps <= 4 else 1
-        return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps,
-                "prefetch": prefetch and block_m == 1}
-    if block_n > BWD_MAX_ROW_BLOCK:
+        cfg = {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps,
+               "prefetch": prefetch and block_m == 1}
+    elif block_n > BWD_MAX_ROW_BLOCK:
         block_m, block_n = LONG_BWD_TILE
-        return {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
-                "num_warps": _bwd_warps(block_m * block_n),
-                "means_block": LONG_BWD_ROW_MEANS_BLOCK,
-                "means_warps": _launch.row_warps(LONG_BWD_ROW_MEANS_BLOCK)}
-    block_m = _launch.rows_per_program(block_n, target=BWD_TILE_ELEMS)
-    return {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
-            "num_warps": _bwd_warps(block_m * block_n)}
+        # One 16-byte vector per thread in fp32 (8 warps): two (4 warps) spilled 8 B on sm_90.
+        cfg = {"single_pass": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
+               "num_warps": max(_bwd_warps(block_m * block_n), block_n * elem_size // 512),
+               "means_block": LONG_BWD_ROW_MEANS_BLOCK,
+               "means_warps": _launch.row_warps(LONG_BWD_ROW_MEANS_BLOCK)}
+    else:
+        block_m = _launch.rows_per_program(block_n, target=BWD_TILE_ELEMS)
+        cfg = {"single_pass": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "prefetch": False,
+               "num_warps": _bwd_warps(block_m * block_n)}
+    if not aligned and cfg["single_pass"] and row_bytes >= 512:
+        cfg["BLOCK_M"] = 1  # 16-bit rows of 256-1024: two rows spilled even on twice the warps
+    elif not aligned and cfg["BLOCK_M"] > 1:
+        cfg["num_warps"] = min(16, 2 * cfg["num_warps"])
+    return cfg
 
 
 @functools.lru_cache(maxsize=None)
@@ -707,7 +722,12 @@ def backward(dy, x, weight, stats, ds, need_dw: bool, need_db: bool):
     x_rows, n_rows, _, x_stride = _launch.rows(x)
     dy_rows, _, _, dy_stride = _launch.rows(dy)
     ds_rows, _, _, ds_stride = _launch.rows(ds) if ds is not None else (dy_rows, 0, 0, dy_stride)
-    cfg = backward_config(n_cols, x.element_size())
+    vec = _launch.vec(x)
+    aligned = n_cols % vec == 0 and all(t.data_ptr() % _launch.VEC_BYTES == 0
+                                        and (n_rows <= 1 or stride % vec == 0)
+                                        for t, stride in ((dx_rows, n_cols), (dy_rows, dy_stride),
+                                                          (x_rows, x_stride), (ds_rows, ds_stride)))
+    cfg = backward_config(n_cols, x.element_size(), aligned)
     n_col_blocks = -(-n_cols // cfg["BLOCK_N"])
     parts = n_partials(x.device, -(-n_rows // cfg["BLOCK_M"]), n_col_blocks)
     pw, pb, c1, c2 = _bwd_scratch(x, stats, parts, cfg, need_dw, need_db)
@@ -721,11 +741,6 @@ def backward(dy, x, weight, stats, ds, need_dw: bool, need_db: bool):
             _ln_bwd_row_means_kernel, (n_rows,),
             (c1, c2, dy_rows, x_rows, w_arg, stats, n_cols, dy_stride, x_stride),
             dict(HAS_W=weight is not None, BLOCK_N=cfg["means_block"], num_warps=cfg["means_warps"]), slots))
-    vec = _launch.vec(x)
-    aligned = n_cols % vec == 0 and all(t.data_ptr() % _launch.VEC_BYTES == 0
-                                        and (n_rows <= 1 or stride % vec == 0)
-                                        for t, stride in ((dx_rows, n_cols), (dy_rows, dy_stride),
-                                                          (x_rows, x_stride), (ds_rows, ds_stride)))
     replays.append(_launch.launch(
         _ln_bwd_kernel, (n_col_blocks, parts),
         (dx_rows, pw, pb, dy_rows, x_rows, w_arg, stats, ds_rows, c1, c2, n_rows, n_cols, inv_n,
