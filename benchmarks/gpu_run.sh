@@ -15,6 +15,7 @@
 # gets what is left (--time-budget) and runs the quick sizes of every op first.
 # Output (one folder): run.log (everything printed, versions, nvidia-smi), model.json/.md (the
 # whole-model rows, run first), host.json (host path per call), bad_input_{serial,xdist}.log,
+# attention_tma.json/.md (the attention prefill with GPTK_TMA=1),
 # tests.xml (junit), bench.json, summary.md, plots.tar.gz (PNGs, and traces with --profile),
 # pytest_benchmark.json, sanitizer-{memcheck,racecheck}.log. Commit them under benchmarks/results/<date>-<card>/
 # (the folder name is printed at the end and in run.log).
@@ -127,6 +128,20 @@ else
     GPTK_AUTOTUNE=0 boxed 90 "$PY" -m pytest -q -p no:cacheprovider -n 2 tests/test_bad_input.py -k cuda \
       > "$OUT/bad_input_xdist.log" 2>&1; echo "xdist exit status: $?"; tail -5 "$OUT/bad_input_xdist.log"
   fi
+fi
+
+step "2e. attention prefill with TMA loads (GPTK_TMA=1) beside SDPA, before the main suite times the cp.async build"
+# Off by default until this row is read: the main benchmark suite's triton attention rows
+# are the cp.async build, timed at the same sizes.
+if [ "$DRY" = 1 ]; then
+  echo "dry run: skipped"
+else
+  GPTK_AUTOTUNE=0 boxed 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py -k tma | tail -3
+  echo "TMA tests exit status: $?"
+  GPTK_TMA=1 boxed "${TMA_BOX:-120}" "$PY" -m benchmarks --device cuda --sizes quick --ops attention --modes fwd,bwd \
+    --providers triton,sdpa --dtypes bf16 --time-budget $(( ${TMA_BOX:-120} - 20 )) --json "$OUT/attention_tma.json" \
+    --markdown "$OUT/attention_tma.md" | tail -12
+  echo "TMA benchmark exit status: $?"
 fi
 
 step "3. test suite"

@@ -132,6 +132,13 @@ def autotune_enabled() -> bool:
     return os.environ.get("GPTK_AUTOTUNE", "1") not in ("0", "false", "no")
 
 
+def tma_requested() -> bool:
+    """GPTK_TMA=1: on sm_90, the Triton attention kernels load their tiles by tensor-memory
+    copies (TMA) from descriptors made on the device, instead of cp.async. Off by default until
+    a GPU run has measured it against the cp.async build (benchmarks/NOTES.md)."""
+    return os.environ.get("GPTK_TMA", "0") in ("1", "true", "yes")
+
+
 # Set by benchmarks.stub_driver: Triton launches on CPU tensors go to a stand-in driver that
 # compiles for sm_90 and launches nothing (host-path timing without a GPU).
 STUB_DRIVER = False

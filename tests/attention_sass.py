@@ -131,23 +131,29 @@ def prefill_records() -> list[dict]:
     for D in (64, 128, 256):
         q, k, v, do = (torch.randn(1, 2, 300, D, dtype=torch.bfloat16) for _ in range(4))
         lse = torch.zeros(1, 2, 300)
-        for kind in ("fwd", "dkdv", "dq"):
-            for config in attn.configs_for(kind, torch.bfloat16, D, hopper=True):
-                stub_driver.loaded_cubins.clear()
-                if kind == "fwd":
-                    attn.attention_forward(q, k, v, True, D ** -0.5, split=False, configs={kind: config})
-                else:
-                    attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5, configs={kind: config})
-                name = attn._KERNELS[kind].__name__
-                cubin = stub_driver.loaded_cubins[name]
-                usage = _cuobjdump(["--dump-resource-usage"], cubin)
-                ops = [op for _, op, _ in instructions(_cuobjdump(["-sass"], cubin), name)]
-                records.append({"kind": kind, "D": D, "config": config, "kernel": name,
-                                "hgmma": sum(op.startswith("HGMMA") for op in ops),
-                                "hmma": sum(op.startswith("HMMA") for op in ops),
-                                "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-                                "local_bytes": sum(int(m) for m in re.findall(r"(?:LOCAL|STACK):(\d+)", usage)),
-                                "local_instructions": sum(op.startswith(("LDL", "STL")) for op in ops)})
+        for kind, config, tma in ((kind, config, tma) for kind in ("fwd", "dkdv", "dq")
+                                  for config in attn.configs_for(kind, torch.bfloat16, D, hopper=True)
+                                  for tma in (False, True)):
+            # Not cleared: each (kind, config, tma) compiles a new kernel, except the D = 256 dK/dV
+            # with TMA asked for, which launches the cp.async build loaded just before.
+            attn.TMA = tma  # GPTK_TMA=1
+            if kind == "fwd":
+                attn.attention_forward(q, k, v, True, D ** -0.5, split=False, configs={kind: config})
+            else:
+                attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5, configs={kind: config})
+            attn.TMA = False
+            name = attn._KERNELS[kind].__name__
+            cubin = stub_driver.loaded_cubins[name]
+            usage = _cuobjdump(["--dump-resource-usage"], cubin)
+            ops = [op for _, op, _ in instructions(_cuobjdump(["-sass"], cubin), name)]
+            records.append({"kind": kind, "D": D, "config": config, "kernel": name, "tma": tma,
+                            "hgmma": sum(op.startswith("HGMMA") for op in ops),
+                            "hmma": sum(op.startswith("HMMA") for op in ops),
+                            "utmaldg": sum(op.startswith("UTMALDG") for op in ops),
+                            "ldgsts": sum(op.startswith("LDGSTS") for op in ops),
+                            "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+                            "local_bytes": sum(int(m) for m in re.findall(r"(?:LOCAL|STACK):(\d+)", usage)),
+                            "local_instructions": sum(op.startswith(("LDL", "STL")) for op in ops)})
         attn.attention_backward(do, q, k, v, q, lse, True, D ** -0.5)
         for kind in ("dkdv", "dq"):
             best = attn._TUNED[kind, True].best_config  # None unless this autotuner ran

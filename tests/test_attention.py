@@ -336,6 +336,49 @@ def test_pinned_tilings(configs, shape):
         assert_within_torch_error(g, s, r, factor, what=name)
 
 
+# TMA loads (GPTK_TMA=1 on sm_90): the tensor descriptors' copies zero the rows past Tq/Tk and
+# the head dim's padding in place of the masked loads. Under the interpreter the same kernels
+# run with emulated descriptors; on an sm_90 GPU, the real copies.
+@pytest.mark.parametrize("configs", [None, PINNED[3]], ids=["default", "sm90_largest"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("shape", [(1, 2, 45, 100, 48), (2, 1, 70, 70, 16), (1, 1, 33, 65, 80)], ids=str)
+def test_tma_loads(monkeypatch, shape, causal, configs):
+    attn = _triton_module()
+    if not INTERPRET and attn._arch(torch.device(DEVICE)) != 90:
+        pytest.skip("TMA loads run on sm_90 only")
+    monkeypatch.setattr(attn, "TMA", True)
+    launched = []
+    plain = attn._launch
+    monkeypatch.setattr(attn, "_launch", lambda kind, *a, tma=False, **kw: (launched.append((kind, tma)),
+                                                                              plain(kind, *a, tma=tma, **kw))[1])
+    B, H, Tq, Tk, D = shape
+    dtype = torch.float16
+    q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
+    do = randn(B, H, Tq, D, dtype=dtype)
+    scale = D ** -0.5
+    o, lse = attn.attention_forward(q, k, v, causal, scale, split=False, configs=configs)
+    grads = attn.attention_backward(do, q, k, v, o, lse, causal, scale, configs=configs)
+    assert sorted(launched) == [("dkdv", True), ("dq", True), ("fwd", True)]
+    explicit = lambda q, k, v: reference.attention_explicit(q, k, v, causal)  # noqa: E731
+    ref = _grads(explicit, q.double(), k.double(), v.double(), do.double())
+    same = _grads(explicit, q, k, v, do)
+    for name, g, s, r, factor in zip(("out", "dq", "dk", "dv"), (o, *grads), same, ref, (2, 3, 3, 3)):
+        assert_within_torch_error(g, s, r, factor, what=f"TMA {name}")
+
+
+def test_tma_only_where_its_layout_holds(monkeypatch):
+    attn = _triton_module()
+    q = torch.empty(2, 3, 40, 64, dtype=torch.float16)
+    monkeypatch.setattr(attn, "TMA", False)
+    assert not attn._tma(True, q.dtype, (q,), q.stride()[:3])                  # not asked for
+    monkeypatch.setattr(attn, "TMA", True)
+    assert attn._tma(True, q.dtype, (q,), q.stride()[:3])
+    assert not attn._tma(True, q.dtype, (q,), q.stride()[:3], lengths=True)   # kv_lengths: bounded at Tk
+    assert not attn._tma(True, torch.float32, (q,), q.stride()[:3])           # fp32 keeps the sm_80 tiles
+    if not INTERPRET:
+        assert not attn._tma(False, q.dtype, (q,), q.stride()[:3])            # not the Hopper tiles
+
+
 def test_sm90_tiles_only_for_aligned_launches_on_sm90(monkeypatch):
     # The Hopper tile space was compiled (and checked spill-free) for pointers and strides that
     # are multiples of 16; any other launch, or any other GPU, keeps the general space.

@@ -8,7 +8,8 @@ flight per SM are the resident blocks' tiles: at least
 the ~32 KB an H100 needs (Little's law: 3 TB/s x ~1 us / 132 SMs), or all of the K/V there is
 when the cache is smaller than that. Prefill: every 16-bit forward and backward tiling of the
 sm_90 space at D = 64 and 128 (forward and dQ at 256) runs on Hopper's warpgroup MMA (HGMMA),
-not the sm_80 mma.sync (HMMA), spill-free."""
+not the sm_80 mma.sync (HMMA), spill-free; with GPTK_TMA=1 the same tilings load their tiles
+by TMA (UTMALDG)."""
 import functools
 import json
 import os
@@ -55,7 +56,7 @@ def test_prefill_uses_hgmma_on_sm90():
     (a 64-key warpgroup tile would hold 2 x 64 x 256 fp32 accumulators: 256 registers per
     thread): recorded here, not hidden. An unpinned launch takes the sm_90 space."""
     records = _records()["prefill"]
-    pinned = [r for r in records if not r.get("unpinned")]
+    pinned = [r for r in records if not r.get("unpinned") and not r["tma"]]
     assert {(r["kind"], r["D"]) for r in pinned} == {(k, d) for k in ("fwd", "dkdv", "dq") for d in (64, 128, 256)}
     wgmma = [r for r in pinned if not (r["kind"] == "dkdv" and r["D"] == 256)]
     missing = [f"{r['kind']} D={r['D']} {r['config']}: {r['hmma']} HMMA" for r in wgmma if not r["hgmma"] or r["hmma"]]
@@ -66,3 +67,25 @@ def test_prefill_uses_hgmma_on_sm90():
     assert not spilled, "local memory:\n" + "\n".join(spilled)
     unpinned = [r for r in records if r.get("unpinned")]
     assert len(unpinned) == 6 and all(r["config"] == r["expected"] for r in unpinned), unpinned
+
+
+def test_prefill_tma_loads_on_sm90():
+    """With GPTK_TMA=1 the same tilings load their tiles by tensor-memory copies (UTMALDG):
+    the forward and dQ stream K and V with no cp.async left (LDGSTS; dK/dV still fetches its
+    lse and delta vectors that way), on the same MMA as without, spill-free. The D = 256 dK/dV
+    (mma.sync tiles, which spilled 744-808 B with TMA) keeps cp.async. Registers are recorded,
+    not bounded: the forward needs fewer, dQ with Triton 3.8 a few more (benchmarks/NOTES.md)."""
+    records = [r for r in _records()["prefill"] if not r.get("unpinned")]
+    plain = {(r["kind"], r["D"], tuple(r["config"])): r for r in records if not r["tma"]}
+    tma = [r for r in records if r["tma"] and not (r["kind"] == "dkdv" and r["D"] == 256)]
+    kept = [r for r in records if r["tma"] and r not in tma]
+    assert len(tma) + len(kept) == len(plain) and kept and not any(r["utmaldg"] for r in kept)
+    bad = []
+    for r in tma:
+        base = plain[r["kind"], r["D"], tuple(r["config"])]
+        if (not r["utmaldg"] or (r["kind"] != "dkdv" and r["ldgsts"]) or r["local_bytes"] or r["local_instructions"]
+                or (r["hgmma"] > 0) != (base["hgmma"] > 0) or bool(r["hmma"]) != bool(base["hmma"])):
+            bad.append(f"{r['kind']} D={r['D']} {r['config']}: {r['utmaldg']} UTMALDG, {r['ldgsts']} LDGSTS, "
+                       f"{r['local_bytes']} B local, {r['registers']} registers (cp.async: {base['registers']}), "
+                       f"HGMMA {r['hgmma']} (cp.async: {base['hgmma']})")
+    assert not bad, "TMA builds:\n" + "\n".join(bad)

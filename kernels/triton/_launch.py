@@ -2,6 +2,7 @@
 dispatch, row views, block sizes, warp counts."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -252,6 +253,40 @@ def replay(kernel, grid, args, kwargs, slots):
               f"{', '.join(values)})\n")
     exec(source, ns)
     return ns["replay"]
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    # torch's caching allocator, on the current device and stream: blocks are 512-byte aligned
+    # (TMA descriptors need 128), and freed memory is reused only by later work on the stream.
+    return torch.empty(size, dtype=torch.uint8, device="cuda")
+
+
+@contextlib.contextmanager
+def device_scratch():
+    """Launches inside may run kernels that make tensor descriptors on the device: Triton's
+    launcher asks the allocator that triton.set_allocator sets (a context variable) for their
+    global scratch. The caller's allocator if one is set; otherwise torch's caching allocator
+    for these launches only (gptk sets no process-wide Triton state)."""
+    from triton.runtime import _allocation
+    if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        yield
+        return
+    token = _allocation._allocator.set(_torch_scratch)
+    try:
+        yield
+    finally:
+        _allocation._allocator.reset(token)
+
+
+def with_device_scratch(replay_fn):
+    """A replay (see replay) whose launches run inside device_scratch; None stays None."""
+    if replay_fn is None:
+        return None
+
+    def scratch_replay(*args):
+        with device_scratch():
+            return replay_fn(*args)
+    return scratch_replay
 
 
 def jit(fn=None, **kwargs):

@@ -35,6 +35,8 @@ Head dims: every multiple of 8 from 8 to 256, padded to a power-of-two tile with
 Tiles: on sm_90, 16-bit launches whose addresses and strides are multiples of 16 take tiles
 with 64 rows per warpgroup (_HOPPER_SPACE), so the dots run on warpgroup MMA (HGMMA) fed from
 cp.async rings in shared memory; every other launch takes the sm_80-sized tiles (_SPACE).
+With GPTK_TMA=1 those sm_90 launches (no kv_lengths; not the D = 256 dK/dV) fill the rings by
+TMA from per-head tensor descriptors made in the kernel instead (opt-in until timed on a GPU).
 
 Strides: any strides with a unit-stride last dim (transposed views of a fused qkv
 projection, slices of a preallocated KV cache) run without a copy; q, k or v with a
@@ -58,6 +60,8 @@ from .. import _backend
 from .._backend import autotune_enabled, triton_interpreting
 
 INTERPRETING = triton_interpreting()
+# Tensor-memory copies (TMA) for the sm_90 tiles' loads: GPTK_TMA=1 (kernels._backend).
+TMA = _backend.tma_requested()
 
 # -----------------------------------------------------------------------------------------
 # Kernels
@@ -167,14 +171,19 @@ def _visible(cols, q_pos, key_end, CAUSAL: tl.constexpr):
 @triton.jit
 def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale, D,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
     """Online-softmax update of (acc, m_i, l_i) with keys [lo, hi). MASKED tiles mask keys
-    >= key_end and, if CAUSAL, keys after each row's position q_pos."""
+    >= key_end and, if CAUSAL, keys after each row's position q_pos. TMA: k_base and v_base
+    are this head's (keys, D) tensor descriptors, whose copies zero keys >= Tk and the head
+    dim's padding in hardware (no per-thread addresses or masks)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
+        if TMA:
+            kt = tl.trans(k_base.load([start_n, 0]))
+        else:
+            kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
         qk = tl.dot(q, kt, input_precision="ieee") * qk_scale
         if MASKED:
             qk = tl.where(_visible(cols, q_pos, key_end, CAUSAL), qk, -float("inf"))
@@ -184,7 +193,10 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, lo
         p = tl.exp2(qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, False)  # (BLOCK_N, BLOCK_D)
+        if TMA:
+            v = v_base.load([start_n, 0])
+        else:
+            v = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, False)  # (BLOCK_N, BLOCK_D)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
     return acc, m_i, l_i
@@ -196,11 +208,15 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                      H, Tq, Tk, qk_scale, D8, TQ_BUCKET, TK_BUCKET,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     TMA: tl.constexpr = False):
     """One program per (BLOCK_M queries, batch*head): streams the visible K/V tiles, writes
     o and lse2. The head dim is D = 8 * D8 (so the compiler knows it is a multiple of 8)
     padded to BLOCK_D; TQ_BUCKET/TK_BUCKET only key the autotuner. HAS_LENGTHS: sequence b
-    has lengths_ptr[b] keys (queries end-aligned to them), else Tk (lengths_ptr is None)."""
+    has lengths_ptr[b] keys (queries end-aligned to them), else Tk (lengths_ptr is None).
+    TMA (sm_90, 16-byte aligned heads and rows, no lengths): q, K and V tiles arrive by
+    tensor-memory copies from per-head descriptors made here (the launcher provides their
+    global scratch), which zero rows past Tq/Tk and columns past D."""
     D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
@@ -210,7 +226,12 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
     v_base = v_ptr + b * stride_vb + h * stride_vh
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
-    q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
+    if TMA:
+        q = tl.make_tensor_descriptor(q_base, [Tq, D], [stride_qm, 1], [BLOCK_M, BLOCK_D]).load([start_m, 0])
+        k_base = tl.make_tensor_descriptor(k_base, [Tk, D], [stride_kn, 1], [BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(v_base, [Tk, D], [stride_vn, 1], [BLOCK_N, BLOCK_D])
+    else:
+        q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
     q_pos = offs_m + (Tk - Tq)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
@@ -219,9 +240,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr,
     if HAS_LENGTHS:  # rows before a short length's first key: no unmasked tiles, none at negative keys
         full_hi = tl.maximum(full_hi, 0)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
-                               qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
+                               qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N, TMA)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
-                               qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
+                               qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N, TMA)
     o = acc / _nonzero(l_i)[:, None]
     _store_rows(o_ptr + b * stride_ob + h * stride_oh, offs_m, stride_om, row_ok, o, D, BLOCK_D, EVEN_D)
     tl.store(lse_ptr + bh * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -388,15 +409,21 @@ def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, 
 @triton.jit
 def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
                     key_pos, shift, lo, hi, Tq, qk_scale, D,
-                    MASKED: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
+                    MASKED: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    TMA: tl.constexpr = False):
     """Accumulate dk (unscaled) and dv of one key block over the query blocks in [lo, hi),
     transposed (keys x queries) so both products land in (BLOCK_N, D) without a transpose
-    of the accumulators. MASKED applies the causal mask (key <= shift + query)."""
+    of the accumulators. MASKED applies the causal mask (key <= shift + query). TMA: q_base
+    and do_base are this head's (queries, D) tensor descriptors."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Tq
-        q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
-        do = _load_rows(do_base, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
+        if TMA:
+            q = q_base.load([start_m, 0])
+            do = do_base.load([start_m, 0])
+        else:
+            q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
+            do = _load_rows(do_base, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
         # Rows past Tq read lse = +inf: their probabilities are exactly 0.
         lse = tl.load(lse_row + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_row + offs_m, mask=row_ok, other=0.0)
@@ -419,18 +446,27 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
                           stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
                           H, Tq, Tk, qk_scale, scale, D8, TQ_BUCKET, TK_BUCKET,
                           BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
     """One program per (BLOCK_N keys, head, batch): k and v stay on chip while the query
-    blocks that see them stream past; dk and dv are written once (no atomics)."""
+    blocks that see them stream past; dk and dv are written once (no atomics). TMA: k, v,
+    and the q and do tiles arrive by tensor-memory copies (as in _attn_fwd_kernel)."""
     D = D8 * 8
     start_n = tl.program_id(0) * BLOCK_N
     b, h, bh = _head(H)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     key_ok = offs_n < Tk
-    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, D, BLOCK_D, EVEN_D)
-    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, D, BLOCK_D, EVEN_D)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     do_base = do_ptr + b * stride_dob + h * stride_doh
+    if TMA:
+        k = tl.make_tensor_descriptor(k_ptr + b * stride_kb + h * stride_kh, [Tk, D], [stride_kn, 1],
+                                      [BLOCK_N, BLOCK_D]).load([start_n, 0])
+        v = tl.make_tensor_descriptor(v_ptr + b * stride_vb + h * stride_vh, [Tk, D], [stride_vn, 1],
+                                      [BLOCK_N, BLOCK_D]).load([start_n, 0])
+        q_base = tl.make_tensor_descriptor(q_base, [Tq, D], [stride_qm, 1], [BLOCK_M, BLOCK_D])
+        do_base = tl.make_tensor_descriptor(do_base, [Tq, D], [stride_dom, 1], [BLOCK_M, BLOCK_D])
+    else:
+        k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_ok, D, BLOCK_D, EVEN_D)
+        v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_ok, D, BLOCK_D, EVEN_D)
     lse_row = lse_ptr + bh * Tq
     delta_row = delta_ptr + bh * Tq
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -442,11 +478,11 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
         full_lo = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M
         dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
                                  offs_n, shift, lo, tl.minimum(full_lo, Tq), Tq, qk_scale, D, True, BLOCK_D, EVEN_D,
-                                 BLOCK_M)
+                                 BLOCK_M, TMA)
     else:
         full_lo = 0
     dk, dv = _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qm, stride_dom,
-                             offs_n, shift, full_lo, Tq, Tq, qk_scale, D, False, BLOCK_D, EVEN_D, BLOCK_M)
+                             offs_n, shift, full_lo, Tq, Tq, qk_scale, D, False, BLOCK_D, EVEN_D, BLOCK_M, TMA)
     _store_rows(dk_ptr + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, key_ok, dk * scale, D, BLOCK_D,
                 EVEN_D)
     _store_rows(dv_ptr + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, key_ok, dv, D, BLOCK_D, EVEN_D)
@@ -455,14 +491,19 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
 @triton.jit
 def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, lo, hi, key_end, qk_scale, D,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-    """Accumulate dq (unscaled) of one query block over the key tiles in [lo, hi)."""
+                  BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
+    """Accumulate dq (unscaled) of one query block over the key tiles in [lo, hi). TMA:
+    k_base and v_base are this head's (keys, D) tensor descriptors."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
-        vt = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, True)
+        if TMA:
+            kt = tl.trans(k_base.load([start_n, 0]))
+            vt = tl.trans(v_base.load([start_n, 0]))
+        else:
+            kt = _load_keys(k_base, cols, stride_kn, key_end, offs_d, D, MASKED, EVEN_D, True)  # (BLOCK_D, BLOCK_N)
+            vt = _load_keys(v_base, cols, stride_vn, key_end, offs_d, D, MASKED, EVEN_D, True)
         p = tl.exp2(tl.dot(q, kt, input_precision="ieee") * qk_scale - lse[:, None])
         if MASKED:
             p = tl.where(_visible(cols, q_pos, key_end, CAUSAL), p, 0.0)
@@ -479,27 +520,35 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                         stride_dqb, stride_dqh, stride_dqm,
                         H, Tq, Tk, qk_scale, scale, D8, TQ_BUCKET, TK_BUCKET,
                         BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
     """One program per (BLOCK_M queries, head, batch): q, do, lse, delta stay on chip while
-    the visible K/V tiles stream past, as in the forward."""
+    the visible K/V tiles stream past, as in the forward (TMA as there)."""
     D = D8 * 8
     start_m = tl.program_id(0) * BLOCK_M
     b, h, bh = _head(H)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
-    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
-    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
-    lse = tl.load(lse_ptr + bh * Tq + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(delta_ptr + bh * Tq + offs_m, mask=row_ok, other=0.0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = do_ptr + b * stride_dob + h * stride_doh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
+    if TMA:
+        q = tl.make_tensor_descriptor(q_base, [Tq, D], [stride_qm, 1], [BLOCK_M, BLOCK_D]).load([start_m, 0])
+        do = tl.make_tensor_descriptor(do_base, [Tq, D], [stride_dom, 1], [BLOCK_M, BLOCK_D]).load([start_m, 0])
+        k_base = tl.make_tensor_descriptor(k_base, [Tk, D], [stride_kn, 1], [BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(v_base, [Tk, D], [stride_vn, 1], [BLOCK_N, BLOCK_D])
+    else:
+        q = _load_rows(q_base, offs_m, stride_qm, row_ok, D, BLOCK_D, EVEN_D)
+        do = _load_rows(do_base, offs_m, stride_dom, row_ok, D, BLOCK_D, EVEN_D)
+    lse = tl.load(lse_ptr + bh * Tq + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * Tq + offs_m, mask=row_ok, other=0.0)
     q_pos = offs_m + (Tk - Tq)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     full_hi, hi = _causal_key_bounds(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, 0, full_hi, Tk,
-                       qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
+                       qk_scale, D, False, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N, TMA)
     dq = _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, q_pos, full_hi, hi, Tk,
-                       qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N)
+                       qk_scale, D, True, CAUSAL, BLOCK_D, EVEN_D, BLOCK_N, TMA)
     _store_rows(dq_ptr + b * stride_dqb + h * stride_dqh, offs_m, stride_dqm, row_ok, dq * scale, D, BLOCK_D,
                 EVEN_D)
 
@@ -658,12 +707,25 @@ def _arch(device: torch.device) -> int:
     return 0
 
 
+def _aligned16(tensors, strides) -> bool:
+    return all(t.data_ptr() % 16 == 0 for t in tensors) and all(s % 16 == 0 for s in strides)
+
+
 def _hopper(device: torch.device, tensors, strides) -> bool:
     """Whether a launch takes the Hopper tiles: sm_90, every tensor's address 16-byte aligned
     and every stride a multiple of 16 elements, the specialisation Triton compiles those tiles
     in (the compile check compiles each launch as specialised)."""
-    return (_arch(device) == 90 and all(t.data_ptr() % 16 == 0 for t in tensors)
-            and all(s % 16 == 0 for s in strides))
+    return _arch(device) == 90 and _aligned16(tensors, strides)
+
+
+def _tma(hopper: bool, dtype, tensors, strides, lengths: bool = False) -> bool:
+    """Whether a forward/dK/dV/dQ launch loads its tiles by TMA: asked for (TMA), the Hopper
+    tiles of 16-bit inputs, whose alignment is TMA's (16-byte bases, 16-byte row strides), no
+    kv_lengths (a descriptor bounds a head at Tk, not at its length). Under the interpreter,
+    any such layout (the tests run the TMA code path there)."""
+    if not TMA or lengths or dtype == torch.float32:
+        return False
+    return hopper or (INTERPRETING and _aligned16(tensors, strides))
 
 
 def _bucket(n: int) -> int:
@@ -702,12 +764,21 @@ _TUNED = {(kind, hopper): _tuned(kind, kernel, hopper) for kind, kernel in _KERN
           for hopper in (False, True)}
 
 
-def _launch(kind, grid_of, args, configs=None, hopper=False, slots=None, **constexprs):
+def _launch(kind, grid_of, args, configs=None, hopper=False, slots=None, tma=False, **constexprs):
     """Run kernel `kind`: with `configs[kind]` if given (tests pin tilings that way), else
     through its autotuner (over the Hopper space if `hopper`) on a GPU, else with the
     interpreter's one fixed config. With `slots`, returns the launch's replay (see
     _launch.launch; None when it cannot be formed): for an autotuned launch, of the
-    configuration the autotuner just ran, so repeat calls skip the autotuner's Python too."""
+    configuration the autotuner just ran, so repeat calls skip the autotuner's Python too.
+    `tma`: the kernel makes tensor descriptors; its launches and replay get device scratch."""
+    if not tma:
+        return _run(kind, grid_of, args, configs, hopper, slots, **constexprs)
+    with _fast.device_scratch():
+        replay = _run(kind, grid_of, args, configs, hopper, slots, TMA=True, **constexprs)
+    return _fast.with_device_scratch(replay)
+
+
+def _run(kind, grid_of, args, configs, hopper, slots, **constexprs):
     config = (configs or {}).get(kind)
     tuned = _TUNED[kind, hopper]
     if config is None and tuned is not None:
@@ -832,8 +903,9 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
         if not n_splits:
             strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(o))
             args = (q, k, v, o, lse, kv_lengths, *strides, H, Tq, Tk, qk_scale, D // 8, _bucket(Tq), _bucket(Tk))
-            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=_hopper(q.device, args[:5], strides),
-                    **common)
+            hopper = _hopper(q.device, args[:5], strides)
+            _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=hopper,
+                    tma=_tma(hopper, q.dtype, args[:5], strides, kv_lengths is not None), **common)
             return o, lse
         chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = _cdiv(Tk, chunk)
@@ -919,7 +991,7 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
     qk_scale = scale * math.log2(math.e)
     delta = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     # A replay exists only for strides that passed the checks below (they are in the key).
-    key = (q.shape, Tk, q.stride(), k.stride(), v.stride(), do.stride(), o.stride(), causal, q.device,
+    key = (q.shape, Tk, q.stride(), k.stride(), v.stride(), do.stride(), o.stride(), causal, q.device, TMA,
            _fast.replay_key(q, k, v, do, o, lse)) if configs is None else None
     plan = _BWD_REPLAYS.get(key) if key is not None else None
     if plan is not None:
@@ -940,12 +1012,16 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dk), *_bhm(dv))
         args = (q, k, v, do, lse, delta, dk, dv, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq),
                 _bucket(Tk))
-        replays.append(_launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args,
-                               hopper=_hopper(q.device, args[:8], strides), slots=slots, **common))
+        hopper = _hopper(q.device, args[:8], strides)
+        # D = 256 keeps the sm_80 dK/dV tiles (mma.sync): with TMA their tiles cross shared
+        # memory into registers and spilled 744-808 B (sm_90, causal).
+        replays.append(_launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, hopper=hopper, slots=slots,
+                               tma=_tma(hopper, q.dtype, args[:8], strides) and block_d(D) < 256, **common))
         strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq))
         args = (q, k, v, do, lse, delta, dq, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
-        replays.append(_launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args,
-                               hopper=_hopper(q.device, args[:7], strides), slots=slots, **common))
+        hopper = _hopper(q.device, args[:7], strides)
+        replays.append(_launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=hopper, slots=slots,
+                               tma=_tma(hopper, q.dtype, args[:7], strides), **common))
     if slots is not None and all(r is not None for r in replays):
         _BWD_REPLAYS.put(key, replays)
     return dq, dk, dv
@@ -982,6 +1058,20 @@ def launch_cases():
             for x in (t(1, 2, 64, D, dtype=dtype), qt):
                 yield lambda x=x, c=causal: attention_forward(x, x, x, c, 0.5)
                 yield lambda x=x, lse=lse, c=causal: attention_backward(x, x, x, x, x, lse, c, 0.5)
+                # the same with TMA asked for (GPTK_TMA=1): the sm_90 16-bit launches take it
+                yield _with_tma(lambda x=x, c=causal: attention_forward(x, x, x, c, 0.5))
+                yield _with_tma(lambda x=x, lse=lse, c=causal: attention_backward(x, x, x, x, x, lse, c, 0.5))
+
+
+def _with_tma(call):
+    def tma_call():
+        global TMA
+        before, TMA = TMA, True
+        try:
+            return call()
+        finally:
+            TMA = before
+    return tma_call
 
 
 # -----------------------------------------------------------------------------------------
