@@ -136,7 +136,7 @@ step "2e. attention prefill with TMA loads (GPTK_TMA=1) beside SDPA, before the 
 if [ "$DRY" = 1 ]; then
   echo "dry run: skipped"
 else
-  GPTK_AUTOTUNE=0 boxed 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py -k tma | tail -3
+  GPTK_AUTOTUNE=0 boxed 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py -k tma | tail -3
   echo "TMA tests exit status: $?"
   GPTK_TMA=1 boxed "${TMA_BOX:-120}" "$PY" -m benchmarks --device cuda --sizes quick --ops attention --modes fwd,bwd \
     --providers triton,sdpa --dtypes bf16 --time-budget $(( ${TMA_BOX:-120} - 20 )) --json "$OUT/attention_tma.json" \

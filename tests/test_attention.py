@@ -359,6 +359,10 @@ def test_tma_loads(monkeypatch, shape, causal, configs):
     o, lse = attn.attention_forward(q, k, v, causal, scale, split=False, configs=configs)
     grads = attn.attention_backward(do, q, k, v, o, lse, causal, scale, configs=configs)
     assert sorted(launched) == [("dkdv", True), ("dq", True), ("fwd", True)]
+    # Repeat backwards (on a GPU the third replays the recorded launches, inside device scratch).
+    for _ in range(2):
+        again = attn.attention_backward(do, q, k, v, o, lse, causal, scale, configs=configs)
+        assert all(torch.equal(a, g) for a, g in zip(again, grads))
     explicit = lambda q, k, v: reference.attention_explicit(q, k, v, causal)  # noqa: E731
     ref = _grads(explicit, q.double(), k.double(), v.double(), do.double())
     same = _grads(explicit, q, k, v, do)
@@ -369,14 +373,41 @@ def test_tma_loads(monkeypatch, shape, causal, configs):
 def test_tma_only_where_its_layout_holds(monkeypatch):
     attn = _triton_module()
     q = torch.empty(2, 3, 40, 64, dtype=torch.float16)
+    bhm, n = q.stride()[:3], attn._programs(2, 3, 40)
     monkeypatch.setattr(attn, "TMA", False)
-    assert not attn._tma(True, q.dtype, (q,), q.stride()[:3])                  # not asked for
+    assert not attn._tma(True, q.dtype, (q,), bhm, n)                           # not asked for
     monkeypatch.setattr(attn, "TMA", True)
-    assert attn._tma(True, q.dtype, (q,), q.stride()[:3])
-    assert not attn._tma(True, q.dtype, (q,), q.stride()[:3], lengths=True)   # kv_lengths: bounded at Tk
-    assert not attn._tma(True, torch.float32, (q,), q.stride()[:3])           # fp32 keeps the sm_80 tiles
+    assert attn._tma(True, q.dtype, (q,), bhm, n)
+    assert not attn._tma(True, q.dtype, (q,), bhm, n, lengths=True)             # kv_lengths: bounded at Tk
+    assert not attn._tma(True, torch.float32, (q,), bhm, n)                     # fp32 keeps the sm_80 tiles
+    assert not attn._tma(True, q.dtype, (q,), (bhm[0], bhm[1], 0), n)           # an expanded row: stride 0
+    assert not attn._tma(True, q.dtype, (q,), bhm, attn.TMA_MAX_PROGRAMS + 1)   # scratch offsets past 2^31
+    assert not attn._tma(False, q.dtype, (q[..., 1:],), bhm, n)                 # misaligned, not the Hopper tiles
     if not INTERPRET:
-        assert not attn._tma(False, q.dtype, (q,), q.stride()[:3])            # not the Hopper tiles
+        assert not attn._tma(False, q.dtype, (q,), bhm, n)                      # not the Hopper tiles
+
+
+def test_device_scratch_is_scoped_to_our_launches():
+    # Triton's launcher asks a context variable for descriptor scratch: ours only inside, and a
+    # caller's own allocator is left in place.
+    from triton.runtime import _allocation
+
+    from kernels.triton import _launch
+    before = _allocation._allocator.get()
+    assert isinstance(before, _allocation.NullAllocator)
+    with _launch.device_scratch():
+        assert _allocation._allocator.get() is _launch._torch_scratch
+    assert _allocation._allocator.get() is before
+
+    def theirs(size, alignment, stream):
+        return None
+    token = _allocation._allocator.set(theirs)
+    try:
+        with _launch.device_scratch():
+            assert _allocation._allocator.get() is theirs
+        assert _allocation._allocator.get() is theirs
+    finally:
+        _allocation._allocator.reset(token)
 
 
 def test_sm90_tiles_only_for_aligned_launches_on_sm90(monkeypatch):

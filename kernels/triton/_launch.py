@@ -278,17 +278,6 @@ def device_scratch():
         _allocation._allocator.reset(token)
 
 
-def with_device_scratch(replay_fn):
-    """A replay (see replay) whose launches run inside device_scratch; None stays None."""
-    if replay_fn is None:
-        return None
-
-    def scratch_replay(*args):
-        with device_scratch():
-            return replay_fn(*args)
-    return scratch_replay
-
-
 def jit(fn=None, **kwargs):
     """triton.jit with a cheaper repeat launch (under the interpreter: plain triton.jit)."""
     if fn is None:

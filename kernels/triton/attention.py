@@ -718,14 +718,28 @@ def _hopper(device: torch.device, tensors, strides) -> bool:
     return _arch(device) == 90 and _aligned16(tensors, strides)
 
 
-def _tma(hopper: bool, dtype, tensors, strides, lengths: bool = False) -> bool:
-    """Whether a forward/dK/dV/dQ launch loads its tiles by TMA: asked for (TMA), the Hopper
-    tiles of 16-bit inputs, whose alignment is TMA's (16-byte bases, 16-byte row strides), no
-    kv_lengths (a descriptor bounds a head at Tk, not at its length). Under the interpreter,
-    any such layout (the tests run the TMA code path there)."""
-    if not TMA or lengths or dtype == torch.float32:
+# Triton offsets each program's descriptor scratch in 32-bit arithmetic: at most 4
+# descriptors of 128 B per program, for at most this many programs per launch.
+TMA_MAX_PROGRAMS = 2 ** 31 // (4 * 128)
+
+
+def _tma(hopper: bool, dtype, tensors, strides, programs: int, lengths: bool = False) -> bool:
+    """Whether a forward/dK/dV/dQ launch of up to `programs` programs loads its tiles by TMA:
+    asked for (TMA), the Hopper tiles of 16-bit inputs, whose alignment is TMA's (16-byte
+    bases, 16-byte row strides), rows that advance (`strides` are (batch, head, row) triples:
+    an expanded row stride of 0 keeps cp.async), no kv_lengths (a descriptor bounds a head at
+    Tk, not at its length). Under the interpreter, any such layout (the tests run the TMA
+    code path there)."""
+    if not TMA or lengths or dtype == torch.float32 or programs > TMA_MAX_PROGRAMS:
+        return False
+    if not all(s > 0 for s in strides[2::3]):
         return False
     return hopper or (INTERPRETING and _aligned16(tensors, strides))
+
+
+def _programs(B: int, H: int, T: int) -> int:
+    # The most programs a tiled launch over T rows can have: the smallest tile is 32 rows.
+    return B * H * _cdiv(T, 32)
 
 
 def _bucket(n: int) -> int:
@@ -749,7 +763,8 @@ def _tuned(kind: str, kernel, hopper: bool):
                                                   named_args.get("lengths_ptr") is not None)]
         return eligible if autotune_enabled() else eligible[:1]
 
-    key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
+    # TMA: absent from a launch without it (the autotuner skips key names not passed)
+    key = ["TQ_BUCKET", "TK_BUCKET", "D8", "CAUSAL", "TMA"] + (["HAS_LENGTHS"] if kind in ("fwd", "split") else [])
     return triton.autotune(list(table.values()), key=key,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
@@ -773,9 +788,8 @@ def _launch(kind, grid_of, args, configs=None, hopper=False, slots=None, tma=Fal
     `tma`: the kernel makes tensor descriptors; its launches and replay get device scratch."""
     if not tma:
         return _run(kind, grid_of, args, configs, hopper, slots, **constexprs)
-    with _fast.device_scratch():
-        replay = _run(kind, grid_of, args, configs, hopper, slots, TMA=True, **constexprs)
-    return _fast.with_device_scratch(replay)
+    with _fast.device_scratch():  # replays of it need the same around them (attention_backward)
+        return _run(kind, grid_of, args, configs, hopper, slots, TMA=True, **constexprs)
 
 
 def _run(kind, grid_of, args, configs, hopper, slots, **constexprs):
@@ -905,7 +919,8 @@ def attention_forward(q, k, v, causal: bool, scale: float, split: bool | None = 
             args = (q, k, v, o, lse, kv_lengths, *strides, H, Tq, Tk, qk_scale, D // 8, _bucket(Tq), _bucket(Tk))
             hopper = _hopper(q.device, args[:5], strides)
             _launch("fwd", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=hopper,
-                    tma=_tma(hopper, q.dtype, args[:5], strides, kv_lengths is not None), **common)
+                    tma=_tma(hopper, q.dtype, args[:5], strides, _programs(B, H, Tq), kv_lengths is not None),
+                    **common)
             return o, lse
         chunk = _cdiv(_cdiv(Tk, DECODE_UNIT), n_splits) * DECODE_UNIT
         n_splits = _cdiv(Tk, chunk)
@@ -996,7 +1011,13 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
     plan = _BWD_REPLAYS.get(key) if key is not None else None
     if plan is not None:
         with _device_guard(q):
-            for replay in plan:
+            replays, tma = plan
+            if tma:
+                with _fast.device_scratch():
+                    for replay in replays:
+                        replay(q, k, v, do, o, lse, delta, dq, dk, dv, qk_scale, scale)
+                return dq, dk, dv
+            for replay in replays:
                 replay(q, k, v, do, o, lse, delta, dq, dk, dv, qk_scale, scale)
         return dq, dk, dv
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -1013,17 +1034,19 @@ def attention_backward(do, q, k, v, o, lse, causal: bool, scale: float, configs=
         args = (q, k, v, do, lse, delta, dk, dv, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq),
                 _bucket(Tk))
         hopper = _hopper(q.device, args[:8], strides)
+        tma_dkdv = _tma(hopper, q.dtype, args[:8], strides, _programs(B, H, Tk)) and block_d(D) < 256
         # D = 256 keeps the sm_80 dK/dV tiles (mma.sync): with TMA their tiles cross shared
         # memory into registers and spilled 744-808 B (sm_90, causal).
         replays.append(_launch("dkdv", lambda bm, bn: (_cdiv(Tk, bn), H, B), args, hopper=hopper, slots=slots,
-                               tma=_tma(hopper, q.dtype, args[:8], strides) and block_d(D) < 256, **common))
+                               tma=tma_dkdv, **common))
         strides = (*_bhm(q), *_bhm(k), *_bhm(v), *_bhm(do), *_bhm(dq))
         args = (q, k, v, do, lse, delta, dq, *strides, H, Tq, Tk, qk_scale, scale, D // 8, _bucket(Tq), _bucket(Tk))
         hopper = _hopper(q.device, args[:7], strides)
         replays.append(_launch("dq", lambda bm, bn: (_cdiv(Tq, bm), H, B), args, hopper=hopper, slots=slots,
-                               tma=_tma(hopper, q.dtype, args[:7], strides), **common))
+                               tma=(tma_dq := _tma(hopper, q.dtype, args[:7], strides, _programs(B, H, Tq))),
+                               **common))
     if slots is not None and all(r is not None for r in replays):
-        _BWD_REPLAYS.put(key, replays)
+        _BWD_REPLAYS.put(key, (replays, tma_dkdv or tma_dq))
     return dq, dk, dv
 
 
