@@ -339,22 +339,30 @@ def test_pinned_tilings(configs, shape):
 # TMA loads (GPTK_TMA=1 on sm_90): the tensor descriptors' copies zero the rows past Tq/Tk and
 # the head dim's padding in place of the masked loads. Under the interpreter the same kernels
 # run with emulated descriptors; on an sm_90 GPU, the real copies.
+# Layouts: contiguous (B, H, T, D), and (B, T, H, D) read through a transposed view (the
+# model's layout: row strides H D, head strides D).
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("configs", [None, PINNED[3]], ids=["default", "sm90_largest"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("shape", [(1, 2, 45, 100, 48), (2, 1, 70, 70, 16), (1, 1, 33, 65, 80)], ids=str)
-def test_tma_loads(monkeypatch, shape, causal, configs):
+@pytest.mark.parametrize("shape", [(1, 2, 45, 100, 48), (2, 1, 70, 70, 16), (1, 1, 33, 65, 80), "bthd"], ids=str)
+def test_tma_loads(monkeypatch, shape, causal, configs, dtype):
     attn = _triton_module()
     if not INTERPRET and attn._arch(torch.device(DEVICE)) != 90:
         pytest.skip("TMA loads run on sm_90 only")
+    if dtype == torch.bfloat16 and INTERPRET:
+        pytest.skip(BF16_REASON)
     monkeypatch.setattr(attn, "TMA", True)
     launched = []
     plain = attn._launch
     monkeypatch.setattr(attn, "_launch", lambda kind, *a, tma=False, **kw: (launched.append((kind, tma)),
                                                                               plain(kind, *a, tma=tma, **kw))[1])
-    B, H, Tq, Tk, D = shape
-    dtype = torch.float16
-    q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
-    do = randn(B, H, Tq, D, dtype=dtype)
+    if shape == "bthd":
+        B, H, Tq, Tk, D = 2, 3, 37, 37, 32
+        q, k, v, do = (randn(B, Tq, H, D, dtype=dtype).transpose(1, 2) for _ in range(4))
+    else:
+        B, H, Tq, Tk, D = shape
+        q, k, v = _qkv(B, H, Tq, Tk, D, dtype)
+        do = randn(B, H, Tq, D, dtype=dtype)
     scale = D ** -0.5
     o, lse = attn.attention_forward(q, k, v, causal, scale, split=False, configs=configs)
     grads = attn.attention_backward(do, q, k, v, o, lse, causal, scale, configs=configs)

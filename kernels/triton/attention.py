@@ -1075,7 +1075,7 @@ def launch_cases():
                 q, k = t(B, H, tq, D, dtype=dtype), t(B, H, tk, D, dtype=dtype)
                 yield lambda q=q, k=k, c=causal: attention_forward(q, k, k, c, 0.5)
                 for n in lengths:
-                        yield lambda q=q, k=k, c=causal, n=n: attention_forward(q, k, k, c, 0.5, kv_lengths=n)
+                    yield lambda q=q, k=k, c=causal, n=n: attention_forward(q, k, k, c, 0.5, kv_lengths=n)
             lse = torch.empty(1, 2, 64, device="meta")
             qt = t(1, 64, 2, D + 8, dtype=dtype)[..., :D].transpose(1, 2)  # head stride D + 8
             for x in (t(1, 2, 64, D, dtype=dtype), qt):

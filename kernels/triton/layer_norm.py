@@ -488,7 +488,9 @@ def backward_config(n_cols: int, elem_size: int = 2, aligned: bool = True) -> di
     16-bit rows of one vector per thread take two rows per tile (sm_90: 128 registers, 4
     programs of 4 warps at 1024 wide, 40 KB in flight per SM), except at 8 KB, where two
     rows would need 16 warps and spill on sm_80: one row of two vectors per thread on 8
-    warps instead (2 programs per SM, 48 KB); fp32 rows one. These prefetch the next tile.
+    warps instead (2 programs per SM, 48 KB); fp32 rows one. fp32 rows prefetch the next tile
+    (16-bit 4 KB rows do not: it spilled 8 B on sm_80; two programs' x and dy, 32 KB per SM,
+    are in flight without it).
     Shorter rows: ~BWD_TILE_ELEMS per tile, no prefetch (it costs them a stack slot).
 
     Not aligned (a row start or the width off the 16-byte grid): every element carries its
